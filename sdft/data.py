@@ -1,0 +1,204 @@
+"""Training data: file/hub loaders, the three record formats, and the registry of the paper's datasets.
+
+Every example is normalised to {"id", "instruction", "response", "history"?, "tests"?, "entry_point"?}: `instruction` is
+the last user turn (alpaca instruction + input), `response` the target, `history` any earlier chat turns.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+from .jsonl import read_jsonl
+from .paths import data_dir as default_data_dir
+
+SUBSAMPLE_ABOVE = 10_000  # paper App. A: datasets over 10k rows -> a random 2000
+SUBSAMPLE_TO = 2000
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A registry entry: where the data is, how to read it, and how SDFT treats it."""
+
+    name: str
+    local_file: str | None
+    hub_id: str | None
+    task: str  # selection check: math | function_call | code | generic
+    train_template: str
+    distill_template: str
+    epochs: int
+    columns: dict = field(default_factory=dict)
+    hub_config: str | None = None
+    hub_split: str = "train"
+
+
+_ALPACA_COLUMNS = {"instruction": "instruction", "input": "input", "response": "output"}
+DATASETS: dict[str, DatasetSpec] = {
+    spec.name: spec
+    for spec in [
+        DatasetSpec("gsm8k", "gsm8k/sdft_gsm8k_train.jsonl", "openai/gsm8k", "math", "gsm8k", "gsm8k_distill", 5,
+                    {"instruction": "question", "response": "answer"}, hub_config="main"),
+        DatasetSpec("multiarith", "multiarith/sdft_multiarith_test.jsonl", "ChilleD/MultiArith", "math", "gsm8k",
+                    "gsm8k_distill", 5, {"instruction": "instruction", "response": "output"}),
+        DatasetSpec("openfunctions", "openfunctions/sdft_openfunction_train.jsonl", "gorilla-llm/Berkeley-Function-Calling-Leaderboard",
+                    "function_call", "alpaca", "distill_refer", 5, _ALPACA_COLUMNS),
+        DatasetSpec("alpaca", "alpaca/sdft_alpaca_train.jsonl", "tatsu-lab/alpaca", "generic", "alpaca", "distill_using", 2,
+                    _ALPACA_COLUMNS),
+        DatasetSpec("dolly", "dolly/sdft_dolly_train.jsonl", "databricks/databricks-dolly-15k", "generic", "alpaca",
+                    "distill_using", 2, {"instruction": "instruction", "input": "context", "response": "response"}),
+        DatasetSpec("lima", "lima/sdft_lima_train.jsonl", "GAIR/lima", "generic", "alpaca", "distill_using", 2, _ALPACA_COLUMNS),
+        DatasetSpec("magicoder", "magicoder/magicoder_train.jsonl", "ise-uiuc/Magicoder-OSS-Instruct-75K", "code", "alpaca",
+                    "distill_refer", 2, {"instruction": "problem", "response": "solution"}),
+    ]
+}
+
+
+@dataclass
+class LoadedDataset:
+    name: str
+    source: str
+    examples: list[dict]
+    spec: DatasetSpec | None
+
+
+def load_dataset(name_or_path: str, data_dir: str | None = None, columns: dict | None = None, limit: int | None = None,
+                 seed: int = 0, split: str | None = None) -> LoadedDataset:
+    """A registry name (local copy first, hub fallback), a local file, or any HF hub dataset id."""
+    spec = DATASETS.get(name_or_path)
+    if spec is not None:
+        local = _registry_file(spec, data_dir)
+        mapping = {**spec.columns, **(columns or {})}
+        if local is not None:
+            rows, source = _read_rows(local), str(local)
+        else:
+            rows, source = _read_hub(spec.hub_id, spec.hub_config, split or spec.hub_split), spec.hub_id
+        stem = spec.name
+    else:
+        path = Path(name_or_path)
+        mapping = columns or {}
+        if path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet"} or path.exists():
+            rows, source = _read_rows(path), str(path)
+        elif "/" in name_or_path:
+            rows, source = _read_hub(name_or_path, None, split or "train"), name_or_path
+        else:
+            raise UserError(f"unknown dataset '{name_or_path}' (registry: {', '.join(DATASETS)}; or a file path / hub id)")
+        stem = path.stem if path.exists() else name_or_path.replace("/", "_")
+    examples = [normalise(row, mapping, source, line, f"{stem}-{index:05d}") for index, (line, row) in enumerate(rows)]
+    examples = subsample(examples, seed, limit)
+    return LoadedDataset(spec.name if spec else stem, source, examples, spec)
+
+
+def subsample(examples: list[dict], seed: int, limit: int | None) -> list[dict]:
+    """Paper rule (> 10k rows -> random 2000) then `limit`, both seeded and keeping file order."""
+    keep = len(examples)
+    if keep > SUBSAMPLE_ABOVE:
+        keep = SUBSAMPLE_TO
+    if limit is not None:
+        keep = min(keep, limit)
+    if keep >= len(examples):
+        return examples
+    chosen = sorted(random.Random(seed).sample(range(len(examples)), keep))
+    return [examples[i] for i in chosen]
+
+
+def _registry_file(spec: DatasetSpec, data_dir: str | None) -> Path | None:
+    base = default_data_dir(data_dir)
+    if base is None or spec.local_file is None:
+        return None
+    path = base / spec.local_file
+    return path if path.is_file() else None
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, row) pairs; the line number is what error messages point at."""
+    if not path.is_file():
+        raise UserError("file not found", str(path))
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            lines = [n for n, text in enumerate(f, 1) if text.strip()]
+        return list(zip(lines, read_jsonl(path)))
+    if suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"malformed JSON ({e.msg})", str(path), e.lineno) from None
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise UserError("expected a JSON array of objects", str(path))
+        return [(i + 1, row) for i, row in enumerate(data)]
+    if suffix == ".csv":
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            return [(reader.line_num, dict(row)) for row in reader]
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for a bad file
+            raise UserError(f"unreadable Parquet file ({e})", str(path)) from None
+        return [(i + 1, row) for i, row in enumerate(table.to_pylist())]
+    raise UserError("unsupported file type (use .jsonl, .json, .csv or .parquet)", str(path))
+
+
+def _read_hub(hub_id: str, config: str | None, split: str) -> list[tuple[int, dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(hub_id, config, split=split)
+    except Exception as e:  # offline, missing, gated: all user-facing
+        raise UserError(f"could not load hub dataset '{hub_id}' ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    return [(i + 1, dict(row)) for i, row in enumerate(ds)]
+
+
+def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str) -> dict:
+    """One raw row in any supported format -> the normalised example."""
+    example_id = str(row.get(mapping.get("id", "id"), default_id))
+    messages_key = mapping.get("messages") or next((k for k in ("messages", "conversations") if k in row), None)
+    if messages_key and messages_key in row:
+        example = _from_messages(row[messages_key], source, line)
+    elif "instruction" not in mapping and "prompt" in row and "completion" in row:
+        example = {"instruction": _text(row, "prompt", source, line), "response": _text(row, "completion", source, line)}
+    else:
+        instruction = _text(row, mapping.get("instruction", "instruction"), source, line)
+        extra = row.get(mapping.get("input", "input")) or ""
+        response = _text(row, mapping.get("response", "output"), source, line)
+        example = {"instruction": f"{instruction}\n{extra}" if extra else instruction, "response": response}
+    for key in ("tests", "entry_point"):
+        if row.get(mapping.get(key, key)):
+            example[key] = row[mapping.get(key, key)]
+    return {"id": example_id, **example}
+
+
+def _text(row: dict, column: str, source: str, line: int) -> str:
+    if column not in row:
+        raise UserError(f"missing column '{column}' (have: {', '.join(map(str, row)) or 'none'})", source, line)
+    value = row[column]
+    if not isinstance(value, str):
+        raise UserError(f"column '{column}' is not text", source, line)
+    return value
+
+
+def _from_messages(messages, source: str, line: int) -> dict:
+    """Multi-turn chat: the last assistant turn is the target, the user turn before it the instruction."""
+    if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+        raise UserError("'messages' must be a list of {role, content} objects", source, line)
+    turns = [{"role": m.get("role") or m.get("from"), "content": m.get("content") or m.get("value") or ""} for m in messages]
+    turns = [{"role": {"human": "user", "gpt": "assistant"}.get(t["role"], t["role"]), "content": t["content"]} for t in turns]
+    last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
+    if last is None or last == 0 or turns[last - 1]["role"] != "user":
+        raise UserError("chat row needs a user turn followed by an assistant turn", source, line)
+    example = {"instruction": turns[last - 1]["content"], "response": turns[last]["content"]}
+    system = [t["content"] for t in turns[: last - 1] if t["role"] == "system"]
+    history = [t for t in turns[: last - 1] if t["role"] != "system"]
+    if history:
+        example["history"] = history
+    if system:
+        example["system"] = system[0]
+    return example

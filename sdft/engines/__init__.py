@@ -1,0 +1,1 @@
+"""Engines: model back-ends, judges and the code sandbox."""

@@ -1,0 +1,238 @@
+"""Batched generation: an HF engine (length-sorted, left-padded, token-budgeted batches with a KV cache and finished rows
+dropped from the batch) and a vLLM engine behind the same interface, plus resumable JSONL output.
+
+Sampling draws each row's noise from a generator seeded by (seed, prompt), so a row's sample does not depend on which
+other rows share its batch, and batches are fixed from the whole prompt set, so a resumed run reproduces the rows an
+uninterrupted run would have written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from ..jsonl import ResumableJsonl
+
+
+@dataclass
+class GenerationConfig:
+    max_new_tokens: int = 512
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 64  # rows per batch at most
+    token_budget: int = 32768  # rows x (longest prompt + max_new_tokens) per batch at most
+    stop: list[str] = field(default_factory=list)
+    backend: str = "auto"  # auto | hf | vllm
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # "stop" (EOS or stop string) | "length" (cut at max_new_tokens)
+    n_tokens: int
+    prompt_tokens: int
+
+
+def prompt_hash(prompt: str) -> str:
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def plan_batches(lengths: Sequence[int], config: GenerationConfig) -> list[list[int]]:
+    """Indices grouped longest-first so rows in a batch pad little, under the row and token limits."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= config.batch_size or (len(current) + 1) * (longest + config.max_new_tokens) > config.token_budget):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+class HFEngine:
+    """Generation with a plain HF causal LM, decoding step by step over a shrinking batch."""
+
+    def __init__(self, model, tokenizer, config: GenerationConfig):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.tokenizer.padding_side = "left"
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and prompts and prompts[0].startswith(bos))  # chat templates already carry BOS
+        return self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
+
+    def complete(self, prompts: Sequence[str], skip: Iterable[int] = ()) -> Iterator[list[tuple[int, Completion]]]:
+        """Yield each finished batch as (prompt index, completion) pairs; batches wholly in `skip` are not run."""
+        token_ids = self.encode(prompts)
+        skip = set(skip)
+        for batch in plan_batches([len(t) for t in token_ids], self.config):
+            if all(i in skip for i in batch):
+                continue
+            completions = self._decode([token_ids[i] for i in batch], [prompts[i] for i in batch])
+            yield list(zip(batch, completions))
+
+    @torch.inference_mode()
+    def _decode(self, batch_ids: list[list[int]], prompts: list[str]) -> list[Completion]:
+        cfg = self.config
+        device = self.model.device
+        width = max(len(ids) for ids in batch_ids)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in batch_ids], device=device)
+        attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids], device=device)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        generators = [self._row_generator(p) for p in prompts] if cfg.temperature > 0 else None
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        rows = list(range(len(batch_ids)))  # original row index of each live batch position
+        generated: list[list[int]] = [[] for _ in batch_ids]
+        results: list[Completion | None] = [None] * len(batch_ids)
+        step_ids, step_positions = input_ids, positions
+        for _ in range(cfg.max_new_tokens):
+            logits = self.model(input_ids=step_ids, attention_mask=attention, position_ids=step_positions,
+                                cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+            next_tokens = self._choose(logits.float(), [generators[r] for r in rows] if generators else None)
+            keep = []
+            for slot, (row, token) in enumerate(zip(rows, next_tokens.tolist())):
+                reason = None
+                if token in self.eos_ids:
+                    reason = "stop"
+                else:
+                    generated[row].append(token)
+                    if cfg.stop and self._hit_stop(generated[row]):
+                        reason = "stop"
+                    elif len(generated[row]) >= cfg.max_new_tokens:
+                        reason = "length"
+                if reason:
+                    results[row] = self._finish(generated[row], reason, len(batch_ids[row]))
+                else:
+                    keep.append(slot)
+            if not keep:
+                break
+            index = torch.tensor(keep, device=device)
+            if len(keep) < len(rows):
+                cache.batch_select_indices(index)
+                attention = attention[index]
+                next_tokens = next_tokens[index]
+                step_positions = step_positions[index]
+                rows = [rows[k] for k in keep]
+            attention = torch.cat([attention, attention.new_ones((len(rows), 1))], dim=1)
+            step_ids = next_tokens[:, None]
+            step_positions = step_positions[:, -1:] + 1
+        return [r or self._finish(generated[i], "length", len(batch_ids[i])) for i, r in enumerate(results)]
+
+    def _row_generator(self, prompt: str) -> torch.Generator:
+        seed = int(hashlib.sha256(f"{self.config.seed}|{prompt}".encode()).hexdigest()[:15], 16)
+        return torch.Generator().manual_seed(seed)
+
+    def _choose(self, logits: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
+        if generators is None:
+            return logits.argmax(-1)
+        probs = torch.softmax(logits / self.config.temperature, dim=-1)
+        if self.config.top_p < 1.0:
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(-1) - sorted_probs > self.config.top_p
+            sorted_probs[outside] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        # Exponential-race sampling with per-row noise: argmax(p / E) samples from p.
+        noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in generators]).to(probs.device)
+        return (probs / noise).argmax(-1)
+
+    def _hit_stop(self, tokens: list[int]) -> bool:
+        tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=True)
+        return any(s in tail for s in self.config.stop)
+
+    def _finish(self, tokens: list[int], reason: str, prompt_tokens: int) -> Completion:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in self.config.stop:
+            if stop in text:
+                text = text[: text.index(stop)]
+                reason = "stop"
+        return Completion(text=text, finish_reason=reason, n_tokens=len(tokens), prompt_tokens=prompt_tokens)
+
+
+class VLLMEngine:
+    """vLLM on CUDA: the same interface, with vLLM's continuous batching doing the scheduling."""
+
+    def __init__(self, model_path: str, config: GenerationConfig, dtype: str = "auto"):
+        from vllm import LLM  # optional extra: pip install 'sdft[vllm]'
+
+        self.config = config
+        self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"),
+                       seed=config.seed)
+
+    def complete(self, prompts: Sequence[str], skip: Iterable[int] = ()) -> Iterator[list[tuple[int, Completion]]]:
+        from vllm import SamplingParams
+
+        cfg = self.config
+        todo = [i for i in range(len(prompts)) if i not in set(skip)]
+        params = [SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
+                                 max_tokens=cfg.max_new_tokens, stop=list(cfg.stop) or None,
+                                 seed=int(prompt_hash(f"{cfg.seed}|{prompts[i]}"), 16) % (2**31)) for i in todo]
+        for start in range(0, len(todo), 1024):  # chunks so a kill loses at most one chunk
+            chunk = todo[start : start + 1024]
+            outputs = self.llm.generate([prompts[i] for i in chunk], params[start : start + 1024], use_tqdm=False)
+            yield [(i, _vllm_completion(out)) for i, out in zip(chunk, outputs)]
+
+
+def _vllm_completion(request_output) -> Completion:
+    out = request_output.outputs[0]
+    return Completion(text=out.text, finish_reason="length" if out.finish_reason == "length" else "stop",
+                      n_tokens=len(out.token_ids), prompt_tokens=len(request_output.prompt_token_ids or []))
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def make_engine(model_spec: str, config: GenerationConfig, dtype: str = "auto", adapter: str | None = None):
+    """The vLLM engine when asked for (or on 'auto' with vLLM + CUDA present), else the HF engine."""
+    from .models import load_model, merged_model_path
+
+    if config.backend == "vllm" or (config.backend == "auto" and vllm_available()):
+        return VLLMEngine(merged_model_path(model_spec, adapter), config, dtype)
+    model, tokenizer = load_model(model_spec, dtype=dtype, adapter=adapter)
+    return HFEngine(model, tokenizer, config)
+
+
+def generate_rows(engine, items: Sequence[tuple[str, str]], out_path: str | os.PathLike, progress: str | None = None) -> list[dict]:
+    """Complete (id, prompt) items into `out_path` JSONL, resuming: rows keyed by id + prompt hash are never redone."""
+    from tqdm.auto import tqdm
+
+    def key(row: dict) -> str:
+        return f"{row['id']}|{row['prompt_hash']}"
+
+    keys = [f"{item_id}|{prompt_hash(prompt)}" for item_id, prompt in items]
+    store = ResumableJsonl(out_path, key)
+    done = [i for i, k in enumerate(keys) if k in store]
+    bar = tqdm(total=len(items), initial=len(done), desc=progress or "generate", unit="row", disable=progress is None)
+    try:
+        for finished in engine.complete([prompt for _, prompt in items], skip=done):
+            for index, completion in finished:
+                if keys[index] in store:
+                    continue
+                item_id, prompt = items[index]
+                store.add({"id": item_id, "prompt_hash": prompt_hash(prompt), "prediction": completion.text,
+                           "finish_reason": completion.finish_reason, "n_tokens": completion.n_tokens,
+                           "prompt_tokens": completion.prompt_tokens})
+                bar.update(1)
+    finally:
+        bar.close()
+        store.close()
+    return store.finalize(keys)

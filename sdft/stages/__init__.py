@@ -1,0 +1,1 @@
+"""Pipeline stages: distill, train, evaluate, analyse, report."""
