@@ -26,5 +26,5 @@ fi
 
 export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
 echo "building llama-cpp-python[server]==$VERSION with CMAKE_ARGS=$CMAKE_ARGS"
-"$PY" -m pip install --no-cache-dir "llama-cpp-python[server]==$VERSION"
+"$PY" -m pip install "llama-cpp-python[server]==$VERSION"
 "$PY" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'installed')"

@@ -202,3 +202,17 @@ def _from_messages(messages, source: str, line: int) -> dict:
     if system:
         example["system"] = system[0]
     return example
+
+
+def normalise_prompt_rows(path: str, mapping: dict | None = None) -> list[dict]:
+    """Rows to prompt with (no target needed): `instruction` from the mapping, `instruction`, or `prompt`."""
+    mapping = mapping or {}
+    source = Path(path)
+    rows = []
+    for index, (line, row) in enumerate(_read_rows(source)):
+        column = mapping.get("instruction") or ("instruction" if "instruction" in row else "prompt")
+        instruction = _text(row, column, str(source), line)
+        extra = row.get(mapping.get("input", "input")) or ""
+        rows.append({**row, "id": str(row.get(mapping.get("id", "id"), f"{source.stem}-{index:05d}")),
+                     "instruction": f"{instruction}\n{extra}" if extra else instruction})
+    return rows

@@ -1,0 +1,116 @@
+"""Supervised fine-tuning engine shared by vanilla FT (Eq. 2) and SDFT (Eq. 5): one code path, one set of settings.
+
+Built on transformers' Trainer, so `accelerate launch -m sdft train ...` runs it data-parallel on many GPUs (and DeepSpeed
+through an accelerate config). Loss is on the response tokens only, end-of-turn token included; batches are grouped by
+length to waste little on padding; bf16 autocast where the hardware runs it fast.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .models import cpu_has_fast_bf16
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainingExample:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> TrainingExample:
+    """Prompt tokens are masked out of the loss; the target ends with the end-of-turn (EOS) token, which is trained."""
+    bos = tokenizer.bos_token
+    add_special = not (bos and prompt.startswith(bos))
+    prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    input_ids = (prompt_ids + target_ids)[:max_length]
+    labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
+    return TrainingExample(input_ids, labels)
+
+
+class PadCollator:
+    """Right-pads a batch; padded label positions are ignored by the loss."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(f["input_ids"]) for f in features)
+        def padded(key, value):
+            return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features])
+        input_ids = padded("input_ids", self.pad_token_id)
+        labels = padded("labels", IGNORE_INDEX)
+        attention = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
+        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+
+
+@dataclass
+class TrainerSettings:
+    epochs: float
+    max_steps: int
+    learning_rate: float
+    batch_size: int  # effective (per device x accumulation x devices)
+    micro_batch_size: int
+    seed: int
+    save_steps: int
+    logging_steps: int
+    bf16: bool | None  # None = auto
+
+
+def use_bf16(requested: bool | None) -> bool:
+    if requested is not None:
+        return requested
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_fast_bf16()
+
+
+def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings):
+    """Run the Trainer (resuming from the last checkpoint in out_dir) and return the trained model."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    micro = min(settings.micro_batch_size, settings.batch_size)
+    accumulation = max(1, math.ceil(settings.batch_size / (micro * world)))
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    args = TrainingArguments(
+        output_dir=str(out_dir / "checkpoints"),
+        num_train_epochs=settings.epochs,
+        max_steps=settings.max_steps,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=accumulation,
+        max_grad_norm=1.0,
+        optim="adamw_torch",
+        weight_decay=0.0,
+        bf16=use_bf16(settings.bf16),
+        group_by_length=True,
+        length_column_name="length",
+        logging_dir=str(out_dir / "logs"),
+        logging_steps=settings.logging_steps,
+        report_to=["tensorboard"],
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+        disable_tqdm=False,
+    )
+    dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id))
+    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
+    result = trainer.train(resume_from_checkpoint=last)
+    return trainer, result

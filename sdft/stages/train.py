@@ -1,0 +1,122 @@
+"""Fine-tuning stage: vanilla (Eq. 2), SDFT (Eq. 5) or any mix — the same engine and settings, only the targets differ.
+
+`mix_ratio` r picks, by a seeded order over example ids, the fraction r of rows trained on their distilled target
+(r = 1 is SDFT, r = 0 vanilla). The order is fixed per seed, so the rows of r = 0.25 are among those of r = 0.5.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import field
+from ..data import DATASETS, load_dataset, subsample
+from ..engines.models import EMBEDDED_MODEL, load_tokenizer, resolve_dtype, resolve_model
+from ..engines.training import TrainerSettings, tokenize_example, train_model
+from ..errors import UserError
+from ..jsonl import read_jsonl, write_json
+from ..templates import render
+
+
+@dataclass
+class TrainConfig:
+    data: str = field(help="distilled.jsonl from `sdft distill`, or any dataset (registry name, file, hub id) for vanilla")
+    out: str = field(help="output directory (adapter, logs, checkpoints)")
+    model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
+    mix_ratio: float | None = field(None, help="fraction of rows trained on distilled targets (1 = SDFT, 0 = vanilla; default 1 for distilled data)")
+    template: str | None = field(None, help="training prompt template (default: the dataset's, else alpaca)")
+    prompt_mode: str = field("chat", help="chat | raw")
+    epochs: float | None = field(None, help="default: the dataset's (paper: 5 for GSM8K/OpenFunctions, 2 otherwise)")
+    max_steps: int = field(-1, help="stop after N optimizer steps (-1 = use epochs)")
+    learning_rate: float = field(1e-4, help="peak learning rate, cosine to 0, no warmup")
+    batch_size: int = field(8, help="effective batch size")
+    micro_batch_size: int = field(8, help="per-device batch; gradient accumulation makes up the rest")
+    max_length: int = field(1024, help="token cutoff per example")
+    finetune: str = field("lora", help="lora | full")
+    lora_r: int = field(8, help="LoRA rank")
+    lora_alpha: int = field(16, help="LoRA alpha")
+    lora_dropout: float = field(0.0, help="LoRA dropout")
+    target_modules: list = field(["q_proj", "v_proj"], help="LoRA target modules, or all-linear")
+    merge: bool = field(False, help="also save the merged model under OUT/merged")
+    limit: int | None = field(None, help="seeded subsample of at most N rows")
+    columns: dict = field({}, help="column mapping for non-distilled data")
+    data_dir: str | None = field(None, help="local data directory")
+    dtype: str = field("fp32", help="weights dtype (fp32 trains with bf16 autocast where fast)")
+    bf16: bool | None = field(None, help="bf16 mixed precision (default: auto-detect)")
+    save_steps: int = field(100, help="checkpoint every N steps (resume after a kill)")
+    logging_steps: int = field(5, help="TensorBoard logging interval")
+    seed: int = field(42, help="seed for mixing, data order and initialisation")
+
+
+def mixed_targets(rows: list[dict], ratio: float, seed: int) -> list[tuple[dict, str]]:
+    """(row, target) pairs: distilled target for the seeded fraction `ratio` of rows, the original for the rest."""
+    if not 0.0 <= ratio <= 1.0:
+        raise UserError(f"mix ratio must be in [0, 1], got {ratio}")
+    order = sorted(rows, key=lambda r: hashlib.sha256(f"{seed}|{r['id']}".encode()).hexdigest())
+    chosen = {r["id"] for r in order[: round(ratio * len(rows))]}
+    return [(r, r["target"] if r["id"] in chosen else r["original"]) for r in rows]
+
+
+def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str, float | None]:
+    """(row, target) pairs, the training template and the dataset's default epochs."""
+    path = Path(config.data)
+    if path.suffix == ".jsonl" and path.is_file():
+        rows = read_jsonl(path)
+        if rows and all("target" in r and "original" in r for r in rows):
+            template = config.template or rows[0].get("train_template", "alpaca")
+            dataset = DATASETS.get(_stats_dataset(path))
+            ratio = 1.0 if config.mix_ratio is None else config.mix_ratio
+            return mixed_targets(subsample(rows, config.seed, config.limit), ratio, config.seed), template, dataset.epochs if dataset else None
+    if config.mix_ratio not in (None, 0.0):
+        raise UserError("--mix-ratio > 0 needs distilled data (run `sdft distill` first)", config.data)
+    data = load_dataset(config.data, config.data_dir, config.columns or None, config.limit, config.seed)
+    template = config.template or (data.spec.train_template if data.spec else "alpaca")
+    return [(ex, ex["response"]) for ex in data.examples], template, data.spec.epochs if data.spec else None
+
+
+def _stats_dataset(path: Path) -> str | None:
+    stats = path.with_name("distill_stats.json")
+    if stats.is_file():
+        import json
+
+        return json.loads(stats.read_text()).get("dataset")
+    return None
+
+
+def train(config: TrainConfig) -> dict:
+    """Fine-tune and save the adapter (or full model) in config.out; returns training metrics."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    pairs, template, dataset_epochs = load_training_rows(config)
+    if not pairs:
+        raise UserError("no training rows", config.data)
+    if config.finetune not in ("lora", "full"):
+        raise UserError(f"unknown finetune mode '{config.finetune}' (lora | full)")
+    tokenizer = load_tokenizer(config.model)
+    examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target, config.max_length)
+                for row, target in pairs]
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(config.model), dtype=resolve_dtype(config.dtype, "cpu"))
+    torch.manual_seed(config.seed)
+    if config.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        targets = "all-linear" if config.target_modules in (["all-linear"], "all-linear") else list(config.target_modules)
+        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                                 target_modules=targets, task_type="CAUSAL_LM"))
+    out = Path(config.out)
+    settings = TrainerSettings(epochs=config.epochs or dataset_epochs or 3, max_steps=config.max_steps,
+                               learning_rate=config.learning_rate, batch_size=config.batch_size,
+                               micro_batch_size=config.micro_batch_size, seed=config.seed, save_steps=config.save_steps,
+                               logging_steps=config.logging_steps, bf16=config.bf16)
+    trainer, result = train_model(model, tokenizer, examples, out, settings)
+    trainer.save_model(str(out))
+    tokenizer.save_pretrained(str(out))
+    if config.merge and config.finetune == "lora":
+        trainer.model.merge_and_unload().save_pretrained(str(out / "merged"))
+        tokenizer.save_pretrained(str(out / "merged"))
+    distilled = sum(1 for row, target in pairs if row.get("accepted") and target == row.get("distilled"))
+    metrics = {**result.metrics, "examples": len(examples), "distilled_targets": distilled, "template": template}
+    write_json(out / "train_metrics.json", metrics)
+    return metrics
