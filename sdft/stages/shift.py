@@ -11,6 +11,7 @@ import functools
 import os
 import re
 from collections import defaultdict
+from pathlib import Path
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -143,3 +144,17 @@ def parameter_shift(seed: torch.nn.Module | Mapping[str, torch.Tensor], tuned: t
         "l2_total": float(np.sqrt(sum(squares.values()))),
         "per_layer": {group: float(np.sqrt(sq)) for group, sq in squares.items()},
     }
+
+
+def parameter_shift_of_adapter(model_spec: str, trained_dir: str) -> dict:
+    """‖Δθ‖ of a `sdft train` output (LoRA adapter or full model) against its seed model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ..engines.models import resolve_model
+
+    seed = AutoModelForCausalLM.from_pretrained(resolve_model(model_spec), dtype=torch.float32)
+    if (Path(trained_dir) / "adapter_config.json").is_file():
+        return parameter_shift(seed, PeftModel.from_pretrained(seed, trained_dir))
+    tuned = AutoModelForCausalLM.from_pretrained(trained_dir, dtype=torch.float32)
+    return parameter_shift(seed, tuned)

@@ -1,0 +1,63 @@
+"""`sdft` command line: CLI -> pipeline -> stages -> engines. User errors exit 2 with one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .config import add_config_args, build_config
+from .errors import UserError
+
+
+def _commands():
+    """name -> (help, config class, stage function, positional fields); imported lazily to keep --help fast."""
+    from .stages.distill import DistillConfig, distill
+    from .stages.evaluate import EvalConfig, run_eval
+    from .stages.generate import GenerateConfig, generate
+    from .stages.train import TrainConfig, train
+    from .pipeline import DemoConfig, ReportConfig, RunConfig, demo, report, run
+    from .stages.evaluate import ScoreConfig, score
+
+    return {
+        "distill": ("rewrite a dataset's responses with the seed model and select (SDFT Eq. 3-4)", DistillConfig, distill, ()),
+        "train": ("fine-tune with LoRA (or fully): vanilla, SDFT, or any mix ratio", TrainConfig, train, ()),
+        "generate": ("generate completions for a file of prompts", GenerateConfig, generate, ()),
+        "eval": ("run the forgetting benchmarks on a model (+ adapter)", EvalConfig, run_eval, ()),
+        "score": ("re-score saved predictions for one benchmark", ScoreConfig, score, ()),
+        "run": ("run an experiment config end to end (cached stages) and write the report", RunConfig, run, ("experiment",)),
+        "report": ("re-render report.md / report.html from a run directory", ReportConfig, report, ("run_dir",)),
+        "demo": ("the main job on the embedded model: distill GSM8K, train vanilla + SDFT, compare with the seed", DemoConfig, demo, ()),
+    }
+
+
+def build_parser(commands) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning (arXiv 2402.13669) for chat LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, config_cls, _, positional) in commands.items():
+        add_config_args(sub.add_parser(name, help=help_text, description=help_text), config_cls, positional)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    commands = _commands()
+    args = build_parser(commands).parse_args(argv)
+    _, config_cls, stage, _ = commands[args.command]
+    try:
+        config = build_config(config_cls, args)
+        result = stage(config)
+    except UserError as e:
+        print(f"sdft {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"sdft {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    if isinstance(result, dict) and args.command in ("score", "distill", "eval"):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

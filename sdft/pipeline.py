@@ -1,0 +1,265 @@
+"""Experiments: seed model + training sets + methods + eval suite -> cached stages -> report.
+
+Every stage (distill, train, eval, shift) lives in `RUN/stages/<kind>/<key>-<hash>`, where the hash covers the stage's
+config and the hashes of the stages it reads. A stage is done when its `done.json` exists, so a rerun after a kill, or
+after adding a method, runs only what is missing; a killed training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import build_config, field, load_yaml
+from .engines.models import EMBEDDED_MODEL
+from .errors import UserError
+from .jsonl import read_jsonl, write_json
+from .provenance import provenance, write_run_json
+from .stages.distill import DistillConfig, distill
+from .stages.evaluate import EvalConfig, run_eval
+from .stages.train import TrainConfig, train
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+MATCHED_CAPACITY = {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = field(help="experiment name")
+    out: str = field(help="run directory")
+    model: str = field(EMBEDDED_MODEL, help="seed model")
+    seed: int = field(42, help="seed for every stage")
+    datasets: list = field(["gsm8k"], help="training sets (registry names or files)")
+    train_size: int | None = field(None, help="rows per training set (None: the paper's > 10k -> 2000 rule)")
+    methods: list = field(["vanilla", "sdft"], help="vanilla and/or sdft")
+    mix_ratios: list = field([], help="extra mix ratios in (0, 1) for the sweep (Fig. 7/8)")
+    train_sizes: list = field([], help="extra training-set sizes for the sweep (Fig. 5/6)")
+    matched_capacity: bool = field(False, help="also compare at LoRA all-linear r64 (sdft#15)")
+    data_dir: str | None = field(None, help="local data directory")
+    distill: dict = field({}, help="DistillConfig options")
+    train: dict = field({}, help="TrainConfig options")
+    eval: dict = field({}, help="EvalConfig options (benchmarks, limit, max_new_tokens, judge...)")
+    shift: dict = field({"benchmark": "advbench"}, help="distribution shift: the eval benchmark whose outputs are compared")
+
+
+@dataclass
+class Stage:
+    kind: str
+    key: str
+    config: dict
+    deps: list["Stage"]
+    action: Callable[[Path], dict]
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def hash(self) -> str:
+        payload = json.dumps({"kind": self.kind, "config": self.config, "deps": [d.hash for d in self.deps]},
+                             sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+    def directory(self, run_dir: Path) -> Path:
+        return run_dir / "stages" / self.kind / f"{self.key}-{self.hash}"
+
+    def done(self, run_dir: Path) -> bool:
+        return (self.directory(run_dir) / "done.json").is_file()
+
+
+def load_experiment(path_or_preset: str, out: str | None = None) -> ExperimentConfig:
+    path = Path(path_or_preset)
+    if not path.is_file() and (PRESETS_DIR / f"{path_or_preset}.yaml").is_file():
+        path = PRESETS_DIR / f"{path_or_preset}.yaml"
+    values = load_yaml(str(path))
+    values.setdefault("name", path.stem)
+    if out:
+        values["out"] = out
+    values.setdefault("out", f"runs/{values['name']}")
+    return build_config(ExperimentConfig, values=values, source=str(path))
+
+
+def plan(exp: ExperimentConfig) -> list[Stage]:
+    """Stages in dependency order."""
+    for method in exp.methods:
+        if method not in ("vanilla", "sdft"):
+            raise UserError(f"unknown method '{method}' (vanilla | sdft; use mix_ratios for mixes)")
+    base_eval = {"benchmarks": ["gsm8k"], "seed": exp.seed, **exp.eval, "model": exp.model, "data_dir": exp.data_dir}
+    stages: list[Stage] = []
+    seed_eval = _eval_stage("seed", base_eval, None)
+    stages.append(seed_eval)
+    models = [{"key": "seed", "method": "seed", "dataset": None, "mix_ratio": None, "train_size": None,
+               "capacity": "paper", "stage": seed_eval}]
+    capacities = {"paper": {}} | ({"all-linear-r64": MATCHED_CAPACITY} if exp.matched_capacity else {})
+    for dataset in exp.datasets:
+        name = Path(dataset).stem
+        for size in [exp.train_size, *[s for s in exp.train_sizes if s != exp.train_size]]:
+            distill_stage = None
+            variants = [(m, 1.0 if m == "sdft" else 0.0) for m in exp.methods]
+            if size == exp.train_size:
+                variants += [("mix", float(r)) for r in exp.mix_ratios if 0.0 < float(r) < 1.0]
+            for method, ratio in variants:
+                if ratio > 0 and distill_stage is None:
+                    distill_stage = _distill_stage(exp, dataset, name if size == exp.train_size else f"{name}-n{size}", size)
+                    stages.append(distill_stage)
+                for capacity, overrides in capacities.items():
+                    if capacity != "paper" and (method == "mix" or size != exp.train_size):
+                        continue
+                    key = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
+                                                 f"n{size}" if size != exp.train_size else "",
+                                                 capacity if capacity != "paper" else ""]))
+                    train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage if ratio > 0 else None)
+                    eval_stage = _eval_stage(key, base_eval, train_stage)
+                    stages += [train_stage, eval_stage]
+                    models.append({"key": key, "method": method, "dataset": name, "mix_ratio": ratio, "train_size": size,
+                                   "capacity": capacity, "stage": eval_stage})
+                    if exp.shift.get("benchmark"):
+                        stages.append(_shift_stage(exp, key, seed_eval, eval_stage, train_stage))
+    stages[0].meta["models"] = models
+    return stages
+
+
+def _distill_stage(exp: ExperimentConfig, dataset: str, key: str, size: int | None) -> Stage:
+    config = {**exp.distill, "dataset": dataset, "model": exp.model, "limit": size, "seed": exp.seed, "data_dir": exp.data_dir}
+    return Stage("distill", key, config, [], lambda d: distill(DistillConfig(**config, out=str(d))))
+
+
+def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage) -> Stage:
+    config = {**exp.train, **overrides, "model": exp.model, "limit": size, "seed": exp.seed, "data_dir": exp.data_dir,
+              "mix_ratio": ratio if distill_stage else None}
+    deps = [distill_stage] if distill_stage else []
+    config["data"] = dataset if distill_stage is None else "<distilled>"
+
+    def action(directory: Path) -> dict:
+        data = str(distill_stage.directory(directory.parents[2]) / "distilled.jsonl") if distill_stage else dataset
+        return train(TrainConfig(**{**config, "data": data}, out=str(directory)))
+
+    return Stage("train", key, config, deps, action)
+
+
+def _eval_stage(key: str, base_eval: dict, train_stage: Stage | None) -> Stage:
+    deps = [train_stage] if train_stage else []
+
+    def action(directory: Path) -> dict:
+        if train_stage is None:
+            return run_eval(EvalConfig(**base_eval, out=str(directory)))
+        trained = train_stage.directory(directory.parents[2])
+        if (trained / "adapter_config.json").is_file():
+            return run_eval(EvalConfig(**base_eval, adapter=str(trained), out=str(directory)))
+        return run_eval(EvalConfig(**{**base_eval, "model": str(trained)}, out=str(directory)))  # full fine-tune
+
+    return Stage("eval", key, base_eval, deps, action)
+
+
+def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: Stage, train_stage: Stage) -> Stage:
+    benchmark = exp.shift["benchmark"]
+
+    def action(directory: Path) -> dict:
+        from .stages.shift import parameter_shift_of_adapter, text_shift
+
+        run_dir = directory.parents[2]
+        seed_rows = {r["id"]: r["prediction"] for r in read_jsonl(seed_eval.directory(run_dir) / f"{benchmark}.jsonl")}
+        tuned_rows = {r["id"]: r["prediction"] for r in read_jsonl(tuned_eval.directory(run_dir) / f"{benchmark}.jsonl")}
+        ids = [i for i in seed_rows if i in tuned_rows]
+        result = text_shift([seed_rows[i] for i in ids], [tuned_rows[i] for i in ids])
+        result.update(parameter_shift_of_adapter(exp.model, str(train_stage.directory(run_dir))))
+        write_json(directory / "shift.json", result)
+        return result
+
+    return Stage("shift", key, {"benchmark": benchmark}, [seed_eval, tuned_eval, train_stage], action)
+
+
+def execute(exp: ExperimentConfig, stages: list[Stage], progress: Callable[[str], None] = print) -> Path:
+    run_dir = Path(exp.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_json(run_dir, "run", exp)
+    for number, stage in enumerate(stages, 1):
+        directory = stage.directory(run_dir)
+        if stage.done(run_dir):
+            progress(f"[{number}/{len(stages)}] {stage.kind} {stage.key}: cached")
+            continue
+        progress(f"[{number}/{len(stages)}] {stage.kind} {stage.key} ...")
+        directory.mkdir(parents=True, exist_ok=True)
+        result = stage.action(directory)
+        write_json(directory / "done.json", {"stage": stage.kind, "key": stage.key, "hash": stage.hash,
+                                             "config": stage.config, "result": result})
+    write_summary(exp, stages, run_dir)
+    return run_dir
+
+
+def write_summary(exp: ExperimentConfig, stages: list[Stage], run_dir: Path) -> dict:
+    """summary.json: what the report reads (models, their eval dirs, distillation stats, shift)."""
+    models = [{k: v for k, v in m.items() if k != "stage"} | {"eval_dir": str(m["stage"].directory(run_dir).relative_to(run_dir))}
+              for m in stages[0].meta["models"]]
+    distill_stats = {s.key: json.loads((s.directory(run_dir) / "distill_stats.json").read_text())
+                     for s in stages if s.kind == "distill"}
+    shift = {s.key: json.loads((s.directory(run_dir) / "shift.json").read_text()) for s in stages if s.kind == "shift"}
+    summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
+               "benchmarks": list(exp.eval.get("benchmarks", ["gsm8k"])), "default_train_size": exp.train_size,
+               "models": models, "distill": distill_stats, "shift": shift}
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+@dataclass
+class RunConfig:
+    experiment: str = field(help="experiment YAML (or a preset name: demo, cpu-small, paper-gsm8k, ...)")
+    out: str | None = field(None, help="run directory (default: the config's `out`, else runs/<name>)")
+    dry_run: bool = field(False, help="print the stage plan and exit")
+
+
+def run(config: RunConfig) -> dict:
+    from .stages.report import render_report
+
+    exp = load_experiment(config.experiment, config.out)
+    stages = plan(exp)
+    if config.dry_run:
+        run_dir = Path(exp.out)
+        for stage in stages:
+            state = "cached" if stage.done(run_dir) else "to run"
+            deps = ", ".join(f"{d.kind}:{d.key}" for d in stage.deps) or "-"
+            print(f"{stage.kind:8} {stage.key:40} {stage.hash}  {state:7} <- {deps}")
+        return {"stages": len(stages)}
+    run_dir = execute(exp, stages)
+    md, html = render_report(run_dir)
+    print(f"report: {md}\n        {html}")
+    return {"run_dir": str(run_dir), "report": str(md)}
+
+
+@dataclass
+class ReportConfig:
+    run_dir: str = field(help="run directory of `sdft run`")
+
+
+def report(config: ReportConfig) -> dict:
+    from .stages.report import render_report
+
+    if not (Path(config.run_dir) / "summary.json").is_file():
+        raise UserError("no summary.json: not a finished `sdft run` directory", config.run_dir)
+    md, html = render_report(config.run_dir)
+    print(f"report: {md}\n        {html}")
+    return {"report": str(md)}
+
+
+@dataclass
+class DemoConfig:
+    out: str = field("demo_out", help="run directory")
+    model: str = field(EMBEDDED_MODEL, help="seed model")
+    fresh: bool = field(False, help="delete a previous demo run first")
+
+
+def demo(config: DemoConfig) -> dict:
+    """The `demo` preset: GSM8K subset distilled, vanilla vs SDFT, both against the seed on held-out GSM8K."""
+    if config.fresh:
+        shutil.rmtree(config.out, ignore_errors=True)
+    exp = load_experiment("demo", config.out)
+    exp.model = config.model
+    run_dir = execute(exp, plan(exp))
+    from .stages.report import render_report
+
+    md, _ = render_report(run_dir)
+    print(Path(md).read_text(encoding="utf-8").split("\n## ")[1] if "\n## " in Path(md).read_text() else "")
+    print(f"full report: {md}")
+    return {"run_dir": str(run_dir)}
