@@ -1,4 +1,4 @@
-"""The evaluation benchmarks (DESIGN.md §4) as registry entries of data + prompt + scorer, the way lm-eval declares tasks.
+"""The evaluation benchmarks (DESIGN.md §4) as registry entries of data + prompt + scorer, as lm-eval declares tasks.
 
 Scoring is separate from generation so saved predictions can be re-scored (`sdft score`). Choices of our own:
 - HumanEval: the paper gives an instruction prompt but not its text; the function stub goes through the `alpaca`
@@ -64,7 +64,7 @@ class Benchmark:
             try:
                 fields, reference, extra = self.build(row, Path(data_dir))
             except KeyError as e:
-                raise UserError(f"row lacks field {e} needed by benchmark '{self.name}'", str(path), index + 1) from None
+                raise UserError(f"row lacks field {e} needed by '{self.name}'", str(path), index + 1) from None
             samples.append(Sample(str(row.get("task_id", f"{self.name}-{index}")), fields, reference, extra))
         return samples
 
@@ -83,7 +83,8 @@ def _instruction_row(instruction_key: str, reference_key: str) -> RowBuilder:
 
 
 def _humaneval_row(row: dict, data_dir: Path) -> tuple[dict, Any, dict]:
-    return {"instruction": HUMANEVAL_INSTRUCTION.format(prompt=row["prompt"])}, row["canonical_solution"], {"problem": row}
+    fields = {"instruction": HUMANEVAL_INSTRUCTION.format(prompt=row["prompt"])}
+    return fields, row["canonical_solution"], {"problem": row}
 
 
 @functools.lru_cache(maxsize=4)
@@ -140,8 +141,6 @@ def _win_score(sample: Sample, prediction: str, judge) -> float:
     """Win against the reference, judged in both orders; a judge unreadable in both orders counts as a tie."""
     from .engines.judge import judge_win
 
-    if judge is None:
-        raise UserError("alpaca_eval needs a judge: pass --judge-url/--judge-model")
     win = judge_win(judge, sample.fields["instruction"], prediction, sample.reference)
     return 0.5 if win is None else win
 
@@ -155,7 +154,8 @@ _MATH = dict(kind="generate", metric="accuracy", template="gsm8k_infer", max_new
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in [
-        Benchmark("gsm8k", data_file="gsm8k/sdft_gsm8k_test.jsonl", build=_instruction_row("question", "answer"), **_MATH),
+        Benchmark("gsm8k", data_file="gsm8k/sdft_gsm8k_test.jsonl", build=_instruction_row("question", "answer"),
+                  **_MATH),
         Benchmark("multiarith", data_file="multiarith/sdft_multiarith_test.jsonl",
                   build=_instruction_row("instruction", "output"), **_MATH),
         Benchmark("openfunctions", kind="generate", data_file="openfunctions/sdft_openfunction_test.jsonl",

@@ -40,19 +40,20 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
     for f in dataclasses.fields(cls):
         kind = _base_type(hints[f.name])
         flag = f.name if f.name in positional else "--" + f.name.replace("_", "-")
-        extra = {"nargs": "?"} if f.name in positional else {}
+        # argparse takes a positional's dest from its name and refuses dest= a second time
+        extra = {"nargs": "?"} if f.name in positional else {"dest": f.name}
         help_text = f.metadata.get("help", "")
         if f.default is not dataclasses.MISSING and f.default is not None:
             help_text += f" (default: {f.default})"
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif kind is list:
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text + " [comma-separated]",
+            parser.add_argument(flag, default=None, help=help_text + " [comma-separated]",
                                 type=lambda s: [x for x in s.split(",") if x], **extra)
         elif kind is dict:
-            parser.add_argument(flag, dest=f.name, default=None, help=help_text + " [YAML/JSON mapping]", type=_mapping, **extra)
+            parser.add_argument(flag, default=None, help=help_text + " [YAML/JSON mapping]", type=_mapping, **extra)
         else:
-            parser.add_argument(flag, dest=f.name, default=None, type=kind if kind in (int, float) else str, help=help_text, **extra)
+            parser.add_argument(flag, default=None, type=kind if kind in (int, float) else str, help=help_text, **extra)
 
 
 def _mapping(text: str) -> dict:

@@ -75,7 +75,9 @@ def use_bf16(requested: bool | None) -> bool:
 def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings):
     """Run the Trainer (resuming from the last checkpoint in out_dir) and return the trained model."""
     from datasets import Dataset
+    from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, TrainingArguments
+    from transformers.integrations import TensorBoardCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
@@ -95,11 +97,11 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
         optim="adamw_torch",
         weight_decay=0.0,
         bf16=use_bf16(settings.bf16),
-        group_by_length=True,
+        use_cpu=not torch.cuda.is_available(),
+        train_sampling_strategy="group_by_length",
         length_column_name="length",
-        logging_dir=str(out_dir / "logs"),
         logging_steps=settings.logging_steps,
-        report_to=["tensorboard"],
+        report_to="none",  # TensorBoard is attached below so its logs land in out_dir/logs
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,
@@ -110,7 +112,8 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
         disable_tqdm=False,
     )
     dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id))
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id),
+                      callbacks=[TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     return trainer, result

