@@ -40,6 +40,22 @@ def build_parser(commands) -> argparse.ArgumentParser:
     return parser
 
 
+def _record_provenance(command: str, config) -> None:
+    """run.json beside a stage's outputs (the pipeline commands write their own)."""
+    from pathlib import Path
+
+    from .provenance import write_run_json
+
+    out = getattr(config, "out", None)
+    if command in ("run", "report", "demo", "score") or not out:
+        return
+    path = Path(out)
+    if path.suffix:  # a file output: <name>.run.json beside it
+        write_run_json(path.parent, command, config, name=f"{path.stem}.run.json")
+    else:
+        write_run_json(path, command, config)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = _commands()
@@ -48,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(config_cls, args)
         result = stage(config)
+        _record_provenance(args.command, config)
     except UserError as e:
         print(f"sdft {args.command}: error: {e}", file=sys.stderr)
         return 2

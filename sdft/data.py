@@ -157,14 +157,18 @@ def _read_hub(hub_id: str, config: str | None, split: str) -> list[tuple[int, di
     return [(i + 1, dict(row)) for i, row in enumerate(ds)]
 
 
+_PAIRS = (("prompt", "completion"), ("question", "answer"))  # prompt/completion, and GSM8K-style question/answer
+
+
 def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str) -> dict:
     """One raw row in any supported format -> the normalised example."""
     example_id = str(row.get(mapping.get("id", "id"), default_id))
     messages_key = mapping.get("messages") or next((k for k in ("messages", "conversations") if k in row), None)
     if messages_key and messages_key in row:
         example = _from_messages(row[messages_key], source, line)
-    elif "instruction" not in mapping and "prompt" in row and "completion" in row:
-        example = {"instruction": _text(row, "prompt", source, line), "response": _text(row, "completion", source, line)}
+    elif "instruction" not in mapping and "instruction" not in row and any(p in row and c in row for p, c in _PAIRS):
+        prompt, completion = next((p, c) for p, c in _PAIRS if p in row and c in row)
+        example = {"instruction": _text(row, prompt, source, line), "response": _text(row, completion, source, line)}
     else:
         instruction = _text(row, mapping.get("instruction", "instruction"), source, line)
         extra = row.get(mapping.get("input", "input")) or ""

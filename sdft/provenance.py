@@ -54,7 +54,7 @@ def provenance(command: str, config) -> dict:
     }
 
 
-def write_run_json(out_dir: str | Path, command: str, config) -> dict:
+def write_run_json(out_dir: str | Path, command: str, config, name: str = "run.json") -> dict:
     record = provenance(command, config)
-    write_json(Path(out_dir) / "run.json", record)
+    write_json(Path(out_dir) / name, record)
     return record
