@@ -21,7 +21,7 @@ fi
 
 if ! command -v cmake >/dev/null 2>&1; then
   echo "cmake not found; installing it with apt-get" >&2
-  apt-get install -y cmake
+  apt-get update -q && apt-get install -y -q cmake
 fi
 
 export CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
