@@ -4,7 +4,9 @@ Scoring is separate from generation so saved predictions can be re-scored (`sdft
 - HumanEval: the paper gives an instruction prompt but not its text; the function stub goes through the `alpaca`
   template as "Complete the following Python function.\\n\\n```python\\n{prompt}```". The completion is the first
   Python block of the answer (else the raw text), either a body continuing the stub or a whole definition.
-- AdvBench: 128 new tokens; a refusal shows in the first sentence, and the keyword rule reads only for one.
+- AdvBench: 128 new tokens (the reference code generates up to 512): a refusal or a compliance shows in the opening
+  sentences, and 4x fewer tokens make 2 x 520 prompts affordable on CPU. Longer outputs can only add keywords (a closing
+  "this is illegal"), so safe rates can read slightly lower than at 512; pass max_new_tokens=512 to match.
 - Knowledge tasks are scored by log-likelihood in `sdft.knowledge`; here they only get a name and a data file.
 """
 
@@ -17,6 +19,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .checks import extract_python_code, function_call_check, math_check, paper_call_match
+from .engines.judge import judge_win
+from .engines.sandbox import run_humaneval
 from .errors import UserError
 from .jsonl import read_jsonl
 from .knowledge import KNOWLEDGE_TASKS
@@ -24,7 +28,6 @@ from .knowledge import KNOWLEDGE_TASKS
 HUMANEVAL_INSTRUCTION = "Complete the following Python function.\n\n```python\n{prompt}```"
 REFUSAL_KEYWORDS_FILE = "refusal_keywords/qi2024_refusal_keywords.json"
 GCG_SUFFIX_FILE = "advbench/gcg_suffixes.txt"
-KINDS = ("generate", "judge", "knowledge")
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,8 @@ Scorer = Callable[[Sample, str, Any], float]  # (sample, prediction, judge) -> s
 
 @dataclass(frozen=True)
 class Benchmark:
+    """What to ask (data file + template), how long an answer may be, and how to score it."""
+
     name: str
     kind: str  # generate | judge (pairwise against the reference) | knowledge (log-likelihood, sdft.knowledge)
     data_file: str  # relative to the data dir
@@ -127,8 +132,6 @@ def _paper_call_match(sample: Sample, prediction: str) -> dict[str, float]:
 
 
 def _humaneval_score(sample: Sample, prediction: str, judge) -> float:
-    from .engines.sandbox import run_humaneval
-
     return run_humaneval(sample.extra["problem"], extract_python_code(prediction)).status == "passed"
 
 
@@ -139,8 +142,6 @@ def _safe_score(sample: Sample, prediction: str, judge) -> float:
 
 def _win_score(sample: Sample, prediction: str, judge) -> float:
     """Win against the reference, judged in both orders; a judge unreadable in both orders counts as a tie."""
-    from .engines.judge import judge_win
-
     win = judge_win(judge, sample.fields["instruction"], prediction, sample.reference)
     return 0.5 if win is None else win
 

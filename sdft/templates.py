@@ -85,14 +85,23 @@ def get_template(name_or_template: str | Template | dict) -> Template:
     return TEMPLATES[name_or_template]
 
 
+PROMPT_MODES = ("chat", "raw")
+
+
+def check_prompt_mode(mode: str) -> str:
+    """Stages call this before loading a model, so a typo fails in a second, not after the load."""
+    if mode not in PROMPT_MODES:
+        raise UserError(f"unknown prompt mode '{mode}' (chat | raw)")
+    return mode
+
+
 def render(template: str | Template | dict, fields: dict, tokenizer=None, mode: str = "chat") -> str:
     """The full prompt text, ending where the model's answer starts (after any assistant prefix)."""
     template = get_template(template)
     user = template.fill(fields)
     system = fields.get("system") or template.system  # a chat row's own system turn wins
     history = fields.get("history") or []
-    if mode not in ("chat", "raw"):
-        raise UserError(f"unknown prompt mode '{mode}' (chat | raw)")
+    check_prompt_mode(mode)
     if mode == "raw" or tokenizer is None or not getattr(tokenizer, "chat_template", None):
         earlier = "".join(f"{turn['content']}\n\n" for turn in history)
         return render_raw(template, earlier + user, system)

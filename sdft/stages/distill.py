@@ -27,7 +27,7 @@ from ..engines.generation import GenerationConfig, generate_rows, make_engine
 from ..engines.models import EMBEDDED_MODEL
 from ..errors import UserError
 from ..jsonl import write_json, write_jsonl
-from ..templates import get_template, render
+from ..templates import check_prompt_mode, get_template, render
 
 
 @dataclass
@@ -66,6 +66,7 @@ def distill(config: DistillConfig) -> dict:
     if task not in CHECKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(CHECKS)})")
     template = get_template(config.template or (spec.distill_template if spec else "distill_using"))
+    check_prompt_mode(config.prompt_mode)
     if not data.examples:
         raise UserError("dataset has no rows", data.source)
 

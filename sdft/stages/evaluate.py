@@ -20,7 +20,7 @@ from ..benchmarks import BENCHMARKS, Benchmark, Sample, get_benchmark
 from ..config import field
 from ..engines.generation import GenerationConfig, HFEngine, generate_rows, make_engine
 from ..engines.judge import make_judge
-from ..engines.models import EMBEDDED_MODEL, load_model, load_tokenizer
+from ..engines.models import EMBEDDED_MODEL, default_device, load_model, load_tokenizer, resolve_dtype
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..knowledge import _select as select_indices
@@ -80,13 +80,17 @@ def run_eval(config: EvalConfig) -> dict:
 
     generated = [b for b in benchmarks if b.kind != "knowledge"]
     knowledge = [b.name for b in benchmarks if b.kind == "knowledge"]
-    engine = make_engine(config.model, _generation_config(config), config.dtype, config.adapter) if generated else None
+    engine = None
+    if generated:  # one model for all benchmarks; each sets its own length cap on the engine
+        engine = make_engine(config.model, _generation_config(config, generated[0]), config.dtype, config.adapter)
     for bench in generated:
         results["benchmarks"][bench.name] = _evaluate_generated(bench, engine, config, data_dir, out, judge)
         write_json(out / RESULTS_FILE, results)
     if knowledge:
-        model, tokenizer = (engine.model, engine.tokenizer) if isinstance(engine, HFEngine) else \
-            load_model(config.model, config.dtype, config.adapter)
+        if isinstance(engine, HFEngine):
+            model, tokenizer = engine.model, engine.tokenizer
+        else:  # nothing generated, or vLLM, whose weights lm-eval cannot score with
+            model, tokenizer = load_model(config.model, config.dtype, config.adapter)
         results["benchmarks"].update(evaluate_knowledge(model, tokenizer, knowledge, data_dir, out, config.limit,
                                                         config.seed, config.batch_size))
         write_json(out / RESULTS_FILE, results)
@@ -151,8 +155,9 @@ def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: 
     tokenizer = getattr(engine, "tokenizer", None) or load_tokenizer(config.model)
     prompts = [render(bench.template, sample.fields, tokenizer, config.prompt_mode) for sample in samples]
     engine.config = _generation_config(config, bench)  # engines read their config at each call
+    dtype = str(resolve_dtype(config.dtype, default_device())).removeprefix("torch.")  # what "auto" meant here
     settings = {"max_new_tokens": engine.config.max_new_tokens, "temperature": engine.config.temperature,
-                "top_p": engine.config.top_p, "prompt_mode": config.prompt_mode, "dtype": config.dtype}
+                "top_p": engine.config.top_p, "prompt_mode": config.prompt_mode, "dtype": dtype}
     generations_path = out / f"{bench.name}.generations.jsonl"
     _discard_if_settings_changed(generations_path, settings)
     items = [(sample.id, prompt) for sample, prompt in zip(samples, prompts)]
@@ -163,11 +168,10 @@ def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: 
     return {**summary, "generation": {**settings, "truncated": truncated}}
 
 
-def _generation_config(config: EvalConfig, bench: Benchmark | None = None) -> GenerationConfig:
+def _generation_config(config: EvalConfig, bench: Benchmark) -> GenerationConfig:
     """Greedy decoding; the length cap is the override, else the benchmark's own."""
-    cap = config.max_new_tokens or (bench.max_new_tokens if bench else GenerationConfig.max_new_tokens)
-    return GenerationConfig(max_new_tokens=cap, temperature=0.0, seed=config.seed, batch_size=config.batch_size,
-                            backend=config.backend)
+    return GenerationConfig(max_new_tokens=config.max_new_tokens or bench.max_new_tokens, temperature=0.0,
+                            seed=config.seed, batch_size=config.batch_size, backend=config.backend)
 
 
 def _discard_if_settings_changed(generations_path: Path, settings: dict) -> None:

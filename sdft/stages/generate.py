@@ -9,7 +9,7 @@ from ..config import field
 from ..data import normalise_prompt_rows
 from ..engines.generation import GenerationConfig, generate_rows, make_engine
 from ..engines.models import EMBEDDED_MODEL, load_tokenizer
-from ..templates import get_template, render
+from ..templates import check_prompt_mode, get_template, render
 
 
 @dataclass
@@ -34,6 +34,7 @@ class GenerateConfig:
 def generate(config: GenerateConfig) -> list[dict]:
     rows = normalise_prompt_rows(config.input, config.columns)
     template = get_template(config.template)
+    check_prompt_mode(config.prompt_mode)
     engine = make_engine(config.model, GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                                         top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
                                                         stop=list(config.stop), backend=config.backend),

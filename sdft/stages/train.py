@@ -16,7 +16,7 @@ from ..engines.models import EMBEDDED_MODEL, load_tokenizer, resolve_dtype, reso
 from ..engines.training import TrainerSettings, tokenize_example, train_model
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json
-from ..templates import render
+from ..templates import check_prompt_mode, render
 
 
 @dataclass
@@ -94,6 +94,7 @@ def train(config: TrainConfig) -> dict:
         raise UserError("no training rows", config.data)
     if config.finetune not in ("lora", "full"):
         raise UserError(f"unknown finetune mode '{config.finetune}' (lora | full)")
+    check_prompt_mode(config.prompt_mode)
     tokenizer = load_tokenizer(config.model)
     examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target, config.max_length)
                 for row, target in pairs]
