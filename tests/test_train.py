@@ -89,3 +89,21 @@ def test_full_finetune_and_vanilla_from_a_plain_dataset(tmp_path, tiny_model_dir
     assert (tmp_path / "full/config.json").is_file() and not (tmp_path / "full/adapter_config.json").exists()
     with pytest.raises(UserError, match="distilled data"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "x"), model=tiny_model_dir, mix_ratio=1.0))
+
+
+def test_response_only_logits_give_the_same_loss(tiny_model_dir, embedded_tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sdft.engines.training import ResponseCollator
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    examples = [tokenize_example(embedded_tokenizer, "a long prompt " * (3 + i), "the answer " * (2 + i), 1024) for i in range(3)]
+    features = [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+    batch = ResponseCollator(embedded_tokenizer.pad_token_id)(features)
+    assert len(batch["logits_to_keep"]) < batch["input_ids"].shape[1]
+    full = {k: v for k, v in batch.items() if k != "logits_to_keep"}
+    full["labels"] = torch.nn.utils.rnn.pad_sequence([torch.tensor(f["labels"]) for f in features], batch_first=True,
+                                                     padding_value=IGNORE_INDEX)
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).loss, model(**full).loss, atol=1e-6)

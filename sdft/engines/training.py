@@ -35,20 +35,30 @@ def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> Tr
     return TrainingExample(input_ids, labels)
 
 
-class PadCollator:
-    """Right-pads a batch; padded label positions are ignored by the loss."""
+class ResponseCollator:
+    """Right-pads a batch and asks the model for logits only from the first response position on.
+
+    The vocabulary projection and the cross-entropy over ~50k classes are a large share of a small model's training
+    step; prompt positions carry no loss, so their logits are skipped (`logits_to_keep`) and the labels cut to match.
+    """
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
 
     def __call__(self, features: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(f["input_ids"]) for f in features)
+
         def padded(key, value):
             return torch.tensor([f[key] + [value] * (width - len(f[key])) for f in features])
+
         input_ids = padded("input_ids", self.pad_token_id)
         labels = padded("labels", IGNORE_INDEX)
         attention = torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features])
-        return {"input_ids": input_ids, "labels": labels, "attention_mask": attention}
+        trained = (labels != IGNORE_INDEX).any(dim=0).nonzero()
+        # logits at position t predict token t + 1: keep from one before the first trained token
+        start = max(int(trained[0]) - 1, 0) if len(trained) else 0
+        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels[:, start:],
+                "logits_to_keep": torch.arange(start, width)}
 
 
 @dataclass
@@ -112,7 +122,7 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
         disable_tqdm=False,
     )
     dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=PadCollator(tokenizer.pad_token_id),
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ResponseCollator(tokenizer.pad_token_id),
                       callbacks=[TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))])
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)

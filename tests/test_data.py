@@ -1,0 +1,335 @@
+"""Dataset loading: file formats, record formats, line-numbered errors, the registry and subsampling."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from sdft import paths
+from sdft.data import DATASETS, SUBSAMPLE_TO, load_dataset, normalise, normalise_prompt_rows, subsample
+from sdft.errors import UserError
+
+ALPACA_ROWS = [
+    {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},
+    {"instruction": "Say hi.", "input": "", "output": "Hi!"},
+]
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def expected_alpaca(stem):
+    return [
+        {"id": f"{stem}-00000", "instruction": "Add the numbers.\n2 and 3", "response": "5"},
+        {"id": f"{stem}-00001", "instruction": "Say hi.", "response": "Hi!"},
+    ]
+
+
+# --- file formats ---------------------------------------------------------------------------------------------------
+
+
+def test_jsonl(tmp_path):
+    data = load_dataset(str(write_jsonl(tmp_path / "train.jsonl", ALPACA_ROWS)))
+    assert data.examples == expected_alpaca("train")
+    assert data.name == "train" and data.spec is None and data.source.endswith("train.jsonl")
+
+
+def test_jsonl_blank_lines_are_skipped(tmp_path):
+    path = tmp_path / "gaps.jsonl"
+    path.write_text("\n" + json.dumps(ALPACA_ROWS[0]) + "\n\n" + json.dumps(ALPACA_ROWS[1]) + "\n")
+    assert load_dataset(str(path)).examples == expected_alpaca("gaps")
+
+
+def test_json_array(tmp_path):
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(ALPACA_ROWS, indent=2))
+    assert load_dataset(str(path)).examples == expected_alpaca("train")
+
+
+def test_json_data_wrapper(tmp_path):
+    path = tmp_path / "wrapped.json"
+    path.write_text(json.dumps({"data": ALPACA_ROWS}))
+    assert load_dataset(str(path)).examples == expected_alpaca("wrapped")
+
+
+def test_json_not_an_array(tmp_path):
+    path = tmp_path / "obj.json"
+    path.write_text(json.dumps({"instruction": "x"}))
+    with pytest.raises(UserError, match="obj.json"):
+        load_dataset(str(path))
+
+
+def test_malformed_json_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text('[\n {"instruction": "a", "output": "b"},\n {oops}\n]\n')
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert f"{path}:3:" in str(e.value)
+
+
+def test_csv(tmp_path):
+    path = tmp_path / "train.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["instruction", "input", "output"])
+        writer.writeheader()
+        writer.writerows(ALPACA_ROWS)
+    assert load_dataset(str(path)).examples == expected_alpaca("train")
+
+
+def test_csv_missing_column_names_line(tmp_path):
+    path = tmp_path / "q.csv"
+    path.write_text("question,output\nwhat?,this\n")
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert f"{path}:2:" in str(e.value) and "instruction" in str(e.value)
+
+
+def test_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "train.parquet"
+    pq.write_table(pa.Table.from_pylist(ALPACA_ROWS), path)
+    assert load_dataset(str(path)).examples == expected_alpaca("train")
+
+
+def test_parquet_non_text_column(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "nums.parquet"
+    pq.write_table(pa.Table.from_pylist([{"instruction": "a", "output": "b"}, {"instruction": "c", "output": None}]), path)
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert f"{path}:2:" in str(e.value) and "not text" in str(e.value)
+
+
+def test_unreadable_parquet(tmp_path):
+    pytest.importorskip("pyarrow")
+    path = tmp_path / "junk.parquet"
+    path.write_bytes(b"not parquet at all")
+    with pytest.raises(UserError, match="junk.parquet"):
+        load_dataset(str(path))
+
+
+def test_unsupported_suffix(tmp_path):
+    path = tmp_path / "train.txt"
+    path.write_text("hello\n")
+    with pytest.raises(UserError, match="unsupported file type"):
+        load_dataset(str(path))
+
+
+def test_missing_file(tmp_path):
+    path = tmp_path / "nope.jsonl"
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert str(e.value) == f"{path}: file not found"
+
+
+# --- record formats -------------------------------------------------------------------------------------------------
+
+
+def test_prompt_completion(tmp_path):
+    path = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "P1", "completion": "C1", "id": "x1"}])
+    assert load_dataset(str(path)).examples == [{"id": "x1", "instruction": "P1", "response": "C1"}]
+
+
+def test_chat_messages_multi_turn(tmp_path):
+    messages = [
+        {"role": "system", "content": "Be kind."},
+        {"role": "user", "content": "U1"},
+        {"role": "assistant", "content": "A1"},
+        {"role": "user", "content": "U2"},
+        {"role": "assistant", "content": "A2"},
+    ]
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": messages}])
+    (example,) = load_dataset(str(path)).examples
+    assert example["instruction"] == "U2"
+    assert example["response"] == "A2"  # the LAST assistant turn is the target
+    assert example["history"] == [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}]
+    assert example["system"] == "Be kind."
+
+
+def test_chat_single_turn_has_no_history(tmp_path):
+    path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]}])
+    (example,) = load_dataset(str(path)).examples
+    assert example == {"id": "chat-00000", "instruction": "U", "response": "A"}
+
+
+def test_sharegpt_from_value(tmp_path):
+    conv = [
+        {"from": "human", "value": "U1"},
+        {"from": "gpt", "value": "A1"},
+        {"from": "human", "value": "U2"},
+        {"from": "gpt", "value": "A2"},
+    ]
+    path = write_jsonl(tmp_path / "sg.jsonl", [{"conversations": conv}])
+    (example,) = load_dataset(str(path)).examples
+    assert (example["instruction"], example["response"]) == ("U2", "A2")
+    assert example["history"] == [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}]
+
+
+def test_chat_without_assistant_turn_is_error(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "user", "content": "U"}]}])
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert f"{path}:1:" in str(e.value)
+
+
+def test_chat_messages_not_a_list(tmp_path):
+    path = write_jsonl(tmp_path / "c.jsonl", [{"messages": "hello"}])
+    with pytest.raises(UserError, match="messages"):
+        load_dataset(str(path))
+
+
+def test_column_mapping(tmp_path):
+    rows = [{"qid": 7, "question": "Q1", "context": "ctx", "answer": "A1"}]
+    path = write_jsonl(tmp_path / "m.jsonl", rows)
+    data = load_dataset(str(path), columns={"id": "qid", "instruction": "question", "input": "context", "response": "answer"})
+    assert data.examples == [{"id": "7", "instruction": "Q1\nctx", "response": "A1"}]
+
+
+def test_tests_and_entry_point_are_kept():
+    row = {"instruction": "write f", "output": "def f(): pass", "tests": "assert f() is None", "entry_point": "f"}
+    example = normalise(row, {}, "src", 1, "d-0")
+    assert example["tests"] == "assert f() is None" and example["entry_point"] == "f"
+
+
+# --- errors ---------------------------------------------------------------------------------------------------------
+
+
+def test_malformed_jsonl_line_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps(ALPACA_ROWS[0]) + "\n" + json.dumps(ALPACA_ROWS[1]) + "\n{not json\n")
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert str(e.value).startswith(f"{path}:3:")
+
+
+def test_jsonl_line_not_an_object(tmp_path):
+    path = tmp_path / "list.jsonl"
+    path.write_text(json.dumps(ALPACA_ROWS[0]) + "\n[1, 2]\n")
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert str(e.value).startswith(f"{path}:2:")
+
+
+def test_missing_column_names_file_and_line(tmp_path):
+    path = tmp_path / "nocol.jsonl"
+    path.write_text("\n" + json.dumps(ALPACA_ROWS[0]) + "\n" + json.dumps({"instruction": "x"}) + "\n")
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    message = str(e.value)
+    assert message.startswith(f"{path}:3:")  # the physical line, blank lines counted
+    assert "missing column 'output'" in message
+
+
+def test_non_text_column(tmp_path):
+    path = write_jsonl(tmp_path / "num.jsonl", [{"instruction": "x", "output": 5}])
+    with pytest.raises(UserError) as e:
+        load_dataset(str(path))
+    assert str(e.value).startswith(f"{path}:1:") and "'output' is not text" in str(e.value)
+
+
+def test_unknown_dataset_name():
+    with pytest.raises(UserError, match="unknown dataset 'no_such_dataset'"):
+        load_dataset("no_such_dataset")
+
+
+# --- registry -------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared_data_dir():
+    base = paths.data_dir()
+    if base is None or not (base / DATASETS["gsm8k"].local_file).is_file():
+        pytest.skip("no local data dir with gsm8k")
+    return base
+
+
+def test_registry_gsm8k_local(shared_data_dir):
+    data = load_dataset("gsm8k")
+    assert data.spec is DATASETS["gsm8k"] and data.name == "gsm8k"
+    assert Path(data.source) == shared_data_dir / DATASETS["gsm8k"].local_file
+    assert len(data.examples) > 1000
+    first = data.examples[0]
+    assert first["id"] == "gsm8k-00000" and first["instruction"] and "The answer is" in first["response"]
+    assert [e["id"] for e in load_dataset("gsm8k").examples] == [e["id"] for e in data.examples]
+
+
+def test_registry_limit_is_seeded_subsample(shared_data_dir):
+    a = [e["id"] for e in load_dataset("gsm8k", limit=50, seed=1).examples]
+    b = [e["id"] for e in load_dataset("gsm8k", limit=50, seed=1).examples]
+    c = [e["id"] for e in load_dataset("gsm8k", limit=50, seed=2).examples]
+    assert len(a) == 50 and a == b and a != c
+    assert a == sorted(a)  # file order kept ("gsm8k-00042" ids sort like positions)
+
+
+def test_sdft_data_dir_env(tmp_path, monkeypatch):
+    local = tmp_path / "gsm8k" / "sdft_gsm8k_train.jsonl"
+    local.parent.mkdir()
+    write_jsonl(local, [{"question": "1+1?", "answer": "The answer is 2."}])
+    monkeypatch.setenv("SDFT_DATA_DIR", str(tmp_path))
+    assert paths.data_dir() == tmp_path
+    data = load_dataset("gsm8k")
+    assert data.source == str(local)
+    assert data.examples == [{"id": "gsm8k-00000", "instruction": "1+1?", "response": "The answer is 2."}]
+
+
+def test_explicit_data_dir_beats_env(tmp_path, monkeypatch):
+    monkeypatch.setenv("SDFT_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert paths.data_dir(str(tmp_path)) == tmp_path
+
+
+# --- subsampling ----------------------------------------------------------------------------------------------------
+
+
+def _examples(n):
+    return [{"id": f"e{i:06d}"} for i in range(n)]
+
+
+def test_subsample_paper_rule_over_10k():
+    examples = _examples(10_001)
+    chosen = subsample(examples, 0, None)
+    assert len(chosen) == SUBSAMPLE_TO == 2000
+    assert chosen == sorted(chosen, key=lambda e: e["id"])
+    assert subsample(examples, 0, None) == chosen
+    assert subsample(examples, 1, None) != chosen
+
+
+def test_subsample_at_10k_keeps_all():
+    examples = _examples(10_000)
+    assert subsample(examples, 0, None) == examples
+
+
+def test_subsample_limit():
+    examples = _examples(100)
+    assert subsample(examples, 0, 200) == examples
+    assert len(subsample(examples, 0, 10)) == 10
+    assert len(subsample(_examples(20_000), 0, 5000)) == 2000  # the paper rule caps first
+
+
+# --- prompt rows ----------------------------------------------------------------------------------------------------
+
+
+def test_normalise_prompt_rows(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"instruction": "I1", "input": "x"}, {"id": "k", "instruction": "I2"}])
+    rows = normalise_prompt_rows(str(path))
+    assert [(r["id"], r["instruction"]) for r in rows] == [("p-00000", "I1\nx"), ("k", "I2")]
+    assert rows[0]["input"] == "x"  # other columns are kept
+
+
+def test_normalise_prompt_rows_prompt_column_and_mapping(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "P1", "question": "Q1"}])
+    assert normalise_prompt_rows(str(path))[0]["instruction"] == "P1"
+    assert normalise_prompt_rows(str(path), {"instruction": "question"})[0]["instruction"] == "Q1"
+
+
+def test_normalise_prompt_rows_missing_column(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "P1"}, {"question": "Q"}])
+    with pytest.raises(UserError) as e:
+        normalise_prompt_rows(str(path))
+    assert str(e.value).startswith(f"{path}:2:")
