@@ -260,21 +260,21 @@ class LeanLlamaStepper:
         self.valid, self.positions = self.valid[index], self.positions[index]
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+        from transformers.models.llama.modeling_llama import rotate_half
 
         rows, width = input_ids.shape
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         group = heads // kv_heads
         start, end = self.length, self.length + width
         hidden = self.model.model.embed_tokens(input_ids)
-        cos, sin = self.model.model.rotary_emb(hidden, positions)
+        cos, sin = (t.unsqueeze(1) for t in self.model.model.rotary_emb(hidden, positions))
         for layer_index, (layer, (qkv_weight, qkv_bias), gate_up_weight) in enumerate(self.layers):
             x = layer.input_layernorm(hidden)
-            q, k, v = torch.nn.functional.linear(x, qkv_weight, qkv_bias).split(
-                [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim], dim=-1)
-            q = q.view(rows, width, heads, head_dim).transpose(1, 2)
-            k = k.view(rows, width, kv_heads, head_dim).transpose(1, 2)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            qk, v = torch.nn.functional.linear(x, qkv_weight, qkv_bias).split(
+                [(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
+            qk = qk.view(rows, width, heads + kv_heads, head_dim).transpose(1, 2)
+            qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
+            q, k = qk[:, :heads], qk[:, heads:]
             keys, values = self.keys[layer_index], self.values[layer_index]
             keys[:, :, start:end] = k
             values[:, :, start:end] = v.view(rows, width, kv_heads, head_dim).transpose(1, 2)

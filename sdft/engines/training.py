@@ -82,8 +82,9 @@ def use_bf16(requested: bool | None) -> bool:
     return cpu_has_fast_bf16()
 
 
-def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings):
-    """Run the Trainer (resuming from the last checkpoint in out_dir) and return the trained model."""
+def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings,
+                before_train=None):
+    """Run the Trainer (resuming from the last checkpoint in out_dir); `before_train(trainer)` lets benchmarks instrument it."""
     from datasets import Dataset
     from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, TrainingArguments
@@ -124,6 +125,8 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
     dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ResponseCollator(tokenizer.pad_token_id),
                       callbacks=[TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))])
+    if before_train is not None:
+        before_train(trainer)
     last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
     result = trainer.train(resume_from_checkpoint=last)
     return trainer, result

@@ -1,0 +1,157 @@
+"""The generation engine against HF `model.generate` (the reference code's way), its finish bookkeeping, seeded sampling,
+batch planning and resumable output."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from sdft.engines import generation
+from sdft.engines.generation import GenerationConfig, HFEngine, LeanLlamaStepper, generate_rows, plan_batches
+from sdft.templates import render
+
+PROMPTS = [
+    "Hello there",
+    "What is 2+2? Explain at length, step by step, and then give the final answer.",
+    "a b c d e f g h i j k",
+    "Write a haiku about the sea.",
+    "Q: 17 * 3 = ?",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, embedded_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    return model, embedded_tokenizer
+
+
+def reference(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
+    """Greedy tokens from `model.generate` at batch 1, the plain path the engine must reproduce."""
+    ids = tokenizer(prompt, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    tokens = out[0, ids.input_ids.shape[1]:].tolist()
+    eos = tokenizer.eos_token_id
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
+
+
+def complete(model, tokenizer, prompts, **config) -> dict:
+    engine = HFEngine(model, tokenizer, GenerationConfig(**config))
+    return {i: c for batch in engine.complete(prompts) for i, c in batch}
+
+
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "hf-fallback"])
+def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, lean):
+    model, tokenizer = tiny
+    if not lean:
+        monkeypatch.setattr(LeanLlamaStepper, "supports", classmethod(lambda cls, m: False))
+    prompts = PROMPTS + [render("alpaca", {"instruction": "Name a colour."}, tokenizer)]
+    out = complete(model, tokenizer, prompts, max_new_tokens=24, batch_size=4)
+    for i, prompt in enumerate(prompts):
+        expected = reference(model, tokenizer, prompt, 24)
+        assert out[i].text == tokenizer.decode(expected, skip_special_tokens=True), prompt
+        assert out[i].n_tokens == len(expected)
+        assert out[i].prompt_tokens == len(tokenizer(prompt).input_ids)
+
+
+def test_length_and_eos_finish_reasons(tiny):
+    model, tokenizer = tiny
+    out = complete(model, tokenizer, PROMPTS[:2], max_new_tokens=6)
+    assert all(c.finish_reason == "length" and c.n_tokens == 6 for c in out.values())
+
+    tokens = reference(model, tokenizer, PROMPTS[0], 12)
+    eos = tokens[5]
+    model.generation_config.eos_token_id = eos  # the engine treats this token as EOS
+    try:
+        (stopped,) = complete(model, tokenizer, PROMPTS[:1], max_new_tokens=12).values()
+    finally:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    assert stopped.finish_reason == "stop"
+    assert stopped.n_tokens == tokens.index(eos)
+
+
+def test_stop_string_cuts_text(tiny):
+    model, tokenizer = tiny
+    text = tokenizer.decode(reference(model, tokenizer, PROMPTS[1], 20), skip_special_tokens=True)
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    assert stop.strip()
+    (out,) = complete(model, tokenizer, PROMPTS[1:2], max_new_tokens=20, stop=[stop]).values()
+    assert out.finish_reason == "stop"
+    assert out.text == text[: text.index(stop)]
+    assert out.n_tokens < 20
+
+
+def test_seeded_sampling_is_reproducible_and_independent_of_batch(tiny):
+    model, tokenizer = tiny
+    config = dict(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3)
+    together = complete(model, tokenizer, PROMPTS, batch_size=8, **config)
+    alone = complete(model, tokenizer, [PROMPTS[2]], batch_size=1, **config)
+    regrouped = complete(model, tokenizer, [PROMPTS[4], PROMPTS[2], PROMPTS[0]], batch_size=2, **config)
+    assert together[2] == alone[0] == regrouped[1]
+    other_seed = complete(model, tokenizer, PROMPTS, batch_size=8, **{**config, "seed": 4})
+    assert any(other_seed[i].text != together[i].text for i in together)
+
+
+def test_plan_batches_respects_limits():
+    rng = random.Random(0)
+    lengths = [rng.randint(1, 300) for _ in range(200)]
+    config = GenerationConfig(max_new_tokens=100, batch_size=16, token_budget=3000)
+    batches = plan_batches(lengths, config)
+    assert sorted(i for b in batches for i in b) == list(range(200))
+    for batch in batches:
+        assert len(batch) <= 16
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or len(batch) * (longest + 100) <= 3000
+        assert lengths[batch[0]] == longest  # longest first, so the first row sets the padding
+
+
+class FailAfterFirstBatch:
+    """An engine that dies after its first batch, like a killed run."""
+
+    def __init__(self, engine):
+        self.engine = engine
+
+    def complete(self, prompts, skip=()):
+        batches = self.engine.complete(prompts, skip)
+        yield next(batches)
+        raise KeyboardInterrupt
+
+
+def test_generate_rows_resumes_to_the_uninterrupted_result(tiny, tmp_path):
+    model, tokenizer = tiny
+    items = [(f"id{i}", p) for i, p in enumerate(PROMPTS)]
+    config = GenerationConfig(max_new_tokens=8, temperature=0.8, seed=1, batch_size=2)
+    uninterrupted = generate_rows(HFEngine(model, tokenizer, config), items, tmp_path / "full.jsonl")
+
+    out = tmp_path / "resumed.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        generate_rows(FailAfterFirstBatch(HFEngine(model, tokenizer, config)), items, out)
+    assert not out.exists()
+    assert len((tmp_path / "resumed.jsonl.partial").read_text().splitlines()) == 2
+    resumed = generate_rows(HFEngine(model, tokenizer, config), items, out)
+
+    assert resumed == uninterrupted
+    assert out.read_text() == (tmp_path / "full.jsonl").read_text()
+    assert len({row["id"] for row in map(json.loads, out.read_text().splitlines())}) == len(items)
+
+
+@pytest.mark.integration
+def test_embedded_model_agrees_with_generate(shared_data):
+    from sdft.engines.models import load_model
+
+    model, tokenizer = load_model("smollm2-135m-instruct", dtype="fp32", device="cpu")
+    gsm8k = [json.loads(line) for line in (shared_data / "gsm8k" / "sdft_gsm8k_train.jsonl").open()][:10]
+    alpaca = [json.loads(line) for line in (shared_data / "alpaca" / "sdft_alpaca_train.jsonl").open()][:10]
+    prompts = [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer) for r in gsm8k]
+    prompts += [render("distill_using", {"instruction": "\n".join(filter(None, [r["instruction"], r["input"]])),
+                                         "response": r["output"]}, tokenizer) for r in alpaca]
+    assert generation.LeanLlamaStepper.supports(model)
+    out = complete(model, tokenizer, prompts, max_new_tokens=48, batch_size=32)
+    agree = sum(out[i].text == tokenizer.decode(reference(model, tokenizer, p, 48), skip_special_tokens=True)
+                for i, p in enumerate(prompts))
+    assert agree >= 0.95 * len(prompts)
