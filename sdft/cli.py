@@ -32,9 +32,16 @@ def _commands():
     }
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags get the same one-line, exit-2 treatment as every other user error (usage stays in --help)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(commands) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sdft", description="Self-Distillation Fine-Tuning (arXiv 2402.13669) for chat LLMs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineErrorParser(prog="sdft", description="Self-Distillation Fine-Tuning (arXiv 2402.13669) for chat LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
     for name, (help_text, config_cls, _, positional) in commands.items():
         add_config_args(sub.add_parser(name, help=help_text, description=help_text), config_cls, positional)
     return parser
