@@ -1,6 +1,9 @@
 """Batched generation: an HF engine (length-sorted, left-padded, token-budgeted batches with a KV cache and finished rows
 dropped from the batch) and a vLLM engine behind the same interface, plus resumable JSONL output.
 
+Llama-architecture models (the embedded SmolLM2 among them) decode through a lean forward with a preallocated KV cache;
+other models through their own HF forward. Both compute what `model.generate` computes (greedy fp32 outputs agree).
+
 Sampling draws each row's noise from a generator seeded by (seed, prompt), so a row's sample does not depend on which
 other rows share its batch, and batches are fixed from the whole prompt set, so a resumed run reproduces the rows an
 uninterrupted run would have written.

@@ -1,0 +1,170 @@
+"""Generation throughput of the sdft engine against HF `model.generate` (batch 1, the reference code's way; and batch 32)
+and llama.cpp on the same GGUF, on realistic distillation prompts (GSM8K + Alpaca), greedy.
+
+Engines run in interleaved rounds over disjoint slices of the prompts, so load from other processes on a shared machine
+falls on all of them alike. Throughput counts useful tokens: generated tokens up to (not including) EOS.
+
+    python benchmarks/bench_generation.py [--prompts 64] [--new-tokens 256] [--rounds 2] [--quick] [--quality]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sdft.checks import math_check
+from sdft.engines.generation import GenerationConfig, HFEngine
+from sdft.engines.models import embedded_gguf_path, load_model
+from sdft.paths import data_dir
+from sdft.templates import render
+
+MODEL = "smollm2-135m-instruct"
+
+
+def read_jsonl(path: Path, n: int) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for _, line in zip(range(n), f)]
+
+
+def distill_prompts(tokenizer, n: int) -> list[str]:
+    """GSM8K and Alpaca distillation prompts alternating, so every slice of the list is half of each."""
+    data = data_dir()
+    gsm8k = [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer)
+             for r in read_jsonl(data / "gsm8k" / "sdft_gsm8k_train.jsonl", (n + 1) // 2)]
+    alpaca = [render("distill_using", {"instruction": "\n".join(filter(None, [r["instruction"], r["input"]])),
+                                       "response": r["output"]}, tokenizer)
+              for r in read_jsonl(data / "alpaca" / "sdft_alpaca_train.jsonl", n // 2)]
+    return [p for pair in zip(gsm8k, alpaca) for p in pair] + gsm8k[len(alpaca):]
+
+
+class Meter:
+    """Useful tokens and seconds summed over rounds."""
+
+    def __init__(self):
+        self.tokens, self.seconds = 0, 0.0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.tokens += tokens
+        self.seconds += seconds
+
+    @property
+    def rate(self) -> float | None:
+        return round(self.tokens / self.seconds, 1) if self.seconds else None
+
+
+def time_sdft(engine: HFEngine, prompts: list[str]) -> tuple[int, float]:
+    start = time.perf_counter()
+    tokens = sum(c.n_tokens for batch in engine.complete(prompts) for _, c in batch)
+    return tokens, time.perf_counter() - start
+
+
+@torch.inference_mode()
+def time_hf_generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[int, float]:
+    tokenizer.padding_side = "left"
+    eos = tokenizer.eos_token_id
+    tokens, start = 0, time.perf_counter()
+    for i in range(0, len(prompts), batch_size):
+        inputs = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        for row in out[:, inputs.input_ids.shape[1]:].tolist():
+            tokens += row.index(eos) if eos in row else len(row)
+    return tokens, time.perf_counter() - start
+
+
+def time_llamacpp(llm, prompts: list[str], new_tokens: int) -> tuple[int, float]:
+    tokens, start = 0, time.perf_counter()
+    for prompt in prompts:
+        out = llm.create_completion(prompt, max_tokens=new_tokens, temperature=0.0)
+        tokens += out["usage"]["completion_tokens"]
+    return tokens, time.perf_counter() - start
+
+
+def load_llamacpp():
+    """llama.cpp on the embedded GGUF, or None when llama-cpp-python is not installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    return Llama(model_path=str(embedded_gguf_path()), n_ctx=2048, n_threads=2, verbose=False)
+
+
+def machine_info() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def gsm8k_quality(n: int, new_tokens: int) -> dict:
+    """GSM8K test accuracy of greedy bf16 vs fp32 generation: bf16 speed must not cost answers."""
+    rows = read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_test.jsonl", n)
+    result = {"n": len(rows)}
+    for dtype in ("fp32", "bf16"):
+        model, tokenizer = load_model(MODEL, dtype=dtype, device="cpu")
+        engine = HFEngine(model, tokenizer, GenerationConfig(max_new_tokens=new_tokens))
+        prompts = [render("gsm8k_infer", {"instruction": r["question"]}, tokenizer) for r in rows]
+        out = {i: c.text for batch in engine.complete(prompts) for i, c in batch}
+        result[f"accuracy_{dtype}"] = sum(math_check(out[i], r["answer"]).ok for i, r in enumerate(rows)) / len(rows)
+    return result
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Measure every engine on the same prompts; return (and print) the results as a dict."""
+    model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
+    model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]
+    model_bf16 = model if model.dtype == torch.bfloat16 else load_model(MODEL, dtype="bf16", device="cpu")[0]
+    llm = load_llamacpp()
+    prompts = distill_prompts(tokenizer, args.prompts)
+    engine = HFEngine(model, tokenizer, GenerationConfig(max_new_tokens=args.new_tokens))
+    meters = {name: Meter() for name in ("sdft", "hf_bs1_fp32", "hf_bs32_bf16", "llamacpp")}
+    per_round_subset = max(1, args.subset // args.rounds)
+    for r in range(args.rounds):
+        share = prompts[r :: args.rounds]
+        subset = share[:: max(1, len(share) // per_round_subset)][:per_round_subset]
+        meters["sdft"].add(*time_sdft(engine, share))
+        meters["hf_bs1_fp32"].add(*time_hf_generate(model_fp32, tokenizer, subset, args.new_tokens, 1))
+        if llm is not None:
+            meters["llamacpp"].add(*time_llamacpp(llm, subset, args.new_tokens))
+        if not args.quick:
+            meters["hf_bs32_bf16"].add(*time_hf_generate(model_bf16, tokenizer, share, args.new_tokens, 32))
+    rates = {name: meter.rate for name, meter in meters.items()}
+    result = {
+        "prompts": len(prompts), "new_tokens": args.new_tokens, "rounds": args.rounds, "subset": per_round_subset * args.rounds,
+        "sdft_dtype": str(model.dtype).removeprefix("torch."),
+        "tok_s": rates,
+        "gen_speedup_vs_hf_bs1": round(rates["sdft"] / rates["hf_bs1_fp32"], 2),
+        "gen_speedup_vs_llamacpp": round(rates["sdft"] / rates["llamacpp"], 2) if rates["llamacpp"] else None,
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "machine": machine_info(),
+    }
+    if args.quality:
+        result["quality"] = gsm8k_quality(args.quality_n, args.new_tokens)
+    print(json.dumps(result, indent=2))
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds, each over its own slice of prompts")
+    parser.add_argument("--subset", type=int, default=6, help="prompts for the slow single-stream engines, in all")
+    parser.add_argument("--quick", action="store_true", help="16 prompts, 64 new tokens, one round, no HF batch-32 run")
+    parser.add_argument("--quality", action="store_true", help="also GSM8K accuracy of greedy bf16 vs fp32")
+    parser.add_argument("--quality-n", type=int, default=32)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.prompts, args.new_tokens, args.rounds, args.subset = 16, 64, 1, 2
+    return args
+
+
+if __name__ == "__main__":
+    run(parse_args(sys.argv[1:]))
