@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from bench_generation import machine_info  # same folder: one description of the machine
 
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 BATCH, MAX_LENGTH = 8, 256
@@ -110,12 +110,6 @@ def bench_trl(rows, steps: int, out: Path) -> dict:
     return _throughput(clock, counter)
 
 
-def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": torch.get_num_threads(), "torch": torch.__version__, "cuda": torch.cuda.is_available()}
-
-
 def run(args) -> dict:
     rows = _rows(args.examples)
     with tempfile.TemporaryDirectory() as tmp:
@@ -123,7 +117,7 @@ def run(args) -> dict:
         ours = bench_sdft(rows, args.steps, Path(tmp) / "sdft")
     return {"train_speedup_vs_trl": ours["tokens_per_s"] / trl["tokens_per_s"], "train_sdft": ours, "train_trl_defaults": trl,
             "train_setup": {"examples": len(rows), "batch": BATCH, "max_length": MAX_LENGTH, "lora": LORA},
-            "train_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "machine": machine()}
+            "train_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "machine": machine_info()}
 
 
 def parser() -> argparse.ArgumentParser:
