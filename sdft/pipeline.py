@@ -260,6 +260,7 @@ def demo(config: DemoConfig) -> dict:
     from .stages.report import render_report
 
     md, _ = render_report(run_dir)
-    print(Path(md).read_text(encoding="utf-8").split("\n## ")[1] if "\n## " in Path(md).read_text() else "")
+    text = Path(md).read_text(encoding="utf-8")
+    print(text.split("\n## Sweeps")[0].split("\n## Provenance")[0])  # scores, SDFT - vanilla, distillation
     print(f"full report: {md}")
     return {"run_dir": str(run_dir)}
