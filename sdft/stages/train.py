@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +79,6 @@ def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str
 def _stats_dataset(path: Path) -> str | None:
     stats = path.with_name("distill_stats.json")
     if stats.is_file():
-        import json
-
         return json.loads(stats.read_text()).get("dataset")
     return None
 
