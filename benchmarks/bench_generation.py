@@ -104,15 +104,23 @@ def machine_info() -> dict:
 
 
 def gsm8k_quality(n: int, new_tokens: int) -> dict:
-    """GSM8K test accuracy of greedy bf16 vs fp32 generation: bf16 speed must not cost answers."""
+    """Greedy bf16 vs fp32 on GSM8K test questions: accuracy of each, and how close the bf16 answers stay to the fp32
+    ones (identical outputs, ROUGE-L) — the embedded model's accuracy is near zero, so agreement is the sharper signal."""
+    from rouge_score import rouge_scorer
+
     rows = read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_test.jsonl", n)
-    result = {"n": len(rows)}
+    result, outputs = {"n": len(rows)}, {}
     for dtype in ("fp32", "bf16"):
         model, tokenizer = load_model(MODEL, dtype=dtype, device="cpu")
         engine = HFEngine(model, tokenizer, GenerationConfig(max_new_tokens=new_tokens))
         prompts = [render("gsm8k_infer", {"instruction": r["question"]}, tokenizer) for r in rows]
         out = {i: c.text for batch in engine.complete(prompts) for i, c in batch}
+        outputs[dtype] = [out[i] for i in range(len(rows))]
         result[f"accuracy_{dtype}"] = sum(math_check(out[i], r["answer"]).ok for i, r in enumerate(rows)) / len(rows)
+    pairs = list(zip(outputs["fp32"], outputs["bf16"]))
+    scorer = rouge_scorer.RougeScorer(["rougeL"])
+    result["identical_outputs"] = sum(a == b for a, b in pairs) / len(pairs)
+    result["rouge_l_bf16_vs_fp32"] = 100 * sum(scorer.score(a, b)["rougeL"].fmeasure for a, b in pairs) / len(pairs)
     return result
 
 
