@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from sdft.checks import math_check
+from sdft.jsonl import read_jsonl
 from sdft.engines.generation import GenerationConfig, HFEngine
 from sdft.engines.models import embedded_gguf_path, load_model
 from sdft.paths import data_dir
@@ -29,19 +30,14 @@ from sdft.templates import render
 MODEL = "smollm2-135m-instruct"
 
 
-def read_jsonl(path: Path, n: int) -> list[dict]:
-    with path.open(encoding="utf-8") as f:
-        return [json.loads(line) for _, line in zip(range(n), f)]
-
-
 def distill_prompts(tokenizer, n: int) -> list[str]:
     """GSM8K and Alpaca distillation prompts alternating, so every slice of the list is half of each."""
     data = data_dir()
     gsm8k = [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer)
-             for r in read_jsonl(data / "gsm8k" / "sdft_gsm8k_train.jsonl", (n + 1) // 2)]
+             for r in read_jsonl(data / "gsm8k" / "sdft_gsm8k_train.jsonl")[:(n + 1) // 2]]
     alpaca = [render("distill_using", {"instruction": "\n".join(filter(None, [r["instruction"], r["input"]])),
                                        "response": r["output"]}, tokenizer)
-              for r in read_jsonl(data / "alpaca" / "sdft_alpaca_train.jsonl", n // 2)]
+              for r in read_jsonl(data / "alpaca" / "sdft_alpaca_train.jsonl")[:n // 2]]
     return [p for pair in zip(gsm8k, alpaca) for p in pair] + gsm8k[len(alpaca):]
 
 
@@ -108,7 +104,7 @@ def gsm8k_quality(n: int, new_tokens: int) -> dict:
     ones (identical outputs, ROUGE-L) — the embedded model's accuracy is near zero, so agreement is the sharper signal."""
     from rouge_score import rouge_scorer
 
-    rows = read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_test.jsonl", n)
+    rows = read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_test.jsonl")[:n]
     result, outputs = {"n": len(rows)}, {}
     for dtype in ("fp32", "bf16"):
         model, tokenizer = load_model(MODEL, dtype=dtype, device="cpu")

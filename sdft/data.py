@@ -92,17 +92,19 @@ def load_dataset(name_or_path: str, data_dir: str | None = None, columns: dict |
     return LoadedDataset(spec.name if spec else stem, source, examples, spec)
 
 
+def seeded_indices(n_rows: int, limit: int | None, seed: int) -> list[int]:
+    """A seeded random subset of row indices, in file order (taking the first N would bias toward the file's start)."""
+    if limit is None or limit >= n_rows:
+        return list(range(n_rows))
+    return sorted(random.Random(seed).sample(range(n_rows), limit))
+
+
 def subsample(examples: list[dict], seed: int, limit: int | None) -> list[dict]:
     """Paper rule (> 10k rows -> random 2000) then `limit`, both seeded and keeping file order."""
-    keep = len(examples)
-    if keep > SUBSAMPLE_ABOVE:
-        keep = SUBSAMPLE_TO
+    keep = SUBSAMPLE_TO if len(examples) > SUBSAMPLE_ABOVE else len(examples)
     if limit is not None:
         keep = min(keep, limit)
-    if keep >= len(examples):
-        return examples
-    chosen = sorted(random.Random(seed).sample(range(len(examples)), keep))
-    return [examples[i] for i in chosen]
+    return [examples[i] for i in seeded_indices(len(examples), keep, seed)]
 
 
 def _registry_file(spec: DatasetSpec, data_dir: str | None) -> Path | None:

@@ -15,7 +15,6 @@ WinoGrande uses lm-eval's partial evaluation (each option fills the blank as con
 from __future__ import annotations
 
 import os
-import random
 import string
 import tempfile
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
+from .data import seeded_indices
 from .errors import UserError
 from .jsonl import read_jsonl, write_jsonl
 from .stats import bootstrap_ci
@@ -143,13 +143,6 @@ def _offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _select(n_rows: int, limit: int | None, seed: int) -> list[int]:
-    """Seeded random subset of row indices in file order (lm-eval's own `limit` would take the first N)."""
-    if limit is None or limit >= n_rows:
-        return list(range(n_rows))
-    return sorted(random.Random(seed).sample(range(n_rows), limit))
-
-
 def _row_id(name: str, row: dict, index: int) -> str:
     return str(row["id"]) if "id" in row else f"{name}-{index}"
 
@@ -215,7 +208,7 @@ def evaluate_knowledge(model, tokenizer, tasks: list[str], data_dir: Path, out_d
     for name in tasks:
         task = KNOWLEDGE_TASKS[name]
         rows = read_jsonl(data_dir / task.data_file)
-        indices = _select(len(rows), limit, seed)
+        indices = seeded_indices(len(rows), limit, seed)
         out_path = out_dir / f"{name}.jsonl"
         if out_path.is_file():
             done = read_jsonl(out_path)

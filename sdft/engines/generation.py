@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from ..jsonl import ResumableJsonl
+from .models import needs_bos
 
 
 @dataclass
@@ -74,8 +75,7 @@ class HFEngine:
         self.eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
 
     def encode(self, prompts: Sequence[str]) -> list[list[int]]:
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and prompts and prompts[0].startswith(bos))  # chat templates already carry BOS
+        add_special = not prompts or needs_bos(self.tokenizer, prompts[0])
         return self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
 
     def complete(self, prompts: Sequence[str], skip: Iterable[int] = ()) -> Iterator[list[tuple[int, Completion]]]:

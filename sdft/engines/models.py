@@ -93,6 +93,12 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def needs_bos(tokenizer, text: str) -> bool:
+    """Whether tokenizing `text` should add special tokens: chat templates already put BOS in the text."""
+    bos = tokenizer.bos_token
+    return not (bos and text.startswith(bos))
+
+
 def load_tokenizer(spec: str):
     from transformers import AutoTokenizer
 

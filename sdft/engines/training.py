@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .models import cpu_has_fast_bf16
+from .models import cpu_has_fast_bf16, needs_bos
 
 IGNORE_INDEX = -100
 
@@ -26,9 +26,7 @@ class TrainingExample:
 
 def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> TrainingExample:
     """Prompt tokens are masked out of the loss; the target ends with the end-of-turn (EOS) token, which is trained."""
-    bos = tokenizer.bos_token
-    add_special = not (bos and prompt.startswith(bos))
-    prompt_ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    prompt_ids = tokenizer(prompt, add_special_tokens=needs_bos(tokenizer, prompt))["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
     input_ids = (prompt_ids + target_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]

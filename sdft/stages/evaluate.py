@@ -23,8 +23,8 @@ from ..engines.judge import make_judge
 from ..engines.models import EMBEDDED_MODEL, default_device, load_model, load_tokenizer, resolve_dtype
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json, write_jsonl
-from ..knowledge import _select as select_indices
 from ..knowledge import evaluate_knowledge
+from ..data import seeded_indices
 from ..paths import data_dir as find_data_dir
 from ..stats import summarize
 from ..templates import render
@@ -151,7 +151,7 @@ def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dic
 
 def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: Path, out: Path, judge) -> dict:
     samples = bench.load(data_dir)
-    samples = [samples[i] for i in select_indices(len(samples), config.limit, config.seed)]
+    samples = [samples[i] for i in seeded_indices(len(samples), config.limit, config.seed)]
     tokenizer = getattr(engine, "tokenizer", None) or load_tokenizer(config.model)
     prompts = [render(bench.template, sample.fields, tokenizer, config.prompt_mode) for sample in samples]
     engine.config = _generation_config(config, bench)  # engines read their config at each call
