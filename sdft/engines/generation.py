@@ -304,7 +304,10 @@ class VLLMEngine:
     def __init__(self, model_path: str, config: GenerationConfig, dtype: str = "auto"):
         from vllm import LLM  # optional extra: pip install 'sdft[vllm]'
 
+        from .models import load_tokenizer
+
         self.config = config
+        self.tokenizer = load_tokenizer(model_path)  # the HF tokenizer renders prompts, as with HFEngine
         self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"),
                        seed=config.seed)
 

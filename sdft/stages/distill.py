@@ -74,8 +74,7 @@ def distill(config: DistillConfig) -> dict:
     generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
                                   seed=config.seed, batch_size=config.batch_size, backend=config.backend)
     engine = make_engine(config.model, generation, dtype=config.dtype)
-    tokenizer = getattr(engine, "tokenizer", None) or _tokenizer(config.model)
-    items = [(ex["id"], render(template, ex, tokenizer, config.prompt_mode)) for ex in data.examples]
+    items = [(ex["id"], render(template, ex, engine.tokenizer, config.prompt_mode)) for ex in data.examples]
     out.mkdir(parents=True, exist_ok=True)
     generations = {row["id"]: row for row in generate_rows(engine, items, out / "generations.jsonl", progress="distill")}
 
@@ -99,9 +98,3 @@ def distill_stats(rows: list[dict], dataset: str, task: str, template: str) -> d
     return {"dataset": dataset, "task": task, "template": template, "total": len(rows), "accepted": accepted,
             "acceptance_rate": accepted / len(rows) if rows else 0.0,
             "reasons": dict(Counter(r["reason"] for r in rows).most_common())}
-
-
-def _tokenizer(model: str):
-    from ..engines.models import load_tokenizer
-
-    return load_tokenizer(model)

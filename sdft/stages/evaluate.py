@@ -20,7 +20,7 @@ from ..benchmarks import BENCHMARKS, Benchmark, Sample, get_benchmark
 from ..config import field
 from ..engines.generation import GenerationConfig, HFEngine, generate_rows, make_engine
 from ..engines.judge import make_judge
-from ..engines.models import EMBEDDED_MODEL, default_device, load_model, load_tokenizer, resolve_dtype
+from ..engines.models import EMBEDDED_MODEL, default_device, load_model, resolve_dtype
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..knowledge import evaluate_knowledge
@@ -152,8 +152,7 @@ def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dic
 def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: Path, out: Path, judge) -> dict:
     samples = bench.load(data_dir)
     samples = [samples[i] for i in seeded_indices(len(samples), config.limit, config.seed)]
-    tokenizer = getattr(engine, "tokenizer", None) or load_tokenizer(config.model)
-    prompts = [render(bench.template, sample.fields, tokenizer, config.prompt_mode) for sample in samples]
+    prompts = [render(bench.template, sample.fields, engine.tokenizer, config.prompt_mode) for sample in samples]
     engine.config = _generation_config(config, bench)  # engines read their config at each call
     dtype = str(resolve_dtype(config.dtype, default_device())).removeprefix("torch.")  # what "auto" meant here
     settings = {"max_new_tokens": engine.config.max_new_tokens, "temperature": engine.config.temperature,

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..config import field
 from ..data import normalise_prompt_rows
 from ..engines.generation import GenerationConfig, generate_rows, make_engine
-from ..engines.models import EMBEDDED_MODEL, load_tokenizer
+from ..engines.models import EMBEDDED_MODEL
 from ..templates import check_prompt_mode, get_template, render
 
 
@@ -39,7 +39,6 @@ def generate(config: GenerateConfig) -> list[dict]:
                                                         top_p=config.top_p, seed=config.seed, batch_size=config.batch_size,
                                                         stop=list(config.stop), backend=config.backend),
                          dtype=config.dtype, adapter=config.adapter)
-    tokenizer = getattr(engine, "tokenizer", None) or load_tokenizer(config.model)
-    items = [(row["id"], render(template, row, tokenizer, config.prompt_mode)) for row in rows]
+    items = [(row["id"], render(template, row, engine.tokenizer, config.prompt_mode)) for row in rows]
     Path(config.out).parent.mkdir(parents=True, exist_ok=True)
     return generate_rows(engine, items, config.out, progress="generate")
