@@ -1,18 +1,18 @@
-"""Batched generation: an HF engine (length-sorted, left-padded, token-budgeted batches with a KV cache and finished rows
-dropped from the batch) and a vLLM engine behind the same interface, plus resumable JSONL output.
+"""Batched generation: an HF engine (continuous batching over length-sorted rows with a per-slot KV cache, falling back
+to token-budgeted left-padded batches) and a vLLM engine behind the same interface, plus resumable JSONL output.
 
 Llama-architecture models (the embedded SmolLM2 among them) decode through a lean forward with a preallocated KV cache;
 other models through their own HF forward. Both compute what `model.generate` computes (greedy fp32 outputs agree).
 
 Sampling draws each row's noise from a generator seeded by (seed, prompt), so a row's sample does not depend on which
-other rows share its batch, and batches are fixed from the whole prompt set, so a resumed run reproduces the rows an
-uninterrupted run would have written.
+other rows share its batch; rows are written as they finish, so a resumed run generates only the missing ones.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
@@ -63,7 +63,9 @@ def plan_batches(lengths: Sequence[int], config: GenerationConfig) -> list[list[
 
 
 class HFEngine:
-    """Generation with a plain HF causal LM, decoding step by step over a shrinking batch."""
+    """Generation with a plain HF causal LM under continuous batching: the model holds a fixed number of row slots,
+    each finished row's slot is refilled at once with the next waiting prompt, and rows are taken longest-first so rows
+    decoding side by side are of similar length. Models without the lean path fall back to fixed batches."""
 
     def __init__(self, model, tokenizer, config: GenerationConfig):
         self.model = model
@@ -79,60 +81,66 @@ class HFEngine:
         return self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
 
     def complete(self, prompts: Sequence[str], skip: Iterable[int] = ()) -> Iterator[list[tuple[int, Completion]]]:
-        """Yield each finished batch as (prompt index, completion) pairs; batches wholly in `skip` are not run."""
+        """Yield (prompt index, completion) pairs as rows finish; prompts in `skip` are not run."""
         token_ids = self.encode(prompts)
         skip = set(skip)
-        for batch in plan_batches([len(t) for t in token_ids], self.config):
-            if all(i in skip for i in batch):
-                continue
-            completions = self._decode([token_ids[i] for i in batch], [prompts[i] for i in batch])
-            yield list(zip(batch, completions))
+        todo = [i for i in range(len(prompts)) if i not in skip]
+        if not todo:
+            return
+        lengths = [len(token_ids[i]) for i in todo]
+        if LeanLlamaStepper.supports(self.model):
+            order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
+            capacity = len(token_ids[order[0]]) + self.config.max_new_tokens
+            slots = max(1, min(self.config.batch_size, self.config.token_budget // capacity, len(order)))
+            yield from self._generate(LeanLlamaStepper(self.model, slots, capacity), order, token_ids, prompts)
+            return
+        for batch in plan_batches(lengths, self.config):
+            yield from self._generate(HFStepper(self.model, self.tokenizer.pad_token_id, len(batch)),
+                                      [todo[k] for k in batch], token_ids, prompts)
 
     @torch.inference_mode()
-    def _decode(self, batch_ids: list[list[int]], prompts: list[str]) -> list[Completion]:
+    def _generate(self, stepper, order: list[int], token_ids: list[list[int]], prompts: Sequence[str]
+                  ) -> Iterator[list[tuple[int, Completion]]]:
+        """Decode `order` through the stepper's slots, admitting waiting rows into free slots (when it refills)."""
         cfg = self.config
-        stepper_class = LeanLlamaStepper if LeanLlamaStepper.supports(self.model) else HFStepper
-        stepper = stepper_class(self.model, batch_ids, self.tokenizer.pad_token_id, cfg.max_new_tokens)
-        generators = [self._row_generator(p) for p in prompts] if cfg.temperature > 0 else None
-        slots = list(range(len(batch_ids)))  # original row of each batch position the stepper holds
-        live = list(slots)  # positions still generating
-        generated: list[list[int]] = [[] for _ in batch_ids]
-        results: list[Completion | None] = [None] * len(batch_ids)
-        logits = stepper.prefill()
-        for _ in range(cfg.max_new_tokens):
-            if len(live) < len(slots):
-                logits = logits[torch.tensor(live, device=logits.device)]
-            rows = [slots[k] for k in live]
-            next_tokens = self._choose(logits.float(), [generators[r] for r in rows] if generators else None).tolist()
-            still = []
-            for position, row, token in zip(live, rows, next_tokens):
-                reason = None
-                if token in self.eos_ids:
-                    reason = "stop"
-                else:
-                    generated[row].append(token)
-                    if cfg.stop and self._hit_stop(generated[row]):
-                        reason = "stop"
-                    elif len(generated[row]) >= cfg.max_new_tokens:
-                        reason = "length"
+        pending = deque(order)
+        held: list[_Row | None] = [None] * stepper.slots  # the row decoding in each slot
+        while pending or any(held):
+            free = [s for s, row in enumerate(held) if row is None]
+            if pending and free and (stepper.refills or len(free) == len(held)):
+                active = free[: len(pending)]
+                for s in active:
+                    i = pending.popleft()
+                    held[s] = _Row(i, len(token_ids[i]), self._row_generator(prompts[i]) if cfg.temperature > 0 else None)
+                logits = stepper.admit(active, [token_ids[held[s].index] for s in active])
+            else:
+                if not pending and len(free) >= max(1, len(held) // 8):
+                    # Drop finished slots once they are an eighth of the batch: the cache copy costs about a step.
+                    keep = [s for s, row in enumerate(held) if row is not None]
+                    stepper.select(keep)
+                    held = [held[s] for s in keep]
+                logits = stepper.step([row.tokens[-1] if row else None for row in held])
+                active = [s for s, row in enumerate(held) if row is not None]
+                logits = logits[torch.tensor(active, device=logits.device)] if len(active) < len(held) else logits
+            rows = [held[s] for s in active]
+            chosen = self._choose(logits.float(), [row.generator for row in rows] if cfg.temperature > 0 else None)
+            finished = []
+            for s, row, token in zip(active, rows, chosen.tolist()):
+                reason = self._advance(row, token)
                 if reason:
-                    results[row] = self._finish(generated[row], reason, len(batch_ids[row]))
-                else:
-                    still.append(position)
-            if not still:
-                break
-            tokens = [0] * len(slots)  # finished rows still held get a dummy token until the next compaction
-            for position in still:
-                tokens[position] = generated[slots[position]][-1]
-            live = still
-            # Drop finished rows once they are an eighth of the batch: the cache copy costs about as much as a step.
-            if len(slots) - len(live) >= max(1, len(slots) // 8):
-                stepper.select(live)
-                slots = [slots[k] for k in live]
-                tokens = [tokens[k] for k in live]
-                live = list(range(len(slots)))
-            logits = stepper.step(tokens)
-        return [r or self._finish(generated[i], "length", len(batch_ids[i])) for i, r in enumerate(results)]
+                    finished.append((row.index, self._finish(row.tokens, reason, row.prompt_tokens)))
+                    held[s] = None
+            if finished:
+                yield finished
+
+    def _advance(self, row: "_Row", token: int) -> str | None:
+        """Append the chosen token; the finish reason when the row is done."""
+        if token in self.eos_ids:
+            return "stop"
+        row.tokens.append(token)
+        if self.config.stop and self._hit_stop(row.tokens):
+            return "stop"
+        return "length" if len(row.tokens) >= self.config.max_new_tokens else None
 
     def _row_generator(self, prompt: str) -> torch.Generator:
         seed = int(hashlib.sha256(f"{self.config.seed}|{prompt}".encode()).hexdigest()[:15], 16)
@@ -164,47 +172,66 @@ class HFEngine:
         return Completion(text=text, finish_reason=reason, n_tokens=len(tokens), prompt_tokens=prompt_tokens)
 
 
-class HFStepper:
-    """Any HF causal LM through its own forward and a DynamicCache (the general fallback)."""
+@dataclass
+class _Row:
+    """One prompt while it decodes: its index in the prompt list, prompt length, sampling noise and tokens so far."""
 
-    def __init__(self, model, batch_ids: list[list[int]], pad_id: int, max_new_tokens: int):
+    index: int
+    prompt_tokens: int
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
+
+
+class HFStepper:
+    """Any HF causal LM through its own forward and a DynamicCache (the general fallback). It takes one left-padded
+    batch at a time: rows are admitted only into an empty stepper."""
+
+    refills = False
+
+    def __init__(self, model, pad_id: int, slots: int):
+        self.model = model
+        self.pad_id = pad_id
+        self.slots = slots
+
+    def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
         from transformers import DynamicCache
 
-        self.model = model
-        device = model.device
+        device = self.model.device
         width = max(len(ids) for ids in batch_ids)
-        self.input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch_ids], device=device)
+        input_ids = torch.tensor([[self.pad_id] * (width - len(ids)) + ids for ids in batch_ids], device=device)
         self.attention = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch_ids], device=device)
         self.positions = (self.attention.cumsum(-1) - 1).clamp(min=0)
-        self.cache = DynamicCache(config=model.config)
+        self.cache = DynamicCache(config=self.model.config)
+        logits = self._forward(input_ids)
+        self.positions = self.positions[:, -1:]
+        return logits
 
     def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=self.attention, position_ids=self.positions, cache=self.cache,
                           use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
-    def prefill(self) -> torch.Tensor:
-        logits = self._forward(self.input_ids)
-        self.positions = self.positions[:, -1:]
-        return logits
-
-    def step(self, tokens: list[int]) -> torch.Tensor:
+    def step(self, tokens: list[int | None]) -> torch.Tensor:
+        """Next-token logits for every held row; finished rows (None) get a dummy token until the next select."""
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(tokens), 1))], dim=1)
         self.positions = self.positions + 1
-        return self._forward(torch.tensor(tokens, device=self.attention.device)[:, None])
+        return self._forward(torch.tensor([t or 0 for t in tokens], device=self.attention.device)[:, None])
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.attention.device)
         self.cache.batch_select_indices(index)
         self.attention, self.positions = self.attention[index], self.positions[index]
+        self.slots = len(keep)
 
 
 class LeanLlamaStepper:
-    """A lean forward for Llama-architecture models, the same arithmetic as HF's with less per-step work: the KV cache is
-    preallocated and written in place (no concatenation), grouped-query heads attend without copying K/V (the query
-    heads sharing a KV head are folded into the query axis), and Q/K/V and gate/up each run as one matmul.
-    On CPU those copies and per-op overheads, not the matmuls, dominate HF's decode step."""
+    """A lean forward for Llama-architecture models over a fixed set of row slots, the same arithmetic as HF's with less
+    per-step work: the KV cache is preallocated per slot and written in place (no concatenation), grouped-query heads
+    attend without copying K/V in decoding (the query heads sharing a KV head are folded into the query axis), and Q/K/V
+    and gate/up each run as one matmul. On CPU those copies and per-op overheads, not the matmuls, dominate HF's decode
+    step. Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode."""
 
     MODEL_TYPES = ("llama", "qwen2")
+    refills = True
 
     @classmethod
     def supports(cls, model) -> bool:
@@ -212,63 +239,88 @@ class LeanLlamaStepper:
         full_attention = all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
 
-    def __init__(self, model, batch_ids: list[list[int]], pad_id: int, max_new_tokens: int):
+    def __init__(self, model, slots: int, capacity: int):
         config = model.config
         self.model = model
+        self.slots = slots
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.layers = [self._fused(layer) for layer in model.model.layers]
-        device, dtype = model.device, model.dtype
-        width = max(len(ids) for ids in batch_ids)
-        rows, capacity = len(batch_ids), width + max_new_tokens
-        self.input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch_ids], device=device)
-        pads = torch.tensor([width - len(ids) for ids in batch_ids], device=device)
-        self.valid = torch.arange(capacity, device=device)[None, :] >= pads[:, None]  # (rows, capacity): key not padding
-        self.positions = (torch.arange(width, device=device)[None, :] - pads[:, None]).clamp(min=0)
-        shape = (rows, self.kv_heads, capacity, self.head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in self.layers]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in self.layers]
-        self.length = 0  # cache columns filled
+        # Zeros, not empty: columns past a row's length are masked, but garbage NaN there would leak through 0 * NaN.
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        self.keys = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in self.layers]
+        self.values = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in self.layers]
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=model.device)  # cache columns filled, per slot
 
     @staticmethod
     def _fused(layer):
-        """(layer, (QKV weight, bias), gate/up weight); rebuilt per batch (a fraction of a step) so they never go stale."""
+        """(layer, (QKV weight, bias), gate/up weight); rebuilt per stepper (a fraction of a step) so they never go stale."""
         attn, mlp = layer.self_attn, layer.mlp
         qkv = (attn.q_proj, attn.k_proj, attn.v_proj)
         bias = torch.cat([p.bias for p in qkv]) if attn.q_proj.bias is not None else None
         return layer, (torch.cat([p.weight for p in qkv]), bias), torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
 
-    def prefill(self) -> torch.Tensor:
-        rows, width = self.input_ids.shape
-        causal = torch.ones(width, width, dtype=torch.bool, device=self.input_ids.device).tril()
-        # Padding queries attend to themselves only, so no row of the mask is empty (an empty row gives NaN).
-        mask = (causal & self.valid[:, None, None, :width]) | torch.eye(width, dtype=torch.bool, device=causal.device)
-        logits = self._forward(self.input_ids, self.positions, mask)
-        self.positions = self.positions[:, -1:]
-        return logits
+    def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
+        """Prefill new rows (right-padded, so each row's cache starts at column 0) into free slots; their logits."""
+        device, group = self.lengths.device, self.heads // self.kv_heads
+        width = max(len(ids) for ids in batch_ids)
+        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch_ids], device=device)
+        lengths = torch.tensor([len(ids) for ids in batch_ids], device=device)
+        index = torch.tensor(slots, device=device)
+        columns = torch.arange(width, device=device)
+        # Causal over real keys; a padding query still sees its row's real tokens, so no mask row is empty.
+        mask = (columns[None, :] <= columns[:, None]) & (columns < lengths[:, None])[:, None, None, :]
 
-    def step(self, tokens: list[int]) -> torch.Tensor:
-        self.positions = self.positions + 1
-        mask = self.valid[:, None, None, : self.length + 1]
-        return self._forward(torch.tensor(tokens, device=self.valid.device)[:, None], self.positions, mask)
+        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            self.keys[layer_index][index, :, :width] = k
+            self.values[layer_index][index, :, :width] = v
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), attn_mask=mask, scale=scale)
+            return out.transpose(1, 2).reshape(len(slots), width, -1)
+
+        hidden = self._forward(input_ids, columns.expand(len(slots), width), attend)
+        self.lengths[index] = lengths
+        return self._logits(hidden[torch.arange(len(slots), device=device), lengths - 1])
+
+    def step(self, tokens: list[int | None]) -> torch.Tensor:
+        """Next-token logits for every slot, each token written at its slot's own length; idle slots (None) reset."""
+        device = self.lengths.device
+        active = torch.tensor([t is not None for t in tokens], device=device)
+        rows = torch.arange(self.slots, device=device)
+        width = int(self.lengths.max()) + 1
+        mask = (torch.arange(width, device=device)[None, :] <= self.lengths[:, None])[:, None, None, :]
+
+        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            keys, values = self.keys[layer_index], self.values[layer_index]
+            keys[rows, :, self.lengths] = k[:, :, 0]
+            values[rows, :, self.lengths] = v[:, :, 0]
+            folded = q.reshape(self.slots, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
+            out = torch.nn.functional.scaled_dot_product_attention(folded, keys[:, :, :width], values[:, :, :width],
+                                                                   attn_mask=mask, scale=scale)
+            return out.reshape(self.slots, 1, self.heads * self.head_dim)
+
+        tokens_in = torch.tensor([t or 0 for t in tokens], device=device)[:, None]
+        hidden = self._forward(tokens_in, self.lengths[:, None], attend)
+        self.lengths = torch.where(active, self.lengths + 1, 0)
+        return self._logits(hidden[:, -1])
 
     def select(self, keep: list[int]) -> None:
-        index = torch.tensor(keep, device=self.valid.device)
+        index = torch.tensor(keep, device=self.lengths.device)
+        width = int(self.lengths[index].max())
         for cache in (self.keys, self.values):
             for i, old in enumerate(cache):
-                new = old.new_empty((len(keep), *old.shape[1:]))
-                new[:, :, : self.length] = old[index, :, : self.length]
+                new = old.new_zeros((len(keep), *old.shape[1:]))
+                new[:, :, :width] = old[index, :, :width]
                 cache[i] = new
-        self.valid, self.positions = self.valid[index], self.positions[index]
+        self.lengths, self.slots = self.lengths[index], len(keep)
 
-    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        """Hidden states of every input position; `attend` writes each layer's K/V to the cache and attends."""
         from transformers.models.llama.modeling_llama import rotate_half
 
         rows, width = input_ids.shape
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        group = heads // kv_heads
-        start, end = self.length, self.length + width
         hidden = self.model.model.embed_tokens(input_ids)
         cos, sin = (t.unsqueeze(1) for t in self.model.model.rotary_emb(hidden, positions))
         for layer_index, (layer, (qkv_weight, qkv_bias), gate_up_weight) in enumerate(self.layers):
@@ -277,25 +329,15 @@ class LeanLlamaStepper:
                 [(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
             qk = qk.view(rows, width, heads + kv_heads, head_dim).transpose(1, 2)
             qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
-            q, k = qk[:, :heads], qk[:, heads:]
-            keys, values = self.keys[layer_index], self.values[layer_index]
-            keys[:, :, start:end] = k
-            values[:, :, start:end] = v.view(rows, width, kv_heads, head_dim).transpose(1, 2)
-            keys, values = keys[:, :, :end], values[:, :, :end]
-            if width == 1:  # decode: fold each KV head's query heads into the query axis
-                out = torch.nn.functional.scaled_dot_product_attention(q.reshape(rows, kv_heads, group, head_dim), keys, values,
-                                                                       attn_mask=mask, scale=layer.self_attn.scaling)
-                out = out.reshape(rows, 1, heads * head_dim)
-            else:
-                out = torch.nn.functional.scaled_dot_product_attention(
-                    q, keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1), attn_mask=mask,
-                    scale=layer.self_attn.scaling)
-                out = out.transpose(1, 2).reshape(rows, width, heads * head_dim)
+            v = v.view(rows, width, kv_heads, head_dim).transpose(1, 2)
+            out = attend(layer_index, qk[:, :heads], qk[:, heads:], v, layer.self_attn.scaling)
             hidden = hidden + layer.self_attn.o_proj(out)
             gate, up = torch.nn.functional.linear(layer.post_attention_layernorm(hidden), gate_up_weight).chunk(2, dim=-1)
             hidden = hidden + layer.mlp.down_proj(layer.mlp.act_fn(gate) * up)
-        self.length = end
-        return self.model.lm_head(self.model.model.norm(hidden[:, -1]))
+        return hidden
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.model.lm_head(self.model.model.norm(hidden))
 
 
 class VLLMEngine:
