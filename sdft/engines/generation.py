@@ -90,9 +90,9 @@ class HFEngine:
         lengths = [len(token_ids[i]) for i in todo]
         if LeanLlamaStepper.supports(self.model):
             order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
-            capacity = len(token_ids[order[0]]) + self.config.max_new_tokens
-            slots = max(1, min(self.config.batch_size, self.config.token_budget // capacity, len(order)))
-            yield from self._generate(LeanLlamaStepper(self.model, slots, capacity), order, token_ids, prompts)
+            row_tokens = len(token_ids[order[0]]) + self.config.max_new_tokens  # cache columns a row may need at most
+            slots = max(1, min(self.config.batch_size, self.config.token_budget // row_tokens, len(order)))
+            yield from self._generate(LeanLlamaStepper(self.model, slots), order, token_ids, prompts)
             return
         for batch in plan_batches(lengths, self.config):
             yield from self._generate(HFStepper(self.model, self.tokenizer.pad_token_id, len(batch)),
@@ -225,12 +225,14 @@ class HFStepper:
 
 class LeanLlamaStepper:
     """A lean forward for Llama-architecture models over a fixed set of row slots, the same arithmetic as HF's with less
-    per-step work: the KV cache is preallocated per slot and written in place (no concatenation), grouped-query heads
-    attend without copying K/V in decoding (the query heads sharing a KV head are folded into the query axis), and Q/K/V
-    and gate/up each run as one matmul. On CPU those copies and per-op overheads, not the matmuls, dominate HF's decode
-    step. Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode."""
+    per-step work: Q/K/V and gate/up each run as one matmul, the KV cache is written in place, and decoding attends with
+    two plain matmuls per layer over a contiguous cache, each KV head's query heads folded into the query axis (on CPU,
+    SDPA's flash kernel and the copies a sliced cache forces cost several times more for one query per row).
+    Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode."""
 
     MODEL_TYPES = ("llama", "qwen2")
+    GROWTH = 32  # cache columns added or dropped at a time
+    PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward
     refills = True
 
     @classmethod
@@ -239,7 +241,7 @@ class LeanLlamaStepper:
         full_attention = all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
 
-    def __init__(self, model, slots: int, capacity: int):
+    def __init__(self, model, slots: int):
         config = model.config
         self.model = model
         self.slots = slots
@@ -247,10 +249,9 @@ class LeanLlamaStepper:
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.layers = [self._fused(layer) for layer in model.model.layers]
-        # Zeros, not empty: columns past a row's length are masked, but garbage NaN there would leak through 0 * NaN.
-        shape = (slots, self.kv_heads, capacity, self.head_dim)
-        self.keys = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in self.layers]
-        self.values = [torch.zeros(shape, device=model.device, dtype=model.dtype) for _ in self.layers]
+        empty = (slots, self.kv_heads, 0, self.head_dim)
+        self.keys = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
+        self.values = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=model.device)  # cache columns filled, per slot
 
     @staticmethod
@@ -261,25 +262,49 @@ class LeanLlamaStepper:
         bias = torch.cat([p.bias for p in qkv]) if attn.q_proj.bias is not None else None
         return layer, (torch.cat([p.weight for p in qkv]), bias), torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
 
+    def _fit(self, width: int, keep: torch.Tensor | None = None) -> None:
+        """Resize the caches to hold `width` columns (in GROWTH steps, so this copy is rare), keeping only the `keep`
+        slots when given. Columns past a row's length are masked; zeros there, since NaN garbage leaks through 0 * NaN."""
+        allocated = self.keys[0].shape[2]
+        if keep is None and width <= allocated <= width + 2 * self.GROWTH:
+            return
+        new_width = -(-width // self.GROWTH) * self.GROWTH
+        kept = min(allocated, new_width)
+        for cache in (self.keys, self.values):
+            for i, old in enumerate(cache):
+                old = old if keep is None else old[keep]
+                cache[i] = old.new_zeros((old.shape[0], self.kv_heads, new_width, self.head_dim))
+                cache[i][:, :, :kept] = old[:, :, :kept]
+
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
-        """Prefill new rows (right-padded, so each row's cache starts at column 0) into free slots; their logits."""
-        device, group = self.lengths.device, self.heads // self.kv_heads
+        """Prefill new rows into free slots, a few at a time; their next-token logits."""
+        logits, start = [], 0
+        while start < len(slots):
+            # Rows come longest-first, so the first sets the chunk's padded width; past ~2k tokens a chunk's activations
+            # spill the caches and prefill slows down.
+            end = start + max(1, self.PREFILL_TOKENS // len(batch_ids[start]))
+            logits.append(self._prefill(slots[start:end], batch_ids[start:end]))
+            start = end
+        return torch.cat(logits)
+
+    def _prefill(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
+        """One right-padded forward over new rows, so each row's cache starts at column 0."""
+        device = self.lengths.device
         width = max(len(ids) for ids in batch_ids)
         input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch_ids], device=device)
         lengths = torch.tensor([len(ids) for ids in batch_ids], device=device)
         index = torch.tensor(slots, device=device)
-        columns = torch.arange(width, device=device)
-        # Causal over real keys; a padding query still sees its row's real tokens, so no mask row is empty.
-        mask = (columns[None, :] <= columns[:, None]) & (columns < lengths[:, None])[:, None, None, :]
+        self.lengths[index] = 0
+        self._fit(max(width, int(self.lengths.max())))
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             self.keys[layer_index][index, :, :width] = k
             self.values[layer_index][index, :, :width] = v
-            out = torch.nn.functional.scaled_dot_product_attention(
-                q, k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1), attn_mask=mask, scale=scale)
+            # Causal alone masks the padding: it follows each row's real tokens, so no real query sees it.
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
             return out.transpose(1, 2).reshape(len(slots), width, -1)
 
-        hidden = self._forward(input_ids, columns.expand(len(slots), width), attend)
+        hidden = self._forward(input_ids, torch.arange(width, device=device).expand(len(slots), width), attend)
         self.lengths[index] = lengths
         return self._logits(hidden[torch.arange(len(slots), device=device), lengths - 1])
 
@@ -288,16 +313,19 @@ class LeanLlamaStepper:
         device = self.lengths.device
         active = torch.tensor([t is not None for t in tokens], device=device)
         rows = torch.arange(self.slots, device=device)
-        width = int(self.lengths.max()) + 1
-        mask = (torch.arange(width, device=device)[None, :] <= self.lengths[:, None])[:, None, None, :]
+        self._fit(int(self.lengths.max()) + 1)
+        group, width = self.heads // self.kv_heads, self.keys[0].shape[2]
+        past = torch.arange(width, device=device)[None, :] > self.lengths[:, None]
+        bias = torch.zeros(past.shape, device=device).masked_fill_(past, float("-inf"))[:, None, None, :]
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             keys, values = self.keys[layer_index], self.values[layer_index]
             keys[rows, :, self.lengths] = k[:, :, 0]
             values[rows, :, self.lengths] = v[:, :, 0]
-            folded = q.reshape(self.slots, self.kv_heads, self.heads // self.kv_heads, self.head_dim)
-            out = torch.nn.functional.scaled_dot_product_attention(folded, keys[:, :, :width], values[:, :, :width],
-                                                                   attn_mask=mask, scale=scale)
+            # Eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype.
+            folded = q.reshape(self.slots, self.kv_heads, group, self.head_dim)
+            scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
+            out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
             return out.reshape(self.slots, 1, self.heads * self.head_dim)
 
         tokens_in = torch.tensor([t or 0 for t in tokens], device=device)[:, None]
@@ -307,13 +335,8 @@ class LeanLlamaStepper:
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.lengths.device)
-        width = int(self.lengths[index].max())
-        for cache in (self.keys, self.values):
-            for i, old in enumerate(cache):
-                new = old.new_zeros((len(keep), *old.shape[1:]))
-                new[:, :, :width] = old[index, :, :width]
-                cache[i] = new
         self.lengths, self.slots = self.lengths[index], len(keep)
+        self._fit(int(self.lengths.max()) + 1, index)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
         """Hidden states of every input position; `attend` writes each layer's K/V to the cache and attends."""
