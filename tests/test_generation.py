@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from sdft.engines import generation
-from sdft.engines.generation import GenerationConfig, HFEngine, LeanLlamaStepper, generate_rows, plan_batches
+from sdft.engines.generation import (GenerationConfig, HFEngine, LeanLlamaStepper, generate_rows, plan_batches,
+                                     shared_prefixes)
 from sdft.templates import render
 
 PROMPTS = [
@@ -23,11 +24,18 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir, embedded_tokenizer):
-    from transformers import AutoModelForCausalLM
+def tiny(embedded_tokenizer):
+    """A tiny random Llama with weights large enough that its next token depends on the whole context (at the usual
+    0.02 init it mostly repeats its last input token), so a wrong cache or mask changes the output."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    return model, embedded_tokenizer
+    torch.manual_seed(0)
+    tokenizer = embedded_tokenizer
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id)
+    return LlamaForCausalLM(config).eval(), tokenizer
 
 
 def reference(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
@@ -57,6 +65,33 @@ def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, lean):
         assert out[i].text == tokenizer.decode(expected, skip_special_tokens=True), prompt
         assert out[i].n_tokens == len(expected)
         assert out[i].prompt_tokens == len(tokenizer(prompt).input_ids)
+
+
+def test_refilled_slots_decode_each_row_as_it_would_alone(tiny):
+    """Rows stopping at different steps free slots that waiting rows take over mid-decode; every row's completion
+    is still the one it gets when run on its own."""
+    model, tokenizer = tiny
+    prompts = [f"{p} {i}" for i in range(3) for p in PROMPTS]
+    config = dict(max_new_tokens=16, temperature=1.0, seed=5, stop=["e"])
+    alone = {i: complete(model, tokenizer, [p], batch_size=1, **config)[0] for i, p in enumerate(prompts)}
+    assert len({c.n_tokens for c in alone.values()}) > 3  # rows really do finish apart
+    assert complete(model, tokenizer, prompts, batch_size=3, **config) == alone
+
+
+def test_shared_template_prefix_is_prefilled_once_and_changes_nothing(tiny, monkeypatch):
+    model, tokenizer = tiny
+    prompts = [render("alpaca", {"instruction": p}, tokenizer) for p in PROMPTS] + PROMPTS[:2]
+    token_ids = HFEngine(model, tokenizer, GenerationConfig()).encode(prompts)
+    (prefix,) = shared_prefixes(token_ids)
+    assert all(tuple(ids[: len(prefix)]) == prefix for ids in token_ids[:5])
+    assert len({ids[len(prefix)] for ids in token_ids[:5]}) > 1  # the longest shared prefix, no longer
+    prefilled = []
+    original = LeanLlamaStepper._prefix_kv
+    monkeypatch.setattr(LeanLlamaStepper, "_prefix_kv", lambda self, p: prefilled.append(p) or original(self, p))
+    out = complete(model, tokenizer, prompts, max_new_tokens=12, batch_size=2)
+    assert prefilled and set(prefilled) == {prefix}
+    for i, prompt in enumerate(prompts):
+        assert out[i].text == tokenizer.decode(reference(model, tokenizer, prompt, 12), skip_special_tokens=True), prompt
 
 
 def test_length_and_eos_finish_reasons(tiny):

@@ -62,6 +62,23 @@ def plan_batches(lengths: Sequence[int], config: GenerationConfig) -> list[list[
     return batches
 
 
+def shared_prefixes(token_ids: Sequence[Sequence[int]], key: int = 16) -> set[tuple[int, ...]]:
+    """Prefixes worth prefilling once: among prompts opening with the same `key` tokens (one template's), the longest
+    prefix they all share."""
+    groups: dict[tuple[int, ...], list[Sequence[int]]] = {}
+    for ids in token_ids:
+        groups.setdefault(tuple(ids[:key]), []).append(ids)
+    prefixes = set()
+    for opening, rows in groups.items():
+        if len(rows) < 2 or len(opening) < key:
+            continue
+        shared, shortest = key, min(len(ids) for ids in rows)
+        while shared < shortest and len({ids[shared] for ids in rows}) == 1:
+            shared += 1
+        prefixes.add(tuple(rows[0][:shared]))
+    return prefixes
+
+
 class HFEngine:
     """Generation with a plain HF causal LM under continuous batching: the model holds a fixed number of row slots,
     each finished row's slot is refilled at once with the next waiting prompt, and rows are taken longest-first so rows
@@ -92,7 +109,8 @@ class HFEngine:
             order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
             row_tokens = len(token_ids[order[0]]) + self.config.max_new_tokens  # cache columns a row may need at most
             slots = max(1, min(self.config.batch_size, self.config.token_budget // row_tokens, len(order)))
-            yield from self._generate(LeanLlamaStepper(self.model, slots), order, token_ids, prompts)
+            stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]))
+            yield from self._generate(stepper, order, token_ids, prompts)
             return
         for batch in plan_batches(lengths, self.config):
             yield from self._generate(HFStepper(self.model, self.tokenizer.pad_token_id, len(batch)),
@@ -271,10 +289,12 @@ class LeanLlamaStepper:
         full_attention = all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
 
-    def __init__(self, model, slots: int):
+    def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = ()):
         config = model.config
         self.model = model
         self.slots = slots
+        self.prefixes = list(prefixes)  # token prefixes many prompts share (a template's opening): prefilled once
+        self.prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
@@ -311,36 +331,72 @@ class LeanLlamaStepper:
                 cache[i][:, :, :kept] = old[:, :, :kept]
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
-        """Prefill new rows into free slots, a few at a time; their next-token logits."""
-        logits, start = [], 0
-        while start < len(slots):
-            # Rows come longest-first, so the first sets the chunk's padded width; past ~2k tokens a chunk's activations
-            # spill the caches and prefill slows down.
-            end = start + max(1, self.PREFILL_TOKENS // len(batch_ids[start]))
-            logits.append(self._prefill(slots[start:end], batch_ids[start:end]))
-            start = end
-        return torch.cat(logits)
+        """Prefill new rows into free slots, a few at a time and past their shared prefix; their next-token logits."""
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for k, ids in enumerate(batch_ids):
+            by_prefix.setdefault(self._prefix_of(ids), []).append(k)
+        logits: list[torch.Tensor | None] = [None] * len(slots)
+        for prefix, rows in by_prefix.items():
+            start = 0
+            while start < len(rows):
+                # Rows come longest-first, so the first sets the chunk's padded width; past ~2k tokens a chunk's
+                # activations spill the caches and prefill slows down.
+                chunk = rows[start : start + max(1, self.PREFILL_TOKENS // (len(batch_ids[rows[start]]) - len(prefix)))]
+                out = self._prefill([slots[k] for k in chunk], [batch_ids[k] for k in chunk], prefix)
+                for k, row_logits in zip(chunk, out):
+                    logits[k] = row_logits
+                start += len(chunk)
+        return torch.stack(logits)
 
-    def _prefill(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
-        """One right-padded forward over new rows, so each row's cache starts at column 0."""
-        device = self.lengths.device
-        width = max(len(ids) for ids in batch_ids)
-        input_ids = torch.tensor([ids + [0] * (width - len(ids)) for ids in batch_ids], device=device)
+    def _prefix_of(self, ids: list[int]) -> tuple[int, ...]:
+        """The longest shared prefix this row starts with, leaving it at least one token of its own (for its logits)."""
+        matches = [p for p in self.prefixes if len(p) < len(ids) and tuple(ids[: len(p)]) == p]
+        return max(matches, key=len, default=())
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's K/V of a shared prefix, computed once."""
+        if prefix not in self.prefix_kv:
+            kv = []
+
+            def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+                kv.append((k, v))
+                out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+                return out.transpose(1, 2).reshape(1, len(prefix), -1)
+
+            positions = torch.arange(len(prefix), device=self.lengths.device)[None]
+            self._forward(torch.tensor([prefix], device=self.lengths.device), positions, attend)
+            self.prefix_kv[prefix] = kv
+        return self.prefix_kv[prefix]
+
+    def _prefill(self, slots: list[int], batch_ids: list[list[int]], prefix: tuple[int, ...]) -> torch.Tensor:
+        """One forward over new rows' tokens past `prefix` (whose K/V is reused), right-padded, so each row's cache
+        starts at column 0."""
+        device, shared = self.lengths.device, len(prefix)
+        width = max(len(ids) for ids in batch_ids) - shared
+        input_ids = torch.tensor([ids[shared:] + [0] * (width + shared - len(ids)) for ids in batch_ids], device=device)
         lengths = torch.tensor([len(ids) for ids in batch_ids], device=device)
         index = torch.tensor(slots, device=device)
         self.lengths[index] = 0
-        self._fit(max(width, int(self.lengths.max())))
+        self._fit(max(shared + width, int(self.lengths.max())))
+        past = self._prefix_kv(prefix) if shared else None
+        columns = torch.arange(width, device=device)
+        # Every new token sees the whole prefix, then its own row causally; causal masking alone also hides the
+        # padding, which follows each row's real tokens.
+        mask = torch.cat([columns.new_ones((width, shared), dtype=torch.bool), columns[None, :] <= columns[:, None]], 1)
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            self.keys[layer_index][index, :, :width] = k
-            self.values[layer_index][index, :, :width] = v
-            # Causal alone masks the padding: it follows each row's real tokens, so no real query sees it.
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=True)
+            if past is not None:
+                k = torch.cat([past[layer_index][0].expand(len(slots), -1, -1, -1), k], dim=2)
+                v = torch.cat([past[layer_index][1].expand(len(slots), -1, -1, -1), v], dim=2)
+            self.keys[layer_index][index, :, : shared + width] = k
+            self.values[layer_index][index, :, : shared + width] = v
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask if shared else None, is_causal=not shared, scale=scale, enable_gqa=True)
             return out.transpose(1, 2).reshape(len(slots), width, -1)
 
-        hidden = self._forward(input_ids, torch.arange(width, device=device).expand(len(slots), width), attend)
+        hidden = self._forward(input_ids, (shared + columns).expand(len(slots), width), attend)
         self.lengths[index] = lengths
-        return self._logits(hidden[torch.arange(len(slots), device=device), lengths - 1])
+        return self._logits(hidden[torch.arange(len(slots), device=device), lengths - shared - 1])
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
         """Next-token logits for every slot, each token written at its slot's own length; idle slots (None) reset."""
