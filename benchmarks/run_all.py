@@ -1,6 +1,6 @@
 """Run the generation and training throughput benchmarks in one go and write benchmarks/results/latest.json.
 
-    python benchmarks/run_all.py [--quick]
+    python benchmarks/run_all.py [--quick] [--quality]
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller generation and training runs")
+    parser.add_argument("--quality", action="store_true", help="also GSM8K distillation acceptance, greedy bf16 vs fp32")
     args = parser.parse_args(argv)
-    generation = bench_generation.run(bench_generation.parse_args(["--quick"] if args.quick else []))
+    generation = bench_generation.run(bench_generation.parse_args(["--quick"] * args.quick + ["--quality"] * args.quality))
     training = bench_training.run(bench_training.parser().parse_args(["--steps", "3"] if args.quick else []))
     results = {**generation, **training}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
