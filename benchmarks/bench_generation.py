@@ -28,6 +28,7 @@ from sdft.jsonl import read_jsonl
 from sdft.engines.generation import GenerationConfig, HFEngine
 from sdft.engines.models import embedded_gguf_path, load_model
 from sdft.paths import data_dir
+from sdft.stats import paired_bootstrap
 from sdft.templates import render
 
 MODEL = "smollm2-135m-instruct"
@@ -104,19 +105,22 @@ def machine_info() -> dict:
 
 def distill_quality(n: int, new_tokens: int) -> dict:
     """Greedy bf16 vs fp32 on the scorer distillation itself applies: the share of GSM8K rewrites the math check accepts
-    (the model sees the reference answer, so it is well off the floor), plus how close the bf16 rewrites stay to the
-    fp32 ones (identical outputs, ROUGE-L)."""
+    (the model sees the reference answer, so it is well off the floor), with a paired bootstrap of the difference, plus
+    how close the bf16 rewrites stay to the fp32 ones (identical outputs, ROUGE-L)."""
     from rouge_score import rouge_scorer
 
     rows = read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_train.jsonl")[:n]
-    result, outputs = {"n": len(rows), "scorer": "GSM8K distillation rewrites accepted by the math check"}, {}
+    result = {"n": len(rows), "scorer": "GSM8K distillation rewrites accepted by the math check"}
+    outputs, accepted = {}, {}
     for dtype in ("fp32", "bf16"):
         model, tokenizer = load_model(MODEL, dtype=dtype, device="cpu")
         engine = HFEngine(model, tokenizer, GenerationConfig(max_new_tokens=new_tokens))
         prompts = [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer) for r in rows]
         out = {i: c.text for batch in engine.complete(prompts) for i, c in batch}
         outputs[dtype] = [out[i] for i in range(len(rows))]
-        result[f"accepted_{dtype}"] = sum(math_check(out[i], r["answer"]).ok for i, r in enumerate(rows)) / len(rows)
+        accepted[dtype] = {str(i): float(math_check(out[i], r["answer"]).ok) for i, r in enumerate(rows)}
+        result[f"accepted_{dtype}"] = 100 * sum(accepted[dtype].values()) / len(rows)
+    result["bf16_minus_fp32"] = paired_bootstrap(accepted["fp32"], accepted["bf16"])
     pairs = list(zip(outputs["fp32"], outputs["bf16"]))
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     result["identical_outputs"] = sum(a == b for a, b in pairs) / len(pairs)
@@ -167,7 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--subset", type=int, default=8, help="prompts for the slow single-stream engines, in all")
     parser.add_argument("--quick", action="store_true", help="32 prompts, 64 new tokens, one round, no HF batch-32 run")
     parser.add_argument("--quality", action="store_true", help="also GSM8K distillation acceptance, greedy bf16 vs fp32")
-    parser.add_argument("--quality-n", type=int, default=64)
+    parser.add_argument("--quality-n", type=int, default=128)
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.new_tokens, args.rounds, args.subset = 32, 64, 1, 2

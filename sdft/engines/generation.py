@@ -151,7 +151,7 @@ class HFEngine:
             if finished:
                 yield finished
 
-    def _advance(self, row: "_Row", token: int) -> str | None:
+    def _advance(self, row: _Row, token: int) -> str | None:
         """Append the chosen token; the finish reason when the row is done."""
         if token in self.eos_ids:
             return "stop"
