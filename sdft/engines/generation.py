@@ -28,8 +28,8 @@ class GenerationConfig:
     temperature: float = 0.0  # 0 = greedy
     top_p: float = 1.0
     seed: int = 0
-    batch_size: int = 64  # rows per batch at most
-    token_budget: int = 32768  # rows x (longest prompt + max_new_tokens) per batch at most
+    batch_size: int = 96  # rows decoding at once at most (more keeps CPU matmuls busier; the KV cache grows with it)
+    token_budget: int = 65536  # rows x (longest prompt + max_new_tokens) at most: bounds the KV cache
     stop: list[str] = field(default_factory=list)
     backend: str = "auto"  # auto | hf | vllm
 

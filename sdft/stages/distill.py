@@ -45,7 +45,7 @@ class DistillConfig:
     max_new_tokens: int = field(512, help="rewrites cut at this length are rejected")
     temperature: float = field(0.0, help="0 = greedy; the paper sampled at 0.95 with top_p 0.7")
     top_p: float = field(1.0, help="nucleus sampling mass")
-    batch_size: int = field(64, help="generation batch rows at most")
+    batch_size: int = field(96, help="rows decoding at once at most")
     backend: str = field("auto", help="auto | hf | vllm")
     seed: int = field(42, help="subsampling and sampling seed")
 

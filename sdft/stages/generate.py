@@ -26,7 +26,7 @@ class GenerateConfig:
     temperature: float = field(0.0, help="0 = greedy")
     top_p: float = field(1.0, help="nucleus sampling mass")
     stop: list = field([], help="stop strings")
-    batch_size: int = field(64, help="generation batch rows at most")
+    batch_size: int = field(96, help="rows decoding at once at most")
     backend: str = field("auto", help="auto | hf | vllm")
     seed: int = field(42, help="sampling seed")
 
