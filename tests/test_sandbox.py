@@ -131,3 +131,65 @@ def test_host_is_not_root_inside_the_sandbox():
     assert result.status == "passed"
     if os.geteuid() == 0:
         assert result.stdout.strip() != "0"
+
+
+# ---- "passed" means the tests ran to their end -------------------------------------------------------------------
+
+ADD = {"prompt": "def add(a, b):\n", "entry_point": "add",
+       "test": "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"}
+
+# Each ends the process early with status 0 (or a forged "done" signal) before `check(add)` can run.
+EARLY_EXITS = {
+    "SystemExit(0)": "raise SystemExit(0)",
+    "sys.exit()": "import sys\nsys.exit()",
+    "sys.exit(0)": "import sys\nsys.exit(0)",
+    "os._exit(0)": "import os\nos._exit(0)",
+    "exit()": "exit()",
+    "quit()": "quit()",
+    "atexit raises": "import atexit, sys\natexit.register(lambda: 1 / 0)\nsys.exit(0)",
+    "atexit os._exit(0)": "import atexit, sys\natexit.register(lambda: __import__('os')._exit(0))\nsys.exit(3)",
+    "SIGKILL self": "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)",
+    "SIGTERM handler exits 0": "import os, signal\nsignal.signal(signal.SIGTERM, lambda *a: os._exit(0))\n"
+                               "os.kill(os.getpid(), signal.SIGTERM)",
+    "alarm raises SystemExit mid-test": "import signal\nsignal.signal(signal.SIGALRM, lambda *a: exit(0))\n"
+                                        "signal.setitimer(signal.ITIMER_REAL, 0.01)\nimport time\ntime.sleep(1)",
+    "exec another program": "import os, sys\nos.execv(sys.executable, [sys.executable, '-c', 'pass'])",
+    "prints a fake token": "print('0123456789abcdef0123456789abcdef')\nprint('passed')\nraise SystemExit(0)",
+    "writes every fd": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, os.urandom(16).hex().encode())\n"
+                       "    except OSError:\n        pass\nos._exit(0)",
+    "reads every fd then exits": "import os\nfor fd in range(3, 64):\n    try:\n        os.write(fd, os.read(fd, 64))\n"
+                                 "    except OSError:\n        pass\nos._exit(0)",
+    "KeyboardInterrupt": "raise KeyboardInterrupt",
+}
+
+
+@pytest.mark.parametrize("exit_code", list(EARLY_EXITS.values()), ids=list(EARLY_EXITS))
+def test_early_exit_scores_zero_on_humaneval(exit_code):
+    completion = "    return a + b\n" + exit_code + "\n"  # correct body, then the early exit at module level
+    result = run_humaneval(ADD, completion, timeout_s=5)
+    assert result.status in ("failed", "timeout"), result
+
+
+@pytest.mark.parametrize("exit_code", list(EARLY_EXITS.values()), ids=list(EARLY_EXITS))
+def test_early_exit_is_rejected_by_code_selection(exit_code):
+    from sdft.checks import code_check
+
+    rewrite = f"```python\ndef add(a, b):\n    return a + b\n{exit_code}\n```"
+    assert code_check(rewrite, ADD["test"], "add", timeout_s=5).reason in ("tests_failed", "timeout")
+
+
+def test_correct_solution_still_passes():
+    from sdft.checks import code_check
+
+    assert run_humaneval(ADD, "    return a + b\n").status == "passed"
+    assert code_check("```python\ndef add(a, b):\n    return a + b\n```", ADD["test"], "add").ok
+
+
+def test_exit_after_the_tests_is_still_a_failure_when_nonzero():
+    assert run_python("print('done')\nraise SystemExit(1)").status == "failed"
+    assert run_python("import sys\nsys.exit(0)").status == "failed"  # even at the end: the script did not return
+
+
+def test_program_runs_as_main_with_its_own_file():
+    result = run_python("import sys\nprint(__name__, __file__, sys.argv)")
+    assert result.status == "passed" and result.stdout.strip() == "__main__ program.py ['program.py']"

