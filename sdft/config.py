@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError
+from .jsonl import read_text
 
 
 def field(default=dataclasses.MISSING, help: str = "", **kwargs):
@@ -68,7 +69,7 @@ def load_yaml(path: str) -> dict:
     if not file.is_file():
         raise UserError("config file not found", path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_text(file)) or {}
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         raise UserError(f"malformed YAML ({getattr(e, 'problem', e)})", path, None if line is None else line + 1) from None

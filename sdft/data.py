@@ -7,13 +7,14 @@ the last user turn (alpaca instruction + input), `response` the target, `history
 from __future__ import annotations
 
 import csv
+import io
 import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import UserError
-from .jsonl import read_jsonl
+from .jsonl import read_jsonl_lines, read_text
 from .paths import data_dir as default_data_dir
 
 SUBSAMPLE_ABOVE = 10_000  # paper App. A: datasets over 10k rows -> a random 2000
@@ -94,6 +95,8 @@ def load_dataset(name_or_path: str, data_dir: str | None = None, columns: dict |
 
 def seeded_indices(n_rows: int, limit: int | None, seed: int) -> list[int]:
     """A seeded random subset of row indices, in file order (taking the first N would bias toward the file's start)."""
+    if limit is not None and limit < 0:
+        raise UserError(f"limit must be 0 or more, got {limit}")
     if limit is None or limit >= n_rows:
         return list(range(n_rows))
     return sorted(random.Random(seed).sample(range(n_rows), limit))
@@ -116,28 +119,44 @@ def _registry_file(spec: DatasetSpec, data_dir: str | None) -> Path | None:
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict]]:
-    """(line number, row) pairs; the line number is what error messages point at."""
+    """(line number, row) pairs; the line number is what error messages point at. An empty file is an error: every
+    later stage would run on nothing and report 0 of 0."""
     if not path.is_file():
         raise UserError("file not found", str(path))
+    rows = _parse_rows(path)
+    if not rows:
+        raise UserError("no rows", str(path))
+    return rows
+
+
+def _parse_rows(path: Path) -> list[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            lines = [n for n, text in enumerate(f, 1) if text.strip()]
-        return list(zip(lines, read_jsonl(path)))
+        return read_jsonl_lines(path)
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_text(path))
         except json.JSONDecodeError as e:
             raise UserError(f"malformed JSON ({e.msg})", str(path), e.lineno) from None
+        except RecursionError:
+            raise UserError("JSON nested too deeply", str(path)) from None
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise UserError("expected a JSON array of objects", str(path))
         return [(i + 1, row) for i, row in enumerate(data)]
     if suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            return [(reader.line_num, dict(row)) for row in reader]
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        rows = []
+        try:
+            for row in reader:
+                if None in row:  # more cells than header columns: DictReader files them under the key None
+                    raise UserError(f"{len(row) - 1 + len(row[None])} cells, header has {len(reader.fieldnames)}",
+                                    str(path), reader.line_num)
+                rows.append((reader.line_num, row))
+        except csv.Error as e:  # a cell over the field size limit; line_num still counts only the lines before it
+            raise UserError(f"malformed CSV ({e})", str(path), reader.line_num + 1) from None
+        return rows
     if suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -196,6 +215,8 @@ def _from_messages(messages, source: str, line: int) -> dict:
     if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
         raise UserError("'messages' must be a list of {role, content} objects", source, line)
     turns = [{"role": m.get("role") or m.get("from"), "content": m.get("content") or m.get("value") or ""} for m in messages]
+    if not all(isinstance(t["role"], (str, type(None))) and isinstance(t["content"], str) for t in turns):
+        raise UserError("every message's role and content must be text", source, line)
     turns = [{"role": {"human": "user", "gpt": "assistant"}.get(t["role"], t["role"]), "content": t["content"]} for t in turns]
     last = max((i for i, t in enumerate(turns) if t["role"] == "assistant"), default=None)
     if last is None or last == 0 or turns[last - 1]["role"] != "user":

@@ -15,23 +15,39 @@ from typing import Any, Callable, Iterable, Iterator
 from .errors import UserError
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+def read_text(path: str | os.PathLike) -> str:
+    """A user's text file as str; bytes that are not UTF-8 are a one-line error naming the line, not a traceback."""
     path = Path(path)
     if not path.is_file():
         raise UserError("file not found", str(path))
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")  # a BOM from Windows editors is not content
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise UserError(f"not UTF-8 text (byte 0x{data[e.start]:02x})", str(path), line) from None
+
+
+def read_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, dict]]:
+    """(line number, row) for every non-blank line of a user's JSONL file; any defect names the file and line."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"malformed JSON ({e.msg})", str(path), lineno) from None
-            if not isinstance(row, dict):
-                raise UserError("expected a JSON object per line", str(path), lineno)
-            rows.append(row)
+    for lineno, line in enumerate(read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"malformed JSON ({e.msg})", str(path), lineno) from None
+        except RecursionError:
+            raise UserError("JSON nested too deeply", str(path), lineno) from None
+        if not isinstance(row, dict):
+            raise UserError("expected a JSON object per line", str(path), lineno)
+        rows.append((lineno, row))
     return rows
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [row for _, row in read_jsonl_lines(path)]
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

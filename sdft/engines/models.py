@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 from pathlib import Path
@@ -15,9 +16,10 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from ..jsonl import read_text
+from ..options import EMBEDDED_MODEL
 from ..paths import cache_dir
 
-EMBEDDED_MODEL = "smollm2-135m-instruct"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,10 +43,21 @@ def resolve_model(spec: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise UserError("not a Hugging Face model folder (no config.json)", spec)
+        _check_config_json(path / "config.json")
         return str(path)
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UserError("model not found (expected a HF folder, a .gguf file, a hub id or 'smollm2-135m-instruct')", spec)
     return spec  # a hub id: transformers resolves (and reports) it
+
+
+def _check_config_json(path: Path) -> None:
+    """A broken config.json is the user's file: one line naming it, before transformers fails on it with a traceback."""
+    try:
+        config = json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise UserError(f"malformed JSON ({e.msg})", str(path), e.lineno) from None
+    if not isinstance(config, dict) or not isinstance(config.get("model_type"), str):
+        raise UserError("not a model config (a JSON object with a 'model_type')", str(path))
 
 
 def convert_gguf(gguf: Path) -> Path:
@@ -56,8 +69,15 @@ def convert_gguf(gguf: Path) -> Path:
     target = cache_dir() / "models" / f"{gguf.stem}-{digest}"
     if (target / "config.json").is_file():
         return target
-    quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-    config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with gguf.open("rb") as f:
+        if f.read(4) != b"GGUF":
+            raise UserError("not a GGUF file (no GGUF magic bytes)", str(gguf))
+    try:
+        quantised = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        config = AutoConfig.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except Exception as e:  # the gguf reader fails a truncated or corrupt file with struct/Value/Index/Key errors
+        raise UserError(f"unreadable GGUF file ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+                        str(gguf)) from None
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
     plain.generation_config = quantised.generation_config
