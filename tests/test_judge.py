@@ -186,3 +186,65 @@ def test_llama_cpp_server_judge(tmp_path):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+# ---- verdicts persist and resume --------------------------------------------------------------------------------
+
+
+class CountingJudge(ContentJudge):
+    """Counts every question asked; `fail_after` simulates a kill after that many answers."""
+
+    def __init__(self, fail_after: int | None = None):
+        self.asked: list[tuple[str, str, str]] = []
+        self.fail_after = fail_after
+
+    def compare(self, instruction, output_a, output_b):
+        if self.fail_after is not None and len(self.asked) >= self.fail_after:
+            raise KeyboardInterrupt
+        self.asked.append((instruction, output_a, output_b))
+        return super().compare(instruction, output_a, output_b)
+
+
+def _alpaca_eval_rows(n: int):
+    from sdft.benchmarks import Sample
+
+    samples = [Sample(f"a-{i}", {"instruction": f"question {i}"}, f"reference {i}", {}) for i in range(n)]
+    predictions = [{"prediction": f"{'good' if i % 3 else 'bad'} answer {i}"} for i in range(n)]
+    return samples, predictions
+
+
+def test_killed_judging_resumes_without_asking_any_pair_twice(tmp_path):
+    from sdft.benchmarks import get_benchmark
+    from sdft.engines.judge import VerdictCache
+    from sdft.stages.evaluate import score_samples
+
+    bench = get_benchmark("alpaca_eval")
+    samples, predictions = _alpaca_eval_rows(6)
+    path = tmp_path / "alpaca_eval.verdicts.jsonl"
+    first = CountingJudge(fail_after=7)  # dies in the middle of the 4th pair (after its first order)
+    with pytest.raises(KeyboardInterrupt), VerdictCache.around(first, path) as judge:
+        score_samples(bench, samples, predictions, judge)
+    second = CountingJudge()
+    with VerdictCache.around(second, path) as judge:
+        rows, summary = score_samples(bench, samples, predictions, judge)
+    assert len(first.asked) == 7 and len(second.asked) == 12 - 7
+    assert not set(first.asked) & set(second.asked)
+    uninterrupted = score_samples(bench, samples, predictions, CountingJudge())[1]
+    assert summary == uninterrupted
+    assert len(read_jsonl(path)) == 12 and not path.with_name(path.name + ".partial").exists()
+    third = CountingJudge()  # a finished run asks nothing again
+    with VerdictCache.around(third, path) as judge:
+        assert score_samples(bench, samples, predictions, judge)[1] == summary
+    assert third.asked == []
+
+
+def test_another_judge_does_not_reuse_verdicts(tmp_path):
+    from sdft.engines.judge import VerdictCache
+
+    path = tmp_path / "verdicts.jsonl"
+    with VerdictCache.around(FixedJudge(1.0), path) as judge:
+        assert judge.compare("q", "x", "y") == 1.0
+    other = CountingJudge()
+    with VerdictCache.around(other, path) as judge:
+        assert judge.compare("q", "x", "y") == 0.5
+    assert len(other.asked) == 1

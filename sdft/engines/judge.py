@@ -7,14 +7,17 @@ OpenAI-compatible chat endpoint (GPT-4, or a local llama.cpp server) or a local 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
 import urllib.error
 import urllib.request
-from typing import Any, Protocol
+from typing import Any, Iterator, Protocol
 
 from sdft.errors import UserError
+from sdft.jsonl import ResumableJsonl
 
 JUDGE_PROMPT = """Compare two responses to the same instruction. Choose the one that follows the instruction \
 more helpfully, accurately and completely. Do not let the order or the length of the responses sway you.
@@ -163,6 +166,38 @@ def judge_win(judge: PairwiseJudge, instruction: str, candidate: str, reference:
     as_b = judge.compare(instruction, reference, candidate)
     scores = [s for s in (as_a, None if as_b is None else 1.0 - as_b) if s is not None]
     return sum(scores) / len(scores) if scores else None
+
+
+class VerdictCache:
+    """A judge whose every verdict is appended to a JSONL file as it comes, so a killed evaluation asks the judge again
+    only about pairs it had not answered (a remote judge costs money and time). Keyed by the judge's identity and the
+    exact texts, so another judge, prompt or output never reuses a verdict."""
+
+    def __init__(self, judge: PairwiseJudge, path: str | os.PathLike):
+        self.judge = judge
+        self.identity = judge.identity
+        self.store = ResumableJsonl(path, key=lambda row: row["key"])
+
+    def compare(self, instruction: str, output_a: str, output_b: str) -> float | None:
+        key = hashlib.sha256(json.dumps([self.identity, instruction, output_a, output_b]).encode()).hexdigest()
+        if key not in self.store:
+            self.store.add({"key": key, "verdict": self.judge.compare(instruction, output_a, output_b)})
+        return self.store.done[key]["verdict"]
+
+    @classmethod
+    @contextlib.contextmanager
+    def around(cls, judge: PairwiseJudge | None, path: str | os.PathLike) -> Iterator[PairwiseJudge | None]:
+        """`judge` with its verdicts kept in `path` for the block (None stays None); the file is completed when the
+        block finishes and left resumable when it is interrupted."""
+        if judge is None:
+            yield None
+            return
+        cache = cls(judge, path)
+        try:
+            yield cache
+        finally:
+            cache.store.close()
+        cache.store.finalize(list(cache.store.done))
 
 
 def make_judge(

@@ -19,7 +19,7 @@ import numpy as np
 from ..benchmarks import BENCHMARKS, Benchmark, Sample, get_benchmark
 from ..config import field
 from ..engines.generation import GenerationConfig, HFEngine, generate_rows, make_engine
-from ..engines.judge import make_judge
+from ..engines.judge import VerdictCache, make_judge
 from ..engines.models import EMBEDDED_MODEL, default_device, load_model, resolve_dtype
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json, write_jsonl
@@ -161,7 +161,8 @@ def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: 
     _discard_if_settings_changed(generations_path, settings)
     items = [(sample.id, prompt) for sample, prompt in zip(samples, prompts)]
     generated = generate_rows(engine, items, generations_path, progress=bench.name)
-    rows, summary = score_samples(bench, samples, [{**g, "prompt": p} for g, p in zip(generated, prompts)], judge)
+    with VerdictCache.around(judge, out / f"{bench.name}.verdicts.jsonl") as judge:  # a rerun re-asks no pair
+        rows, summary = score_samples(bench, samples, [{**g, "prompt": p} for g, p in zip(generated, prompts)], judge)
     write_jsonl(out / f"{bench.name}.jsonl", rows)
     truncated = sum(row["finish_reason"] == "length" for row in rows)
     return {**summary, "generation": {**settings, "truncated": truncated}}
