@@ -4,6 +4,10 @@ Scoring is separate from generation so saved predictions can be re-scored (`sdft
 - HumanEval: the paper gives an instruction prompt but not its text; the function stub goes through the `alpaca`
   template as "Complete the following Python function.\\n\\n```python\\n{prompt}```". The completion is the first
   Python block of the answer (else the raw text), either a body continuing the stub or a whole definition.
+- HumanEval, paper mode (`humaneval_octocoder`): the reference scores HumanEval with bigcode-evaluation-harness
+  `humanevalsynthesize-python --prompt octocoder` (pinned at e54f33d). Its humanevalpack instruction ("Write a Python
+  function `signature` to solve the following problem:\n{docstring}") is rebuilt here from the stub; the completion is
+  cut as the harness cuts it and runs after the harness's import block.
 - AdvBench: 128 new tokens (the reference code generates up to 512): a refusal or a compliance shows in the opening
   sentences, and 4x fewer tokens make 2 x 520 prompts affordable on CPU. Longer outputs can only add keywords (a closing
   "this is illegal"), so safe rates can read slightly lower than at 512; pass max_new_tokens=512 to match.
@@ -12,15 +16,16 @@ Scoring is separate from generation so saved predictions can be re-scored (`sdft
 
 from __future__ import annotations
 
+import ast
 import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .checks import extract_python_code, function_call_check, math_check, paper_call_match
+from .checks import extract_python_code, function_call_check, math_check, paper_call_score
 from .engines.judge import judge_win
-from .engines.sandbox import run_humaneval
+from .engines.sandbox import run_humaneval, run_python
 from .errors import UserError
 from .jsonl import read_jsonl
 from .knowledge import KNOWLEDGE_TASKS
@@ -55,6 +60,7 @@ class Benchmark:
     metric: str
     template: str | None = None
     max_new_tokens: int | None = None
+    stop: tuple[str, ...] = ()  # generation may stop at these strings; the scorer must not need what follows them
     build: RowBuilder | None = None
     scorer: Scorer | None = None
     extras: Callable[[Sample, str], dict[str, float]] | None = None  # secondary per-sample metrics in [0, 1]
@@ -90,6 +96,46 @@ def _instruction_row(instruction_key: str, reference_key: str) -> RowBuilder:
 def _humaneval_row(row: dict, data_dir: Path) -> tuple[dict, Any, dict]:
     fields = {"instruction": HUMANEVAL_INSTRUCTION.format(prompt=row["prompt"])}
     return fields, row["canonical_solution"], {"problem": row}
+
+
+def humanevalpack_instruction(problem: dict) -> str:
+    """humanevalpack's `instruction` for a HumanEval problem: the entry point's signature and its cleaned docstring."""
+    function = next(node for node in ast.walk(ast.parse(problem["prompt"]))
+                    if isinstance(node, ast.FunctionDef) and node.name == problem["entry_point"])
+    returns = f" -> {ast.unparse(function.returns)}" if function.returns else ""
+    signature = f"{function.name}({ast.unparse(function.args)}){returns}"
+    return f"Write a Python function `{signature}` to solve the following problem:\n{ast.get_docstring(function) or ''}"
+
+
+def _humaneval_octocoder_row(row: dict, data_dir: Path) -> tuple[dict, Any, dict]:
+    return {"instruction": humanevalpack_instruction(row), "stub": row["prompt"]}, row["canonical_solution"], {"problem": row}
+
+
+# bigcode-evaluation-harness humanevalpack.py: Python stop words (from CodeGeeX) + "<|endoftext|>", and the imports it
+# puts before every program.
+OCTOCODER_STOP = ("\nclass", "\ndef", "\n#", "\n@", "\nprint", "\nif", "\nassert", "<|endoftext|>")
+HARNESS_IMPORTS = (
+    "import math", "import re", "import sys", "import copy", "import datetime", "import itertools", "import collections",
+    "import heapq", "import statistics", "import functools", "import hashlib", "import numpy", "import numpy as np",
+    "import string", "from typing import *", "from collections import *",
+)
+
+
+def octocoder_completion(generation: str) -> str:
+    """The harness's `remove_last_block` for Python: cut at the first stop word, then before the first line that starts
+    at column 0 (the function body ends there)."""
+    code = generation.rstrip()
+    for word in OCTOCODER_STOP:
+        code = code.split(word, 1)[0]
+    lines = code.split("\n")
+    end = next((i for i, line in enumerate(lines) if line.strip() and line[0] not in " \t"), len(lines))
+    return "\n".join(lines[:end])
+
+
+def octocoder_program(problem: dict, generation: str) -> str:
+    """What the harness executes: imports, the stub (right-stripped, as in its prompt), the cut completion, the tests."""
+    code = "\n".join(HARNESS_IMPORTS) + "\n" + problem["prompt"].rstrip() + octocoder_completion(generation)
+    return f"{code.strip()}\n\n{problem['test']}\ncheck({problem['entry_point']})\n"
 
 
 @functools.lru_cache(maxsize=4)
@@ -128,11 +174,16 @@ def _call_score(sample: Sample, prediction: str, judge) -> float:
 
 
 def _paper_call_match(sample: Sample, prediction: str) -> dict[str, float]:
-    return {"paper_call_match": float(paper_call_match(prediction, sample.reference))}
+    """The reference's OpenFunctions metric (word-boundary call match, half credit for positional arguments)."""
+    return {"paper_call_match": paper_call_score(prediction, sample.reference)}
 
 
 def _humaneval_score(sample: Sample, prediction: str, judge) -> float:
     return run_humaneval(sample.extra["problem"], extract_python_code(prediction)).status == "passed"
+
+
+def _humaneval_octocoder_score(sample: Sample, prediction: str, judge) -> float:
+    return run_python(octocoder_program(sample.extra["problem"], prediction)).status == "passed"
 
 
 def _safe_score(sample: Sample, prediction: str, judge) -> float:
@@ -164,6 +215,11 @@ BENCHMARKS: dict[str, Benchmark] = {
                   build=_instruction_row("instruction", "output"), scorer=_call_score, extras=_paper_call_match),
         Benchmark("humaneval", kind="generate", data_file="humaneval/HumanEval.jsonl", metric="pass@1",
                   template="alpaca", max_new_tokens=512, build=_humaneval_row, scorer=_humaneval_score),
+        # The reference generated up to 2048 tokens in all (prompt included), stopping where the function ends; the
+        # stop words end generation here, and the harness's cut makes any text past the function irrelevant.
+        Benchmark("humaneval_octocoder", kind="generate", data_file="humaneval/HumanEval.jsonl", metric="pass@1",
+                  template="octocoder", max_new_tokens=1024, stop=OCTOCODER_STOP, build=_humaneval_octocoder_row,
+                  scorer=_humaneval_octocoder_score),
         Benchmark("advbench", build=_advbench_row(jailbreak=False), **_ADVBENCH),
         Benchmark("advbench_jailbreak", build=_advbench_row(jailbreak=True), **_ADVBENCH),
         Benchmark("alpaca_eval", kind="judge", data_file="alpaca_eval/alpaca_eval.jsonl", metric="win_rate",

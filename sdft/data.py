@@ -35,6 +35,7 @@ class DatasetSpec:
     columns: dict = field(default_factory=dict)
     hub_config: str | None = None
     hub_split: str = "train"
+    hub_columns: dict | None = None  # the hub copy's column names, where they differ from the local file's
 
 
 _ALPACA_COLUMNS = {"instruction": "instruction", "input": "input", "response": "output"}
@@ -44,13 +45,16 @@ DATASETS: dict[str, DatasetSpec] = {
         DatasetSpec("gsm8k", "gsm8k/sdft_gsm8k_train.jsonl", "openai/gsm8k", "math", "gsm8k", "gsm8k_distill", 5,
                     {"instruction": "question", "response": "answer"}, hub_config="main"),
         DatasetSpec("multiarith", "multiarith/sdft_multiarith_test.jsonl", "ChilleD/MultiArith", "math", "gsm8k",
-                    "gsm8k_distill", 5, {"instruction": "instruction", "response": "output"}),
+                    "gsm8k_distill", 5, {"instruction": "instruction", "response": "output"},
+                    hub_columns={"instruction": "question", "response": "final_ans"}),
         DatasetSpec("openfunctions", "openfunctions/sdft_openfunction_train.jsonl", "gorilla-llm/Berkeley-Function-Calling-Leaderboard",
                     "function_call", "alpaca", "distill_refer", 5, _ALPACA_COLUMNS),
         DatasetSpec("alpaca", "alpaca/sdft_alpaca_train.jsonl", "tatsu-lab/alpaca", "generic", "alpaca", "distill_using", 2,
                     _ALPACA_COLUMNS),
+        # The SDFT file renames Dolly's context/response to input/output (sail-sg/sdft data/dolly/dolly_train.json).
         DatasetSpec("dolly", "dolly/sdft_dolly_train.jsonl", "databricks/databricks-dolly-15k", "generic", "alpaca",
-                    "distill_using", 2, {"instruction": "instruction", "input": "context", "response": "response"}),
+                    "distill_using", 2, _ALPACA_COLUMNS,
+                    hub_columns={"instruction": "instruction", "input": "context", "response": "response"}),
         DatasetSpec("lima", "lima/sdft_lima_train.jsonl", "GAIR/lima", "generic", "alpaca", "distill_using", 2, _ALPACA_COLUMNS),
         DatasetSpec("magicoder", "magicoder/magicoder_train.jsonl", "ise-uiuc/Magicoder-OSS-Instruct-75K", "code", "alpaca",
                     "distill_refer", 2, {"instruction": "problem", "response": "solution"}),
@@ -72,11 +76,12 @@ def load_dataset(name_or_path: str, data_dir: str | None = None, columns: dict |
     spec = DATASETS.get(name_or_path)
     if spec is not None:
         local = _registry_file(spec, data_dir)
-        mapping = {**spec.columns, **(columns or {})}
         if local is not None:
             rows, source = _read_rows(local), str(local)
+            mapping = {**spec.columns, **(columns or {})}
         else:
             rows, source = _read_hub(spec.hub_id, spec.hub_config, split or spec.hub_split), spec.hub_id
+            mapping = {**(spec.hub_columns or spec.columns), **(columns or {})}
         stem = spec.name
     else:
         path = Path(name_or_path)
@@ -195,6 +200,9 @@ def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str)
         extra = row.get(mapping.get("input", "input")) or ""
         response = _text(row, mapping.get("response", "output"), source, line)
         example = {"instruction": f"{instruction}\n{extra}" if extra else instruction, "response": response}
+        history = _history_pairs(row.get(mapping.get("history", "history")), source, line)
+        if history:
+            example["history"] = history
     for key in ("tests", "entry_point"):
         if row.get(mapping.get(key, key)):
             example[key] = row[mapping.get(key, key)]
@@ -208,6 +216,16 @@ def _text(row: dict, column: str, source: str, line: int) -> str:
     if not isinstance(value, str):
         raise UserError(f"column '{column}' is not text", source, line)
     return value
+
+
+def _history_pairs(pairs, source: str, line: int) -> list[dict]:
+    """Alpaca-format earlier turns ([[user, assistant], ...], as LIMA ships them) as chat turns."""
+    if not pairs:
+        return []
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, (list, tuple)) and len(p) == 2 and all(isinstance(t, str) for t in p) for p in pairs):
+        raise UserError("'history' must be a list of [user, assistant] text pairs", source, line)
+    return [{"role": role, "content": text} for pair in pairs for role, text in zip(("user", "assistant"), pair)]
 
 
 def _from_messages(messages, source: str, line: int) -> dict:

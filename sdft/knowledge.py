@@ -1,4 +1,4 @@
-"""Knowledge benchmarks of the forgetting suite (MMLU, ARC-Challenge, HellaSwag, WinoGrande, TruthfulQA-MC2), 0-shot.
+"""Knowledge benchmarks of the forgetting suite (MMLU, ARC-Challenge, HellaSwag, WinoGrande, TruthfulQA MC1/MC2), 0-shot.
 
 Scored by lm-eval itself so the numbers are comparable with published ones: each task's YAML `include`s lm-eval's own
 task config (prompt, choices, target, metric code) and only swaps the hub dataset for a local JSONL. Our data files
@@ -118,6 +118,10 @@ KNOWLEDGE_TASKS: dict[str, KnowledgeTask] = {
         "winogrande/winogrande_dev_parsed.jsonl", "acc", "winogrande/default.yaml",
         lambda row: {key: row[key] for key in ("sentence", "option1", "option2", "answer")},
         reference=lambda row: int(row["answer"]) - 1, prompt_field="sentence"),
+    # The reference reports lm-eval's `truthfulqa` group `acc`: the mean of MC1 and MC2 (the generation task has no acc).
+    "truthfulqa_mc1": KnowledgeTask(
+        "truthfulqa/mc_task.jsonl", "acc", "truthfulqa/truthfulqa_mc1.yaml", _truthfulqa_doc,
+        reference=lambda row: list(row["mc1_targets"].values()).index(1)),
     "truthfulqa_mc2": KnowledgeTask(
         "truthfulqa/mc_task.jsonl", "mc2", "truthfulqa/truthfulqa_mc2.yaml", _truthfulqa_doc,
         reference=lambda row: [i for i, label in enumerate(row["mc2_targets"].values()) if label]),

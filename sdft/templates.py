@@ -21,7 +21,9 @@ DISTILL_USER = "### Instruction:\n{instruction}\n\n### Reference Answer:\n{respo
 class Template:
     """One system + user turn; `assistant_prefix` pre-fills the assistant turn (it is prompt, not target).
 
-    `raw_style` picks the reference code's text layout: "alpaca" (system, blank line, user) or "llama2" ([INST] <<SYS>>).
+    `raw_style` picks the reference code's text layout (`RAW_STYLES`): "alpaca" (system, blank line, user), "llama2"
+    (<<SYS>> block, then [INST] user [/INST]) or "completion" (a bare prompt for the model to continue, rendered the same
+    in both prompt modes, as bigcode-evaluation-harness prompts a model).
     """
 
     name: str
@@ -64,6 +66,9 @@ TEMPLATES: dict[str, Template] = {
         ),
         # Jailbreak evaluation: the GCG suffix is appended (after one space) to the instruction by the benchmark.
         Template("plain", "", "{instruction}"),
+        # bigcode-evaluation-harness `humanevalsynthesize-python --prompt octocoder` (the reference's HumanEval run):
+        # the instruction, then the function stub for the model to continue.
+        Template("octocoder", "", "Question: {instruction}\n\nAnswer:\n{stub}", raw_style="completion"),
     ]
 }
 
@@ -98,23 +103,56 @@ def check_prompt_mode(mode: str) -> str:
 def render(template: str | Template | dict, fields: dict, tokenizer=None, mode: str = "chat") -> str:
     """The full prompt text, ending where the model's answer starts (after any assistant prefix)."""
     template = get_template(template)
-    user = template.fill(fields)
     system = fields.get("system") or template.system  # a chat row's own system turn wins
     history = fields.get("history") or []
     check_prompt_mode(mode)
-    if mode == "raw" or tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        earlier = "".join(f"{turn['content']}\n\n" for turn in history)
-        return render_raw(template, earlier + user, system)
+    if mode == "raw" or template.raw_style == "completion" or tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return render_raw(template, fields, system, tokenizer)
+    user = template.fill(fields)
     messages = ([{"role": "system", "content": system}] if system else []) + list(history) + [{"role": "user", "content": user}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text + template.assistant_prefix
 
 
-def render_raw(template: Template, user: str, system: str) -> str:
-    """The reference code's layout (LLaMA-Factory templates in sail-sg/sdft main.py); BOS is left to the tokenizer."""
-    if template.raw_style == "llama2":
-        system_block = f"<<SYS>>\n{system}\n<</SYS>>\n\n" if system else ""
-        prompt = f"[INST] {system_block}{user} [/INST]"
-        return prompt + (" " + template.assistant_prefix if template.assistant_prefix else "")
-    prefix = f"{system}\n\n" if system else ""
-    return prefix + user + template.assistant_prefix
+# The reference's text layouts: LLaMA-Factory `Template._encode` on sail-sg/sdft branch `reproduce`
+# (src/llmtuner/data/template.py). Its gsm8k templates' names lack "llama2", so the base layout applies to them too:
+# BOS + prefix (the system block) + separator + prompt; an earlier turn ends with its answer + EOS, and each later one
+# starts with separator + BOS. Query and reference answer are stripped where the prompt takes them. (The main branch's
+# main.py renders [INST] <<SYS>>... instead; we follow `reproduce`, which produced the paper's numbers.)
+RAW_STYLES = {
+    # style: (prefix holding the system prompt, separator, prompt around the filled user turn)
+    "alpaca": ("{system}", "\n\n", "{user}"),
+    "llama2": ("<<SYS>>\n{system}\n<</SYS>>\n\n", "", "[INST] {user} [/INST]"),
+}
+
+
+def reference_bos(tokenizer) -> str:
+    """The BOS text LLaMA-Factory puts first: the tokenizer's BOS unless it has none or does not add one."""
+    if tokenizer is None or getattr(tokenizer, "bos_token_id", None) is None or not getattr(tokenizer, "add_bos_token", True):
+        return ""
+    return tokenizer.bos_token
+
+
+def render_raw(template: Template, fields: dict, system: str, tokenizer=None) -> str:
+    """The reference code's text, BOS (and the EOS closing each earlier turn) included when a tokenizer is given."""
+    bos = reference_bos(tokenizer)
+    if template.raw_style == "completion":
+        # bigcode-evaluation-harness strips the assembled prompt; its tokenizer call adds BOS.
+        return bos + template.fill({k: v.strip() if k == "instruction" else v for k, v in fields.items()}).strip()
+    prefix, sep, prompt = RAW_STYLES[template.raw_style]
+    eos = getattr(tokenizer, "eos_token", None) or ""
+    history = fields.get("history") or []
+    gap = " " if template.raw_style == "llama2" and template.assistant_prefix else ""
+
+    def turn(query: str, response: str | None) -> str:
+        stripped = {**fields, "instruction": query.strip()}
+        if response is not None:
+            stripped["response"] = response.strip()
+        return prompt.format(user=template.fill(stripped)) + gap + template.assistant_prefix
+
+    head = prefix.format(system=system)
+    text = bos + (head + sep if head else "")
+    for user_turn, assistant_turn in zip(history[::2], history[1::2]):
+        answer = assistant_turn["content"]
+        text += turn(user_turn["content"], answer) + answer + eos + sep + bos
+    return text + turn(fields["instruction"], fields.get("response"))

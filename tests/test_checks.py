@@ -11,7 +11,10 @@ from sdft.checks import (
     has_meta_phrase,
     math_check,
     numbers_equal,
-    paper_call_match,
+    calls_in,
+    code_blocks,
+    function_call_contains_check,
+    paper_call_score,
     parse_function_call,
 )
 
@@ -123,9 +126,29 @@ def test_function_call_values_are_type_strict():
     assert function_call_check("f(a={'k': 'v'})", 'f(a={"k": "v"})').ok
 
 
-def test_paper_call_match_accepts_prose():
-    assert paper_call_match(f"Sure! Here it is: {REF.replace(chr(34), chr(39))} Enjoy.", REF)
-    assert not paper_call_match(REF.replace("passengers=2", "passengers=3"), REF)
+def test_paper_call_score_accepts_prose():
+    assert paper_call_score(f"Sure! Here it is: {REF.replace(chr(34), chr(39))} Enjoy.", REF) == 1.0
+    assert paper_call_score(REF.replace("passengers=2", "passengers=3"), REF) == 0.0
+
+
+def test_calls_in_finds_every_call_outside_and_inside_prose():
+    text = "First `a.b(x=1)`, then c(d(2), s=')(') and e(. Done: f()"
+    assert calls_in(text) == [("a.b", {"x": 1}), ("c", {"#0": "d(2)", "s": ")("}), ("f", {})]
+
+
+@pytest.mark.parametrize(
+    "prediction, reason",
+    [
+        (f"Sure! Here is the call: {REF}", "ok"),
+        (f"{REF}\nThis books the flight.", "ok"),
+        ("```python\nflight.book(passengers=2, date='June 15th', destination='New York', origin='Los Angeles')\n```", "ok"),
+        (f"First search.flights(date='x'), then {REF.replace('New York', 'Boston')}", "wrong_arguments"),
+        ("search.flights(date='x')", "wrong_function"),
+        ("No call here.", "unparseable_call"),
+    ],
+)
+def test_function_call_contains_check(prediction, reason):
+    assert function_call_contains_check(prediction, REF).reason == reason
 
 
 def test_extract_python_code():
@@ -134,6 +157,21 @@ def test_extract_python_code():
     assert extract_python_code("```py\nw = 4\n") == "w = 4\n"
     assert extract_python_code("just text") == "just text"
     assert extract_python_code("```javascript\nlet a;\n```") == "```javascript\nlet a;\n```"
+
+
+def test_code_blocks_pair_fences_left_to_right():
+    # a closing fence is never read as an opening one
+    assert code_blocks("```bash\npip install x\n```\nThen:\n```python\nx = 1\n```") == [("bash", "pip install x\n"),
+                                                                                        ("python", "x = 1\n")]
+    assert extract_python_code("```bash\npip install x\n```\nThen:\n```python\nx = 1\n```") == "x = 1\n"
+    assert extract_python_code("```cpp\nint x;\n```\nSome text after it.") == "```cpp\nint x;\n```\nSome text after it."
+    assert code_blocks("inline ```x``` only") == []
+
+
+def test_code_check_after_another_language_block():
+    good = "Install it:\n```bash\npip install numpy\n```\nThen:\n```python\nimport numpy\nx = 1\n```"
+    assert code_check(good) == CheckResult(True, "ok")
+    assert code_check("```cpp\nint main() { return 0; }\n```\nThat is all.") == CheckResult(False, "no_code")
 
 
 def test_code_check():

@@ -333,3 +333,41 @@ def test_normalise_prompt_rows_missing_column(tmp_path):
     with pytest.raises(UserError) as e:
         normalise_prompt_rows(str(path))
     assert str(e.value).startswith(f"{path}:2:")
+
+
+# --- every registry dataset from ../shared/data ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(DATASETS))
+def test_every_registry_dataset_loads_from_shared_data(name, shared_data):
+    spec = DATASETS[name]
+    if not (shared_data / spec.local_file).is_file():
+        pytest.skip(f"{spec.local_file} is not in the shared data (hub only: {spec.hub_id})")
+    data = load_dataset(name, str(shared_data))
+    assert data.source == str(shared_data / spec.local_file)
+    assert data.examples and all(ex["instruction"].strip() and ex["response"].strip() for ex in data.examples)
+
+
+def test_dolly_joins_context_to_instruction(shared_data):
+    rows = [json.loads(line) for line in (shared_data / "dolly/sdft_dolly_train.jsonl").open()]
+    index = next(i for i, row in enumerate(rows) if row["input"])
+    example = load_dataset("dolly", str(shared_data)).examples[index]
+    assert example["instruction"] == f"{rows[index]['instruction']}\n{rows[index]['input']}"
+    assert example["response"] == rows[index]["output"]
+
+
+def test_lima_keeps_earlier_turns(shared_data):
+    rows = [json.loads(line) for line in (shared_data / "lima/sdft_lima_train.jsonl").open()]
+    examples = load_dataset("lima", str(shared_data)).examples
+    multi = [i for i, row in enumerate(rows) if row["history"]]
+    assert len(multi) == 29
+    first = rows[multi[0]]
+    assert examples[multi[0]]["history"] == [{"role": role, "content": text} for pair in first["history"]
+                                             for role, text in zip(("user", "assistant"), pair)]
+    assert "history" not in examples[next(i for i, row in enumerate(rows) if not row["history"])]
+
+
+def test_malformed_history_is_user_error(tmp_path):
+    path = write_jsonl(tmp_path / "h.jsonl", [{"instruction": "q", "output": "a", "history": [["only one"]]}])
+    with pytest.raises(UserError, match="history"):
+        load_dataset(str(path))

@@ -88,15 +88,16 @@ def test_raw_distill_layout():
 
 
 @pytest.mark.parametrize("name, system", [("gsm8k", GSM8K_SYSTEM), ("gsm8k_infer", GSM8K_INFER_SYSTEM)])
-def test_raw_llama2_layout(name, system):
+def test_raw_llama2_layout_puts_system_block_before_inst(name, system):
+    # the reference's base Template._encode: BOS + prefix (<<SYS>> block) + prompt ([INST] ... [/INST])
     text = render(name, FIELDS, mode="raw")
-    assert text == f"[INST] <<SYS>>\n{system}\n<</SYS>>\n\nWhat is 2+3? [/INST]"
+    assert text == f"<<SYS>>\n{system}\n<</SYS>>\n\n[INST] What is 2+3? [/INST]"
 
 
 def test_raw_gsm8k_distill_prefix_at_end():
     text = render("gsm8k_distill", FIELDS, mode="raw")
-    assert text.startswith(f"[INST] <<SYS>>\n{GSM8K_DISTILL_SYSTEM}\n<</SYS>>\n\nWhat is 2+3?\n\n2+3 = 5. The answer is 5. [/INST]")
-    assert text.endswith(PREFIX)
+    assert text == (f"<<SYS>>\n{GSM8K_DISTILL_SYSTEM}\n<</SYS>>\n\n[INST] What is 2+3?\n\n2+3 = 5. The answer is 5. [/INST] "
+                    + PREFIX)
 
 
 def test_no_tokenizer_falls_back_to_raw():
@@ -104,9 +105,11 @@ def test_no_tokenizer_falls_back_to_raw():
 
 
 def test_raw_history_renders_earlier_turns():
+    # each earlier turn goes through the template's prompt, as LLaMA-Factory encodes a multi-turn row
     fields = {"instruction": "And 3+4?", "history": [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}]}
     text = render("alpaca", fields, mode="raw")
-    assert text == f"{ALPACA_SYSTEM}\n\nU1\n\nA1\n\n### Instruction:\nAnd 3+4?\n\n### Response:\n"
+    assert text == (f"{ALPACA_SYSTEM}\n\n### Instruction:\nU1\n\n### Response:\nA1\n\n"
+                    "### Instruction:\nAnd 3+4?\n\n### Response:\n")
 
 
 def test_row_system_overrides_template_system():
@@ -158,8 +161,10 @@ def test_chat_row_system_turn(tokenizer):
     assert text.startswith("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>")
 
 
-def test_raw_mode_ignores_tokenizer(tokenizer):
-    assert render("alpaca", FIELDS, tokenizer, "raw") == render("alpaca", FIELDS, None, "raw")
+def test_raw_mode_takes_only_bos_from_tokenizer(tokenizer):
+    from sdft.templates import reference_bos
+
+    assert render("alpaca", FIELDS, tokenizer, "raw") == reference_bos(tokenizer) + render("alpaca", FIELDS, None, "raw")
 
 
 # --- user templates and errors --------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ Given a seed chat model f_θ and task data {(c_t, x_t, y_t)}:
 3. Fine-tune (Eq. 5) on the selected targets with the same settings as vanilla — `sdft.stages.train`.
 
 Output: `distilled.jsonl` (one row per example: id, prompt fields, original, distilled, accepted, reason, target) and
-`distill_stats.json` (total, accepted, acceptance_rate, reasons). Generations are written incrementally, so a killed
+`distill_stats.json` (total, accepted, acceptance_rate, reasons, and `by_rule`: the acceptance under every selection rule
+of the task, sdft's and the reference's). Generations are written incrementally, so a killed
 run resumes without regenerating or duplicating a row.
 """
 
@@ -20,7 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import CHECKS
+from ..checks import CHECKS, SELECTION_RULES, default_rule
 from ..config import field
 from ..data import load_dataset
 from ..engines.generation import GenerationConfig, generate_rows, make_engine
@@ -50,12 +51,15 @@ class DistillConfig:
     seed: int = field(42, help="subsampling and sampling seed")
 
 
-def select(rewrite: str, finish_reason: str, example: dict, task: str) -> tuple[bool, str]:
-    """Eq. 4: is the rewrite still right? Returns (accepted, reason)."""
-    if finish_reason == "length":
+def select(rewrite: str, finish_reason: str, example: dict, task: str, rule: str | None = None) -> tuple[bool, str]:
+    """Eq. 4: is the rewrite still right under `rule` (one of the task's SELECTION_RULES; default sdft's)? Returns
+    (accepted, reason). The reference's `paper` rule has no truncation check, so it keeps rewrites cut at the cap."""
+    rule = rule or default_rule(task)
+    if finish_reason == "length" and rule != "paper":
         return False, "truncated"
-    result = CHECKS[task](rewrite, {**example, "reference": example["response"]})
+    result = SELECTION_RULES[task][rule](rewrite, {**example, "reference": example["response"]})
     return result.ok, result.reason
+
 
 
 def distill(config: DistillConfig) -> dict:
@@ -63,6 +67,7 @@ def distill(config: DistillConfig) -> dict:
     data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
     spec = data.spec
     task = config.task or (spec.task if spec else "generic")
+    rule = default_rule(task)
     if task not in CHECKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(CHECKS)})")
     template = get_template(config.template or (spec.distill_template if spec else "distill_using"))
@@ -83,18 +88,27 @@ def distill(config: DistillConfig) -> dict:
     for example in data.examples:
         generated = generations[example["id"]]
         rewrite = generated["prediction"].strip()
-        accepted, reason = select(rewrite, generated["finish_reason"], example, task)
+        verdicts = {name: select(rewrite, generated["finish_reason"], example, task, name)
+                    for name in SELECTION_RULES[task]}
+        accepted, reason = verdicts[rule]
         rows.append({**example, "original": example["response"], "distilled": rewrite, "accepted": accepted,
                      "reason": reason, "target": rewrite if accepted else example["response"],
+                     "accepted_by": {name: ok for name, (ok, _) in verdicts.items()},
                      "train_template": train_template, "finish_reason": generated["finish_reason"]})
-    stats = distill_stats(rows, data.name, task, template.name)
+    stats = distill_stats(rows, data.name, task, template.name, rule)
+
     write_jsonl(out / "distilled.jsonl", rows)
     write_json(out / "distill_stats.json", stats)
     return stats
 
 
-def distill_stats(rows: list[dict], dataset: str, task: str, template: str) -> dict:
+def distill_stats(rows: list[dict], dataset: str, task: str, template: str, rule: str) -> dict:
+    """Counts under the rule used, and what every other rule of the task would have accepted (`by_rule`), so a run
+    under sdft's rule still shows the paper's acceptance and the reverse."""
     accepted = sum(r["accepted"] for r in rows)
-    return {"dataset": dataset, "task": task, "template": template, "total": len(rows), "accepted": accepted,
-            "acceptance_rate": accepted / len(rows) if rows else 0.0,
-            "reasons": dict(Counter(r["reason"] for r in rows).most_common())}
+    by_rule = {name: sum(r["accepted_by"][name] for r in rows) for name in SELECTION_RULES[task]}
+    return {"dataset": dataset, "task": task, "template": template, "selection": rule, "total": len(rows),
+            "accepted": accepted, "acceptance_rate": accepted / len(rows) if rows else 0.0,
+            "reasons": dict(Counter(r["reason"] for r in rows).most_common()),
+            "by_rule": {name: {"accepted": n, "acceptance_rate": n / len(rows) if rows else 0.0}
+                        for name, n in by_rule.items()}}
