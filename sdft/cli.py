@@ -9,6 +9,7 @@ import sys
 
 from .config import add_config_args, build_config
 from .errors import UserError
+from .threads import configure_threads
 
 
 def _commands():
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     _, config_cls, stage, _ = commands[args.command]
     try:
         config = build_config(config_cls, args)
+        configure_threads()  # before any torch work: sized to this process's cores, recorded in run.json
         result = stage(config)
         _record_provenance(args.command, config)
     except UserError as e:

@@ -19,10 +19,12 @@ from .config import build_config, field, load_yaml
 from .engines.models import EMBEDDED_MODEL
 from .errors import UserError
 from .jsonl import read_jsonl, write_json
+from .locking import RunLock
 from .provenance import provenance, write_run_json
 from .stages.distill import DistillConfig, distill
 from .stages.evaluate import EvalConfig, run_eval
 from .stages.train import TrainConfig, train
+from .threads import configure_threads, describe
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 MATCHED_CAPACITY = {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}
@@ -174,6 +176,8 @@ def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: 
 def execute(exp: ExperimentConfig, stages: list[Stage], progress: Callable[[str], None] = print) -> Path:
     run_dir = Path(exp.out)
     run_dir.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(run_dir)  # a second `sdft run` on this directory refuses here; released when this returns or dies
+    progress(describe(configure_threads()))
     write_run_json(run_dir, "run", exp)
     for number, stage in enumerate(stages, 1):
         directory = stage.directory(run_dir)
@@ -186,6 +190,7 @@ def execute(exp: ExperimentConfig, stages: list[Stage], progress: Callable[[str]
         write_json(directory / "done.json", {"stage": stage.kind, "key": stage.key, "hash": stage.hash,
                                              "config": stage.config, "result": result})
     write_summary(exp, stages, run_dir)
+    lock.release()
     return run_dir
 
 

@@ -40,6 +40,8 @@ def git_revision() -> str | None:
 
 
 def provenance(command: str, config) -> dict:
+    from .threads import configure_threads
+
     resolved = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     return {
         "command": command,
@@ -49,6 +51,7 @@ def provenance(command: str, config) -> dict:
         "versions": package_versions(),
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "threads": configure_threads(),
         "git_revision": git_revision(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
