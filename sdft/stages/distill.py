@@ -67,7 +67,6 @@ def distill(config: DistillConfig) -> dict:
     data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
     spec = data.spec
     task = config.task or (spec.task if spec else "generic")
-    rule = default_rule(task)
     if task not in CHECKS:
         raise UserError(f"unknown task '{task}' (known: {', '.join(CHECKS)})")
     template = get_template(config.template or (spec.distill_template if spec else "distill_using"))
@@ -84,6 +83,7 @@ def distill(config: DistillConfig) -> dict:
     generations = {row["id"]: row for row in generate_rows(engine, items, out / "generations.jsonl", progress="distill")}
 
     train_template = spec.train_template if spec else "alpaca"
+    rule = default_rule(task)
     rows = []
     for example in data.examples:
         generated = generations[example["id"]]
