@@ -25,8 +25,9 @@ import torch
 
 from sdft.checks import math_check
 from sdft.jsonl import read_jsonl
-from sdft.engines.generation import GenerationConfig, HFEngine
+from sdft.engines.generation import HFEngine
 from sdft.engines.models import embedded_gguf_path, load_model
+from sdft.options import DecodingOptions
 from sdft.paths import data_dir
 from sdft.stats import paired_bootstrap
 from sdft.templates import render
@@ -60,9 +61,9 @@ class Meter:
         return round(self.tokens / self.seconds, 1) if self.seconds else None
 
 
-def time_sdft(engine: HFEngine, prompts: list[str]) -> tuple[int, float]:
+def time_sdft(engine: HFEngine, prompts: list[str], new_tokens: int) -> tuple[int, float]:
     start = time.perf_counter()
-    tokens = sum(c.n_tokens for batch in engine.complete(prompts) for _, c in batch)
+    tokens = sum(c.n_tokens for batch in engine.complete(prompts, DecodingOptions(max_new_tokens=new_tokens)) for _, c in batch)
     return tokens, time.perf_counter() - start
 
 
@@ -114,9 +115,9 @@ def distill_quality(n: int, new_tokens: int) -> dict:
     outputs, accepted = {}, {}
     for dtype in ("fp32", "bf16"):
         model, tokenizer = load_model(MODEL, dtype=dtype, device="cpu")
-        engine = HFEngine(model, tokenizer, GenerationConfig(max_new_tokens=new_tokens))
+        engine = HFEngine(model, tokenizer)
         prompts = [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer) for r in rows]
-        out = {i: c.text for batch in engine.complete(prompts) for i, c in batch}
+        out = {i: c.text for batch in engine.complete(prompts, DecodingOptions(max_new_tokens=new_tokens)) for i, c in batch}
         outputs[dtype] = [out[i] for i in range(len(rows))]
         accepted[dtype] = {str(i): float(math_check(out[i], r["answer"]).ok) for i, r in enumerate(rows)}
         result[f"accepted_{dtype}"] = 100 * sum(accepted[dtype].values()) / len(rows)
@@ -135,13 +136,13 @@ def run(args: argparse.Namespace) -> dict:
     model_bf16 = model if model.dtype == torch.bfloat16 else load_model(MODEL, dtype="bf16", device="cpu")[0]
     llm = load_llamacpp()
     prompts = distill_prompts(tokenizer, args.prompts)
-    engine = HFEngine(model, tokenizer, GenerationConfig(max_new_tokens=args.new_tokens))
+    engine = HFEngine(model, tokenizer)
     meters = {name: Meter() for name in ("sdft", "hf_bs1_fp32", "hf_bs32_bf16", "llamacpp")}
     per_round_subset = max(1, args.subset // args.rounds)
     for r in range(args.rounds):
         share = prompts[r :: args.rounds]
         subset = share[:: max(1, len(share) // per_round_subset)][:per_round_subset]
-        meters["sdft"].add(*time_sdft(engine, share))
+        meters["sdft"].add(*time_sdft(engine, share, args.new_tokens))
         meters["hf_bs1_fp32"].add(*time_hf_generate(model_fp32, tokenizer, subset, args.new_tokens, 1))
         if llm is not None:
             meters["llamacpp"].add(*time_llamacpp(llm, subset, args.new_tokens))

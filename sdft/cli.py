@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -13,24 +14,26 @@ from .threads import configure_threads
 
 
 def _commands():
-    """name -> (help, config class, stage function, positional fields); imported lazily to keep --help fast."""
-    from .stages.distill import DistillConfig, distill
-    from .stages.evaluate import EvalConfig, run_eval
-    from .stages.generate import GenerateConfig, generate
-    from .stages.train import TrainConfig, train
-    from .pipeline import DemoConfig, ReportConfig, RunConfig, demo, report, run
-    from .stages.evaluate import ScoreConfig, score
+    """name -> (help, config class, "module:function" of its stage, positional fields); stages are imported only to run,
+    so `--help` stays torch-free and fast."""
+    from .experiment import DemoConfig, ReportConfig, RunConfig
+    from .options import DistillConfig, EvalConfig, GenerateConfig, ScoreConfig, TrainConfig
 
     return {
-        "distill": ("rewrite a dataset's responses with the seed model and select (SDFT Eq. 3-4)", DistillConfig, distill, ()),
-        "train": ("fine-tune with LoRA (or fully): vanilla, SDFT, or any mix ratio", TrainConfig, train, ()),
-        "generate": ("generate completions for a file of prompts", GenerateConfig, generate, ()),
-        "eval": ("run the forgetting benchmarks on a model (+ adapter)", EvalConfig, run_eval, ()),
-        "score": ("re-score saved predictions for one benchmark", ScoreConfig, score, ()),
-        "run": ("run an experiment config end to end (cached stages) and write the report", RunConfig, run, ("experiment",)),
-        "report": ("re-render report.md / report.html from a run directory", ReportConfig, report, ("run_dir",)),
-        "demo": ("the main job on the embedded model: distill GSM8K, train vanilla + SDFT, compare with the seed", DemoConfig, demo, ()),
+        "distill": ("rewrite a dataset's responses with the seed model and select (SDFT Eq. 3-4)", DistillConfig, "stages.distill:distill", ()),
+        "train": ("fine-tune with LoRA (or fully): vanilla, SDFT, or any mix ratio", TrainConfig, "stages.train:train", ()),
+        "generate": ("generate completions for a file of prompts", GenerateConfig, "stages.generate:generate", ()),
+        "eval": ("run the forgetting benchmarks on a model (+ adapter)", EvalConfig, "stages.evaluate:run_eval", ()),
+        "score": ("re-score saved predictions for one benchmark", ScoreConfig, "stages.evaluate:score", ()),
+        "run": ("run an experiment config end to end (cached stages) and write the report", RunConfig, "pipeline:run", ("experiment",)),
+        "report": ("re-render report.md / report.html from a run directory", ReportConfig, "pipeline:report", ("run_dir",)),
+        "demo": ("the main job on the embedded model: distill GSM8K, train vanilla + SDFT, compare with the seed", DemoConfig, "pipeline:demo", ()),
     }
+
+
+def _stage(target: str):
+    module, function = target.split(":")
+    return getattr(importlib.import_module(f"{__package__}.{module}"), function)
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = build_config(config_cls, args)
         configure_threads()  # before any torch work: sized to this process's cores, recorded in run.json
-        result = stage(config)
+        result = _stage(stage)(config)
         _record_provenance(args.command, config)
     except UserError as e:
         print(f"sdft {args.command}: error: {e}", file=sys.stderr)

@@ -15,38 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .config import build_config, field, load_yaml
-from .engines.models import EMBEDDED_MODEL
 from .errors import UserError
+from .experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment, section_values
 from .jsonl import read_jsonl, write_json
 from .locking import RunLock
+from .options import DistillConfig, EvalConfig, TrainConfig
 from .provenance import provenance, write_run_json
-from .stages.distill import DistillConfig, distill
-from .stages.evaluate import EvalConfig, run_eval
-from .stages.train import TrainConfig, train
+from .stages.distill import distill
+from .stages.evaluate import run_eval
+from .stages.train import train
 from .threads import configure_threads, describe
 
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 MATCHED_CAPACITY = {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = field(help="experiment name")
-    out: str = field(help="run directory")
-    model: str = field(EMBEDDED_MODEL, help="seed model")
-    seed: int = field(42, help="seed for every stage")
-    datasets: list = field(["gsm8k"], help="training sets (registry names or files)")
-    train_size: int | None = field(None, help="rows per training set (None: the paper's > 10k -> 2000 rule)")
-    methods: list = field(["vanilla", "sdft"], help="vanilla and/or sdft")
-    mix_ratios: list = field([], help="extra mix ratios in (0, 1) for the sweep (Fig. 7/8)")
-    train_sizes: list = field([], help="extra training-set sizes for the sweep (Fig. 5/6)")
-    matched_capacity: bool = field(False, help="also compare at LoRA all-linear r64 (sdft#15)")
-    data_dir: str | None = field(None, help="local data directory")
-    distill: dict = field({}, help="DistillConfig options")
-    train: dict = field({}, help="TrainConfig options")
-    eval: dict = field({}, help="EvalConfig options (benchmarks, limit, max_new_tokens, judge...)")
-    shift: dict = field({"benchmark": "advbench"}, help="distribution shift: the eval benchmark whose outputs are compared")
 
 
 @dataclass
@@ -71,24 +51,9 @@ class Stage:
         return (self.directory(run_dir) / "done.json").is_file()
 
 
-def load_experiment(path_or_preset: str, out: str | None = None) -> ExperimentConfig:
-    path = Path(path_or_preset)
-    if not path.is_file() and (PRESETS_DIR / f"{path_or_preset}.yaml").is_file():
-        path = PRESETS_DIR / f"{path_or_preset}.yaml"
-    values = load_yaml(str(path))
-    values.setdefault("name", path.stem)
-    if out:
-        values["out"] = out
-    values.setdefault("out", f"runs/{values['name']}")
-    return build_config(ExperimentConfig, values=values, source=str(path))
-
-
 def plan(exp: ExperimentConfig) -> list[Stage]:
     """Stages in dependency order."""
-    for method in exp.methods:
-        if method not in ("vanilla", "sdft"):
-            raise UserError(f"unknown method '{method}' (vanilla | sdft; use mix_ratios for mixes)")
-    base_eval = {"benchmarks": ["gsm8k"], "seed": exp.seed, **exp.eval, "model": exp.model, "data_dir": exp.data_dir}
+    base_eval = section_values(exp.eval)
     stages: list[Stage] = []
     seed_eval = _eval_stage("seed", base_eval, None)
     stages.append(seed_eval)
@@ -117,20 +82,19 @@ def plan(exp: ExperimentConfig) -> list[Stage]:
                     stages += [train_stage, eval_stage]
                     models.append({"key": key, "method": method, "dataset": name, "mix_ratio": ratio, "train_size": size,
                                    "capacity": capacity, "stage": eval_stage})
-                    if exp.shift.get("benchmark"):
+                    if exp.shift.benchmark:
                         stages.append(_shift_stage(exp, key, seed_eval, eval_stage, train_stage))
     stages[0].meta["models"] = models
     return stages
 
 
 def _distill_stage(exp: ExperimentConfig, dataset: str, key: str, size: int | None) -> Stage:
-    config = {**exp.distill, "dataset": dataset, "model": exp.model, "limit": size, "seed": exp.seed, "data_dir": exp.data_dir}
+    config = {**section_values(exp.distill), "dataset": dataset, "limit": size}
     return Stage("distill", key, config, [], lambda d: distill(DistillConfig(**config, out=str(d))))
 
 
 def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage) -> Stage:
-    config = {**exp.train, **overrides, "model": exp.model, "limit": size, "seed": exp.seed, "data_dir": exp.data_dir,
-              "mix_ratio": ratio if distill_stage else None}
+    config = {**section_values(exp.train), **overrides, "limit": size, "mix_ratio": ratio if distill_stage else None}
     deps = [distill_stage] if distill_stage else []
     config["data"] = dataset if distill_stage is None else "<distilled>"
 
@@ -156,7 +120,7 @@ def _eval_stage(key: str, base_eval: dict, train_stage: Stage | None) -> Stage:
 
 
 def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: Stage, train_stage: Stage) -> Stage:
-    benchmark = exp.shift["benchmark"]
+    benchmark = exp.shift.benchmark
 
     def action(directory: Path) -> dict:
         from .stages.shift import parameter_shift_of_adapter, text_shift
@@ -202,23 +166,16 @@ def write_summary(exp: ExperimentConfig, stages: list[Stage], run_dir: Path) -> 
                      for s in stages if s.kind == "distill"}
     shift = {s.key: json.loads((s.directory(run_dir) / "shift.json").read_text()) for s in stages if s.kind == "shift"}
     summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
-               "benchmarks": list(exp.eval.get("benchmarks", ["gsm8k"])), "default_train_size": exp.train_size,
+               "benchmarks": list(exp.eval.benchmarks), "default_train_size": exp.train_size,
                "models": models, "distill": distill_stats, "shift": shift}
     write_json(run_dir / "summary.json", summary)
     return summary
 
 
-@dataclass
-class RunConfig:
-    experiment: str = field(help="experiment YAML (or a preset name: demo, cpu-small, paper-gsm8k, ...)")
-    out: str | None = field(None, help="run directory (default: the config's `out`, else runs/<name>)")
-    dry_run: bool = field(False, help="print the stage plan and exit")
-
-
 def run(config: RunConfig) -> dict:
     from .stages.report import render_report
 
-    exp = load_experiment(config.experiment, config.out)
+    exp = load_experiment(config.experiment, out=config.out)
     stages = plan(exp)
     if config.dry_run:
         run_dir = Path(exp.out)
@@ -233,11 +190,6 @@ def run(config: RunConfig) -> dict:
     return {"run_dir": str(run_dir), "report": str(md)}
 
 
-@dataclass
-class ReportConfig:
-    run_dir: str = field(help="run directory of `sdft run`")
-
-
 def report(config: ReportConfig) -> dict:
     from .stages.report import render_report
 
@@ -248,19 +200,11 @@ def report(config: ReportConfig) -> dict:
     return {"report": str(md)}
 
 
-@dataclass
-class DemoConfig:
-    out: str = field("demo_out", help="run directory")
-    model: str = field(EMBEDDED_MODEL, help="seed model")
-    fresh: bool = field(False, help="delete a previous demo run first")
-
-
 def demo(config: DemoConfig) -> dict:
     """The `demo` preset: GSM8K subset distilled, vanilla vs SDFT, both against the seed on held-out GSM8K."""
     if config.fresh:
         shutil.rmtree(config.out, ignore_errors=True)
-    exp = load_experiment("demo", config.out)
-    exp.model = config.model
+    exp = load_experiment("demo", out=config.out, model=config.model, dtype=config.dtype)
     run_dir = execute(exp, plan(exp))
     from .stages.report import render_report
 

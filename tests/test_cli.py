@@ -199,7 +199,7 @@ def _namespace(commands, argv):
 
 
 def test_build_config_from_namespace(commands, tmp_path):
-    from sdft.stages.distill import DistillConfig
+    from sdft.options import DistillConfig
 
     config_file = _write_config(tmp_path / "c.yaml", {"dataset": "gsm8k", "out": "o", "limit": 7, "temperature": 0.5,
                                                        "columns": {"instruction": "q"}})
@@ -208,11 +208,11 @@ def test_build_config_from_namespace(commands, tmp_path):
     assert (config.dataset, config.out) == ("gsm8k", "o")  # from the file
     assert config.temperature == 0.5 and config.columns == {"instruction": "q"}
     assert config.limit == 3 and config.prompt_mode == "raw"  # flags win
-    assert config.max_new_tokens == 512  # defaults for the rest
+    assert config.decoding().max_new_tokens == 512  # defaults for the rest
 
 
 def test_build_config_hand_made_namespace(tmp_path):
-    from sdft.stages.train import TrainConfig
+    from sdft.options import TrainConfig
 
     config_file = _write_config(tmp_path / "t.yaml", {"data": "d.jsonl", "out": "o", "lora_r": 4, "merge": True})
     args = argparse.Namespace(config=config_file, command="train", data=None, out="flag_out", lora_r=None, merge=False,
@@ -223,7 +223,7 @@ def test_build_config_hand_made_namespace(tmp_path):
 
 
 def test_build_config_typed_flags(commands):
-    from sdft.stages.train import TrainConfig
+    from sdft.options import TrainConfig
 
     args = _namespace(commands, ["train", "--data", "d", "--out", "o", "--mix-ratio", "0.5", "--target-modules", "q_proj,k_proj",
                                  "--merge", "--columns", "{instruction: question}"])
@@ -233,7 +233,7 @@ def test_build_config_typed_flags(commands):
 
 
 def test_build_config_errors(commands, tmp_path):
-    from sdft.stages.distill import DistillConfig
+    from sdft.options import DistillConfig
 
     with pytest.raises(UserError) as e:
         build_config(DistillConfig, _namespace(commands, ["distill", "--config", str(tmp_path / "none.yaml")]))
@@ -262,7 +262,7 @@ def test_prompt_mode_checked_before_model(commands, command, tmp_path, capsys, m
     rc = main([command, INPUT_FLAG[command], str(good), "--out", str(out), "--model", BAD_MODEL, "--prompt-mode", "fancy"])
     assert rc == 2
     err = capsys.readouterr().err
-    assert "unknown prompt mode 'fancy'" in err and len(err.splitlines()) == 1
+    assert "prompt_mode: unknown value 'fancy'" in err and len(err.splitlines()) == 1
     assert not out.exists()
 
 

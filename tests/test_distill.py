@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from sdft.stages.distill import DistillConfig, distill, select
+from sdft.options import DistillConfig
+from sdft.stages.distill import distill, select
 
 
 def test_selection_keeps_only_correct_complete_rewrites():

@@ -14,7 +14,8 @@ from sdft.engines.generation import HFEngine
 from sdft.errors import UserError
 from sdft.jsonl import read_jsonl, write_jsonl
 from sdft.paths import data_dir
-from sdft.stages.evaluate import EvalConfig, run_eval, score_predictions
+from sdft.options import EvalConfig
+from sdft.stages.evaluate import run_eval, score_predictions
 
 DATA = data_dir()
 pytestmark = pytest.mark.skipif(DATA is None, reason="shared data dir not found")
@@ -153,7 +154,7 @@ def eval_run(one_thread, tmp_path_factory):
     knowledge = list(KNOWLEDGE_TASKS) if importlib.util.find_spec("lm_eval") else []
     # every benchmark; AlpacaEval judged by the embedded model itself as a local HF judge
     config = EvalConfig(out=str(tmp_path_factory.mktemp("eval")), benchmarks=GENERATED + ["alpaca_eval"] + knowledge,
-                        limit=3, max_new_tokens=32, data_dir=str(DATA), batch_size=8,
+                        limit=3, max_new_tokens=32, data_dir=str(DATA), decode_rows=8,
                         judge_model=f"hf:{resolve_model('smollm2-135m-instruct')}")
     start = time.monotonic()
     results = run_eval(config)

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from sdft.engines import generation
-from sdft.engines.generation import (GenerationConfig, HFEngine, LeanLlamaStepper, generate_rows, plan_batches,
-                                     shared_prefixes)
+from sdft.engines.generation import HFEngine, LeanLlamaStepper, generate_rows, plan_batches, shared_prefixes
+from sdft.options import DecodingOptions
 from sdft.templates import render
 
 PROMPTS = [
@@ -48,9 +48,9 @@ def reference(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
     return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
 
-def complete(model, tokenizer, prompts, **config) -> dict:
-    engine = HFEngine(model, tokenizer, GenerationConfig(**config))
-    return {i: c for batch in engine.complete(prompts) for i, c in batch}
+def complete(model, tokenizer, prompts, decode_rows: int = 96, **decoding) -> dict:
+    engine = HFEngine(model, tokenizer, decode_rows)
+    return {i: c for batch in engine.complete(prompts, DecodingOptions(**decoding).decoding()) for i, c in batch}
 
 
 @pytest.mark.parametrize("lean", [True, False], ids=["lean", "hf-fallback"])
@@ -59,7 +59,7 @@ def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, lean):
     if not lean:
         monkeypatch.setattr(LeanLlamaStepper, "supports", classmethod(lambda cls, m: False))
     prompts = PROMPTS + [render("alpaca", {"instruction": "Name a colour."}, tokenizer)]
-    out = complete(model, tokenizer, prompts, max_new_tokens=24, batch_size=4)
+    out = complete(model, tokenizer, prompts, max_new_tokens=24, decode_rows=4)
     for i, prompt in enumerate(prompts):
         expected = reference(model, tokenizer, prompt, 24)
         assert out[i].text == tokenizer.decode(expected, skip_special_tokens=True), prompt
@@ -73,22 +73,22 @@ def test_refilled_slots_decode_each_row_as_it_would_alone(tiny):
     model, tokenizer = tiny
     prompts = [f"{p} {i}" for i in range(3) for p in PROMPTS]
     config = dict(max_new_tokens=16, temperature=1.0, seed=5, stop=["e"])
-    alone = {i: complete(model, tokenizer, [p], batch_size=1, **config)[0] for i, p in enumerate(prompts)}
+    alone = {i: complete(model, tokenizer, [p], decode_rows=1, **config)[0] for i, p in enumerate(prompts)}
     assert len({c.n_tokens for c in alone.values()}) > 3  # rows really do finish apart
-    assert complete(model, tokenizer, prompts, batch_size=3, **config) == alone
+    assert complete(model, tokenizer, prompts, decode_rows=3, **config) == alone
 
 
 def test_shared_template_prefix_is_prefilled_once_and_changes_nothing(tiny, monkeypatch):
     model, tokenizer = tiny
     prompts = [render("alpaca", {"instruction": p}, tokenizer) for p in PROMPTS] + PROMPTS[:2]
-    token_ids = HFEngine(model, tokenizer, GenerationConfig()).encode(prompts)
+    token_ids = HFEngine(model, tokenizer).encode(prompts)
     (prefix,) = shared_prefixes(token_ids)
     assert all(tuple(ids[: len(prefix)]) == prefix for ids in token_ids[:5])
     assert len({ids[len(prefix)] for ids in token_ids[:5]}) > 1  # the longest shared prefix, no longer
     prefilled = []
     original = LeanLlamaStepper._prefix_kv
     monkeypatch.setattr(LeanLlamaStepper, "_prefix_kv", lambda self, p: prefilled.append(p) or original(self, p))
-    out = complete(model, tokenizer, prompts, max_new_tokens=12, batch_size=2)
+    out = complete(model, tokenizer, prompts, max_new_tokens=12, decode_rows=2)
     assert prefilled and set(prefilled) == {prefix}
     for i, prompt in enumerate(prompts):
         assert out[i].text == tokenizer.decode(reference(model, tokenizer, prompt, 12), skip_special_tokens=True), prompt
@@ -124,19 +124,18 @@ def test_stop_string_cuts_text(tiny):
 def test_seeded_sampling_is_reproducible_and_independent_of_batch(tiny):
     model, tokenizer = tiny
     config = dict(max_new_tokens=16, temperature=1.0, top_p=0.9, seed=3)
-    together = complete(model, tokenizer, PROMPTS, batch_size=8, **config)
-    alone = complete(model, tokenizer, [PROMPTS[2]], batch_size=1, **config)
-    regrouped = complete(model, tokenizer, [PROMPTS[4], PROMPTS[2], PROMPTS[0]], batch_size=2, **config)
+    together = complete(model, tokenizer, PROMPTS, decode_rows=8, **config)
+    alone = complete(model, tokenizer, [PROMPTS[2]], decode_rows=1, **config)
+    regrouped = complete(model, tokenizer, [PROMPTS[4], PROMPTS[2], PROMPTS[0]], decode_rows=2, **config)
     assert together[2] == alone[0] == regrouped[1]
-    other_seed = complete(model, tokenizer, PROMPTS, batch_size=8, **{**config, "seed": 4})
+    other_seed = complete(model, tokenizer, PROMPTS, decode_rows=8, **{**config, "seed": 4})
     assert any(other_seed[i].text != together[i].text for i in together)
 
 
 def test_plan_batches_respects_limits():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(200)]
-    config = GenerationConfig(max_new_tokens=100, batch_size=16, token_budget=3000)
-    batches = plan_batches(lengths, config)
+    batches = plan_batches(lengths, rows=16, max_new_tokens=100, token_budget=3000)
     assert sorted(i for b in batches for i in b) == list(range(200))
     for batch in batches:
         assert len(batch) <= 16
@@ -151,8 +150,8 @@ class FailAfterFirstBatch:
     def __init__(self, engine):
         self.engine = engine
 
-    def complete(self, prompts, skip=()):
-        batches = self.engine.complete(prompts, skip)
+    def complete(self, prompts, decoding, skip=()):
+        batches = self.engine.complete(prompts, decoding, skip)
         yield next(batches)
         raise KeyboardInterrupt
 
@@ -160,15 +159,15 @@ class FailAfterFirstBatch:
 def test_generate_rows_resumes_to_the_uninterrupted_result(tiny, tmp_path):
     model, tokenizer = tiny
     items = [(f"id{i}", p) for i, p in enumerate(PROMPTS)]
-    config = GenerationConfig(max_new_tokens=8, temperature=0.8, seed=1, batch_size=2)
-    uninterrupted = generate_rows(HFEngine(model, tokenizer, config), items, tmp_path / "full.jsonl")
+    decoding = DecodingOptions(max_new_tokens=8, temperature=0.8, seed=1)
+    uninterrupted = generate_rows(HFEngine(model, tokenizer, 2), items, decoding, tmp_path / "full.jsonl")
 
     out = tmp_path / "resumed.jsonl"
     with pytest.raises(KeyboardInterrupt):
-        generate_rows(FailAfterFirstBatch(HFEngine(model, tokenizer, config)), items, out)
+        generate_rows(FailAfterFirstBatch(HFEngine(model, tokenizer, 2)), items, decoding, out)
     assert not out.exists()
     assert len((tmp_path / "resumed.jsonl.partial").read_text().splitlines()) == 2
-    resumed = generate_rows(HFEngine(model, tokenizer, config), items, out)
+    resumed = generate_rows(HFEngine(model, tokenizer, 2), items, decoding, out)
 
     assert resumed == uninterrupted
     assert out.read_text() == (tmp_path / "full.jsonl").read_text()
@@ -186,7 +185,7 @@ def test_embedded_model_agrees_with_generate(shared_data):
     prompts += [render("distill_using", {"instruction": "\n".join(filter(None, [r["instruction"], r["input"]])),
                                          "response": r["output"]}, tokenizer) for r in alpaca]
     assert generation.LeanLlamaStepper.supports(model)
-    out = complete(model, tokenizer, prompts, max_new_tokens=48, batch_size=32)
+    out = complete(model, tokenizer, prompts, max_new_tokens=48, decode_rows=32)
     agree = sum(out[i].text == tokenizer.decode(reference(model, tokenizer, p, 48), skip_special_tokens=True)
                 for i, p in enumerate(prompts))
     assert agree >= 0.95 * len(prompts)

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 import sdft.pipeline as pipeline
-from sdft.pipeline import RunConfig, load_experiment, plan, run
+from sdft.experiment import RunConfig, load_experiment
+from sdft.pipeline import plan, run
 
 
 @pytest.fixture

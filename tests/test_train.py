@@ -8,7 +8,8 @@ import pytest
 
 from sdft.engines.training import IGNORE_INDEX, tokenize_example
 from sdft.errors import UserError
-from sdft.stages.train import TrainConfig, mixed_targets, train
+from sdft.options import TrainConfig
+from sdft.stages.train import mixed_targets, train
 
 
 def _rows(n):

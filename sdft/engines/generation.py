@@ -19,19 +19,10 @@ from typing import Iterable, Iterator, Sequence
 import torch
 
 from ..jsonl import ResumableJsonl
+from ..options import DecodingOptions, EngineOptions
 from .models import needs_bos
 
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 512
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    seed: int = 0
-    batch_size: int = 96  # rows decoding at once at most (more keeps CPU matmuls busier; the KV cache grows with it)
-    token_budget: int = 65536  # rows x (longest prompt + max_new_tokens) at most: bounds the KV cache
-    stop: list[str] = field(default_factory=list)
-    backend: str = "auto"  # auto | hf | vllm
+TOKEN_BUDGET = 65536  # rows x (longest prompt + max_new_tokens) at most: bounds the KV cache
 
 
 @dataclass
@@ -46,14 +37,14 @@ def prompt_hash(prompt: str) -> str:
     return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
 
 
-def plan_batches(lengths: Sequence[int], config: GenerationConfig) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], rows: int, max_new_tokens: int, token_budget: int = TOKEN_BUDGET) -> list[list[int]]:
     """Indices grouped longest-first so rows in a batch pad little, under the row and token limits."""
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     for i in order:
         longest = lengths[current[0]] if current else lengths[i]
-        if current and (len(current) >= config.batch_size or (len(current) + 1) * (longest + config.max_new_tokens) > config.token_budget):
+        if current and (len(current) >= rows or (len(current) + 1) * (longest + max_new_tokens) > token_budget):
             batches.append(current)
             current = []
         current.append(i)
@@ -84,10 +75,11 @@ class HFEngine:
     each finished row's slot is refilled at once with the next waiting prompt, and rows are taken longest-first so rows
     decoding side by side are of similar length. Models without the lean path fall back to fixed batches."""
 
-    def __init__(self, model, tokenizer, config: GenerationConfig):
+    def __init__(self, model, tokenizer, decode_rows: int = EngineOptions.decode_rows, token_budget: int = TOKEN_BUDGET):
         self.model = model
         self.tokenizer = tokenizer
-        self.config = config
+        self.decode_rows = decode_rows  # more keeps CPU matmuls busier; the KV cache grows with it
+        self.token_budget = token_budget
         self.tokenizer.padding_side = "left"
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
@@ -97,7 +89,12 @@ class HFEngine:
         add_special = not prompts or needs_bos(self.tokenizer, prompts[0])
         return self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
 
-    def complete(self, prompts: Sequence[str], skip: Iterable[int] = ()) -> Iterator[list[tuple[int, Completion]]]:
+    def torch_model(self):
+        """(model, tokenizer): the in-process model, for scorers that need its log-likelihoods."""
+        return self.model, self.tokenizer
+
+    def complete(self, prompts: Sequence[str], decoding: DecodingOptions, skip: Iterable[int] = ()
+                 ) -> Iterator[list[tuple[int, Completion]]]:
         """Yield (prompt index, completion) pairs as rows finish; prompts in `skip` are not run."""
         token_ids = self.encode(prompts)
         skip = set(skip)
@@ -107,20 +104,20 @@ class HFEngine:
         lengths = [len(token_ids[i]) for i in todo]
         if LeanLlamaStepper.supports(self.model):
             order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
-            row_tokens = len(token_ids[order[0]]) + self.config.max_new_tokens  # cache columns a row may need at most
-            slots = max(1, min(self.config.batch_size, self.config.token_budget // row_tokens, len(order)))
+            row_tokens = len(token_ids[order[0]]) + decoding.max_new_tokens  # cache columns a row may need at most
+            slots = max(1, min(self.decode_rows, self.token_budget // row_tokens, len(order)))
             stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]))
-            yield from self._generate(stepper, order, token_ids, prompts)
+            yield from self._generate(stepper, order, token_ids, prompts, decoding)
             return
-        for batch in plan_batches(lengths, self.config):
+        for batch in plan_batches(lengths, self.decode_rows, decoding.max_new_tokens, self.token_budget):
             yield from self._generate(HFStepper(self.model, self.tokenizer.pad_token_id, len(batch)),
-                                      [todo[k] for k in batch], token_ids, prompts)
+                                      [todo[k] for k in batch], token_ids, prompts, decoding)
 
     @torch.inference_mode()
-    def _generate(self, stepper, order: list[int], token_ids: list[list[int]], prompts: Sequence[str]
-                  ) -> Iterator[list[tuple[int, Completion]]]:
+    def _generate(self, stepper, order: list[int], token_ids: list[list[int]], prompts: Sequence[str],
+                  decoding: DecodingOptions) -> Iterator[list[tuple[int, Completion]]]:
         """Decode `order` through the stepper's slots, admitting waiting rows into free slots (when it refills)."""
-        cfg = self.config
+        sampled = decoding.temperature > 0
         pending = deque(order)
         held: list[_Row | None] = [None] * stepper.slots  # the row decoding in each slot
         while pending or any(held):
@@ -129,7 +126,7 @@ class HFEngine:
                 active = free[: len(pending)]
                 for s in active:
                     i = pending.popleft()
-                    held[s] = _Row(i, len(token_ids[i]), self._row_generator(prompts[i]) if cfg.temperature > 0 else None)
+                    held[s] = _Row(i, len(token_ids[i]), _row_generator(decoding.seed, prompts[i]) if sampled else None)
                 logits = stepper.admit(active, [token_ids[held[s].index] for s in active])
             else:
                 if not pending and len(free) >= max(1, len(held) // 8):
@@ -141,53 +138,54 @@ class HFEngine:
                 active = [s for s, row in enumerate(held) if row is not None]
                 logits = logits[torch.tensor(active, device=logits.device)] if len(active) < len(held) else logits
             rows = [held[s] for s in active]
-            chosen = self._choose(logits.float(), [row.generator for row in rows] if cfg.temperature > 0 else None)
+            chosen = _choose(logits.float(), decoding, [row.generator for row in rows] if sampled else None)
             finished = []
             for s, row, token in zip(active, rows, chosen.tolist()):
-                reason = self._advance(row, token)
+                reason = self._advance(row, token, decoding)
                 if reason:
-                    finished.append((row.index, self._finish(row.tokens, reason, row.prompt_tokens)))
+                    finished.append((row.index, self._finish(row.tokens, reason, row.prompt_tokens, decoding.stop)))
                     held[s] = None
             if finished:
                 yield finished
 
-    def _advance(self, row: _Row, token: int) -> str | None:
+    def _advance(self, row: _Row, token: int, decoding: DecodingOptions) -> str | None:
         """Append the chosen token; the finish reason when the row is done."""
         if token in self.eos_ids:
             return "stop"
         row.tokens.append(token)
-        if self.config.stop and self._hit_stop(row.tokens):
+        if decoding.stop and self._hit_stop(row.tokens, decoding.stop):
             return "stop"
-        return "length" if len(row.tokens) >= self.config.max_new_tokens else None
+        return "length" if len(row.tokens) >= decoding.max_new_tokens else None
 
-    def _row_generator(self, prompt: str) -> torch.Generator:
-        seed = int(hashlib.sha256(f"{self.config.seed}|{prompt}".encode()).hexdigest()[:15], 16)
-        return torch.Generator().manual_seed(seed)
-
-    def _choose(self, logits: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-        if generators is None:
-            return logits.argmax(-1)
-        probs = torch.softmax(logits / self.config.temperature, dim=-1)
-        if self.config.top_p < 1.0:
-            sorted_probs, order = probs.sort(dim=-1, descending=True)
-            outside = sorted_probs.cumsum(-1) - sorted_probs > self.config.top_p
-            sorted_probs[outside] = 0.0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        # Exponential-race sampling with per-row noise: argmax(p / E) samples from p.
-        noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in generators]).to(probs.device)
-        return (probs / noise).argmax(-1)
-
-    def _hit_stop(self, tokens: list[int]) -> bool:
+    def _hit_stop(self, tokens: list[int], stops: list[str]) -> bool:
         tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=True)
-        return any(s in tail for s in self.config.stop)
+        return any(s in tail for s in stops)
 
-    def _finish(self, tokens: list[int], reason: str, prompt_tokens: int) -> Completion:
+    def _finish(self, tokens: list[int], reason: str, prompt_tokens: int, stops: list[str]) -> Completion:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        for stop in self.config.stop:
+        for stop in stops:
             if stop in text:
                 text = text[: text.index(stop)]
                 reason = "stop"
         return Completion(text=text, finish_reason=reason, n_tokens=len(tokens), prompt_tokens=prompt_tokens)
+
+
+def _row_generator(seed: int, prompt: str) -> torch.Generator:
+    return torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}|{prompt}".encode()).hexdigest()[:15], 16))
+
+
+def _choose(logits: torch.Tensor, decoding: DecodingOptions, generators: list[torch.Generator] | None) -> torch.Tensor:
+    if generators is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / decoding.temperature, dim=-1)
+    if decoding.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > decoding.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    # Exponential-race sampling with per-row noise: argmax(p / E) samples from p.
+    noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in generators]).to(probs.device)
+    return (probs / noise).argmax(-1)
 
 
 @dataclass
@@ -460,24 +458,27 @@ def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
 class VLLMEngine:
     """vLLM on CUDA: the same interface, with vLLM's continuous batching doing the scheduling."""
 
-    def __init__(self, model_path: str, config: GenerationConfig, dtype: str = "auto"):
+    def __init__(self, model_path: str, dtype: str = "auto"):
         from vllm import LLM  # optional extra: pip install 'sdft[vllm]'
 
         from .models import load_tokenizer
 
-        self.config = config
         self.tokenizer = load_tokenizer(model_path)  # the HF tokenizer renders prompts, as with HFEngine
-        self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"),
-                       seed=config.seed)
+        self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"))
 
-    def complete(self, prompts: Sequence[str], skip: Iterable[int] = ()) -> Iterator[list[tuple[int, Completion]]]:
+    def torch_model(self) -> None:
+        """None: the weights live in vLLM's workers, out of reach of log-likelihood scorers."""
+        return None
+
+    def complete(self, prompts: Sequence[str], decoding: DecodingOptions, skip: Iterable[int] = ()
+                 ) -> Iterator[list[tuple[int, Completion]]]:
         from vllm import SamplingParams
 
-        cfg = self.config
         todo = [i for i in range(len(prompts)) if i not in set(skip)]
-        params = [SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p if cfg.temperature > 0 else 1.0,
-                                 max_tokens=cfg.max_new_tokens, stop=list(cfg.stop) or None,
-                                 seed=int(prompt_hash(f"{cfg.seed}|{prompts[i]}"), 16) % (2**31)) for i in todo]
+        # each request seeded by (seed, prompt), as the HF engine's rows
+        params = [SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p if decoding.temperature > 0 else 1.0,
+                                 max_tokens=decoding.max_new_tokens, stop=list(decoding.stop) or None,
+                                 seed=int(prompt_hash(f"{decoding.seed}|{prompts[i]}"), 16) % (2**31)) for i in todo]
         for start in range(0, len(todo), 1024):  # chunks so a kill loses at most one chunk
             chunk = todo[start : start + 1024]
             outputs = self.llm.generate([prompts[i] for i in chunk], params[start : start + 1024], use_tqdm=False)
@@ -496,17 +497,18 @@ def vllm_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
 
 
-def make_engine(model_spec: str, config: GenerationConfig, dtype: str = "auto", adapter: str | None = None):
+def make_engine(model_spec: str, dtype: str, options: EngineOptions, adapter: str | None = None):
     """The vLLM engine when asked for (or on 'auto' with vLLM + CUDA present), else the HF engine."""
     from .models import load_model, merged_model_path
 
-    if config.backend == "vllm" or (config.backend == "auto" and vllm_available()):
-        return VLLMEngine(merged_model_path(model_spec, adapter), config, dtype)
+    if options.backend == "vllm" or (options.backend == "auto" and vllm_available()):
+        return VLLMEngine(merged_model_path(model_spec, adapter), dtype)
     model, tokenizer = load_model(model_spec, dtype=dtype, adapter=adapter)
-    return HFEngine(model, tokenizer, config)
+    return HFEngine(model, tokenizer, options.decode_rows)
 
 
-def generate_rows(engine, items: Sequence[tuple[str, str]], out_path: str | os.PathLike, progress: str | None = None) -> list[dict]:
+def generate_rows(engine, items: Sequence[tuple[str, str]], decoding: DecodingOptions, out_path: str | os.PathLike,
+                  progress: str | None = None) -> list[dict]:
     """Complete (id, prompt) items into `out_path` JSONL, resuming: rows keyed by id + prompt hash are never redone."""
     from tqdm.auto import tqdm
 
@@ -518,7 +520,7 @@ def generate_rows(engine, items: Sequence[tuple[str, str]], out_path: str | os.P
     done = [i for i, k in enumerate(keys) if k in store]
     bar = tqdm(total=len(items), initial=len(done), desc=progress or "generate", unit="row", disable=progress is None)
     try:
-        for finished in engine.complete([prompt for _, prompt in items], skip=done):
+        for finished in engine.complete([prompt for _, prompt in items], decoding, skip=done):
             for index, completion in finished:
                 if keys[index] in store:
                     continue

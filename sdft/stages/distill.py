@@ -18,37 +18,15 @@ run resumes without regenerating or duplicating a row.
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..checks import CHECKS, SELECTION_RULES, default_rule
-from ..config import field
+from ..checks import SELECTION_RULES, default_rule
 from ..data import load_dataset
-from ..engines.generation import GenerationConfig, generate_rows, make_engine
-from ..engines.models import EMBEDDED_MODEL
+from ..engines.generation import generate_rows, make_engine
 from ..errors import UserError
 from ..jsonl import write_json, write_jsonl
-from ..templates import check_prompt_mode, get_template, render
-
-
-@dataclass
-class DistillConfig:
-    dataset: str = field(help="registry name (gsm8k, openfunctions, alpaca, dolly, lima, magicoder, multiarith), a file, or a hub id")
-    out: str = field(help="output directory")
-    model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
-    limit: int | None = field(None, help="seeded subsample of at most N rows")
-    template: str | None = field(None, help="distillation template (default: the dataset's, else distill_using)")
-    task: str | None = field(None, help="selection check: math | function_call | code | generic (default: the dataset's)")
-    columns: dict = field({}, help="column mapping, e.g. {instruction: question, response: answer}")
-    data_dir: str | None = field(None, help="local data directory (default: $SDFT_DATA_DIR or ../shared/data)")
-    prompt_mode: str = field("chat", help="chat (model's chat template) | raw (the reference code's text)")
-    dtype: str = field("auto", help="auto | fp32 | bf16 | fp16")
-    max_new_tokens: int = field(512, help="rewrites cut at this length are rejected")
-    temperature: float = field(0.0, help="0 = greedy; the paper sampled at 0.95 with top_p 0.7")
-    top_p: float = field(1.0, help="nucleus sampling mass")
-    batch_size: int = field(96, help="rows decoding at once at most")
-    backend: str = field("auto", help="auto | hf | vllm")
-    seed: int = field(42, help="subsampling and sampling seed")
+from ..options import DistillConfig
+from ..templates import get_template, render
 
 
 def select(rewrite: str, finish_reason: str, example: dict, task: str, rule: str | None = None) -> tuple[bool, str]:
@@ -61,26 +39,21 @@ def select(rewrite: str, finish_reason: str, example: dict, task: str, rule: str
     return result.ok, result.reason
 
 
-
 def distill(config: DistillConfig) -> dict:
     """Rewrite every response with the seed model, select, and write distilled.jsonl + distill_stats.json."""
     data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
     spec = data.spec
     task = config.task or (spec.task if spec else "generic")
-    if task not in CHECKS:
-        raise UserError(f"unknown task '{task}' (known: {', '.join(CHECKS)})")
     template = get_template(config.template or (spec.distill_template if spec else "distill_using"))
-    check_prompt_mode(config.prompt_mode)
     if not data.examples:
         raise UserError("dataset has no rows", data.source)
 
     out = Path(config.out)
-    generation = GenerationConfig(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p,
-                                  seed=config.seed, batch_size=config.batch_size, backend=config.backend)
-    engine = make_engine(config.model, generation, dtype=config.dtype)
+    engine = make_engine(config.model, config.dtype, config)
     items = [(ex["id"], render(template, ex, engine.tokenizer, config.prompt_mode)) for ex in data.examples]
     out.mkdir(parents=True, exist_ok=True)
-    generations = {row["id"]: row for row in generate_rows(engine, items, out / "generations.jsonl", progress="distill")}
+    generations = {row["id"]: row for row in generate_rows(engine, items, config.decoding(), out / "generations.jsonl",
+                                                           progress="distill")}
 
     train_template = spec.train_template if spec else "alpaca"
     rule = default_rule(task)
@@ -96,7 +69,6 @@ def distill(config: DistillConfig) -> dict:
                      "accepted_by": {name: ok for name, (ok, _) in verdicts.items()},
                      "train_template": train_template, "finish_reason": generated["finish_reason"]})
     stats = distill_stats(rows, data.name, task, template.name, rule)
-
     write_jsonl(out / "distilled.jsonl", rows)
     write_json(out / "distill_stats.json", stats)
     return stats

@@ -11,62 +11,24 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..benchmarks import BENCHMARKS, Benchmark, Sample, get_benchmark
-from ..config import field
-from ..engines.generation import GenerationConfig, HFEngine, generate_rows, make_engine
-from ..engines.judge import VerdictCache, make_judge
-from ..engines.models import EMBEDDED_MODEL, default_device, load_model, resolve_dtype
+from ..benchmarks import Benchmark, Sample, get_benchmark
+from ..engines.generation import generate_rows, make_engine
+from ..engines.judge import VerdictCache
+from ..engines.models import default_device, load_model, resolve_dtype
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..knowledge import evaluate_knowledge
 from ..data import seeded_indices
+from ..options import EvalConfig, ScoreConfig
 from ..paths import data_dir as find_data_dir
 from ..stats import summarize
 from ..templates import render
 
 RESULTS_FILE = "results.json"
-# Everything that needs neither a judge nor the optional lm-eval; add alpaca_eval and the knowledge tasks by name.
-DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate"]
-
-
-@dataclass(kw_only=True)
-class JudgeOptions:
-    """The pairwise judge for judged benchmarks (alpaca_eval), shared by `sdft eval` and `sdft score`."""
-
-    judge_url: str | None = field(None, help="OpenAI-compatible judge endpoint, e.g. http://127.0.0.1:8000/v1")
-    judge_model: str | None = field(None, help="judge model name at --judge-url, or hf:PATH for a local HF judge")
-    judge_api_key_env: str = field("OPENAI_API_KEY", help="environment variable holding the judge's API key")
-
-    def judge(self):
-        return make_judge(judge_url=self.judge_url, judge_model=self.judge_model, api_key_env=self.judge_api_key_env)
-
-
-@dataclass
-class EvalConfig(JudgeOptions):
-    out: str = field(help="output directory: results.json, <benchmark>.jsonl, <benchmark>.generations.jsonl")
-    model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
-    adapter: str | None = field(None, help="PEFT adapter folder from `sdft train`")
-    benchmarks: list = field(DEFAULT_BENCHMARKS, help=f"benchmarks to run; known: {', '.join(BENCHMARKS)}")
-    limit: int | None = field(None, help="seeded random subset of at most N items per benchmark")
-    seed: int = field(0, help="subset seed")
-    data_dir: str | None = field(None, help="local data directory (default: $SDFT_DATA_DIR or ../shared/data)")
-    dtype: str = field("auto", help="auto | fp32 | bf16 | fp16")
-    prompt_mode: str = field("chat", help="chat (model's chat template) | raw (the reference code's text)")
-    max_new_tokens: int | None = field(None, help="override every benchmark's generation cap (default: per benchmark)")
-    batch_size: int = field(32, help="generation batch rows at most; also lm-eval's batch size")
-    backend: str = field("auto", help="auto | hf | vllm")
-
-
-@dataclass
-class ScoreConfig(JudgeOptions):
-    benchmark: str = field(help=f"benchmark whose data the predictions answer; known: {', '.join(BENCHMARKS)}")
-    predictions: str = field(help="JSONL with `id` and `prediction` per row, e.g. <benchmark>.generations.jsonl")
-    data_dir: str | None = field(None, help="local data directory (default: $SDFT_DATA_DIR or ../shared/data)")
 
 
 def run_eval(config: EvalConfig) -> dict:
@@ -80,19 +42,16 @@ def run_eval(config: EvalConfig) -> dict:
 
     generated = [b for b in benchmarks if b.kind != "knowledge"]
     knowledge = [b.name for b in benchmarks if b.kind == "knowledge"]
-    engine = None
-    if generated:  # one model for all benchmarks; each sets its own length cap on the engine
-        engine = make_engine(config.model, _generation_config(config, generated[0]), config.dtype, config.adapter)
+    engine = make_engine(config.model, config.dtype, config, config.adapter) if generated else None  # one for all
     for bench in generated:
         results["benchmarks"][bench.name] = _evaluate_generated(bench, engine, config, data_dir, out, judge)
         write_json(out / RESULTS_FILE, results)
     if knowledge:
-        if isinstance(engine, HFEngine):
-            model, tokenizer = engine.model, engine.tokenizer
-        else:  # nothing generated, or vLLM, whose weights lm-eval cannot score with
-            model, tokenizer = load_model(config.model, config.dtype, config.adapter)
+        # the engine's own torch model when it has one; vLLM's weights are out of lm-eval's reach
+        loaded = engine.torch_model() if engine else None
+        model, tokenizer = loaded or load_model(config.model, config.dtype, config.adapter)
         results["benchmarks"].update(evaluate_knowledge(model, tokenizer, knowledge, data_dir, out, config.limit,
-                                                        config.seed, config.batch_size))
+                                                        config.seed, config.lm_eval_batch_size))
         write_json(out / RESULTS_FILE, results)
     return results
 
@@ -138,8 +97,8 @@ def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dic
     for sample, predicted in zip(samples, predictions, strict=True):
         prediction = predicted["prediction"]
         metrics = bench.extra_metrics(sample, prediction)
-        for name, value in metrics.items():
-            extras[name].append(value)
+        for name, value in metrics.items():  # a list (one verdict per instruction) pools with the others'
+            extras[name].extend(value if isinstance(value, list) else [value])
         rows.append({"id": sample.id, "prompt": predicted.get("prompt"), "prediction": prediction,
                      "reference": sample.reference, "score": bench.score(sample, prediction, judge),
                      "finish_reason": predicted.get("finish_reason"), "n_tokens": predicted.get("n_tokens"),
@@ -153,25 +112,19 @@ def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: 
     samples = bench.load(data_dir)
     samples = [samples[i] for i in seeded_indices(len(samples), config.limit, config.seed)]
     prompts = [render(bench.template, sample.fields, engine.tokenizer, config.prompt_mode) for sample in samples]
-    engine.config = _generation_config(config, bench)  # engines read their config at each call
+    decoding = config.decoding(cap=bench.max_new_tokens)
     dtype = str(resolve_dtype(config.dtype, default_device())).removeprefix("torch.")  # what "auto" meant here
-    settings = {"max_new_tokens": engine.config.max_new_tokens, "temperature": engine.config.temperature,
-                "top_p": engine.config.top_p, "prompt_mode": config.prompt_mode, "dtype": dtype}
+    settings = {"max_new_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
+                "top_p": decoding.top_p, "prompt_mode": config.prompt_mode, "dtype": dtype}
     generations_path = out / f"{bench.name}.generations.jsonl"
     _discard_if_settings_changed(generations_path, settings)
     items = [(sample.id, prompt) for sample, prompt in zip(samples, prompts)]
-    generated = generate_rows(engine, items, generations_path, progress=bench.name)
+    generated = generate_rows(engine, items, decoding, generations_path, progress=bench.name)
     with VerdictCache.around(judge, out / f"{bench.name}.verdicts.jsonl") as judge:  # a rerun re-asks no pair
         rows, summary = score_samples(bench, samples, [{**g, "prompt": p} for g, p in zip(generated, prompts)], judge)
     write_jsonl(out / f"{bench.name}.jsonl", rows)
     truncated = sum(row["finish_reason"] == "length" for row in rows)
     return {**summary, "generation": {**settings, "truncated": truncated}}
-
-
-def _generation_config(config: EvalConfig, bench: Benchmark) -> GenerationConfig:
-    """Greedy decoding; the length cap is the override, else the benchmark's own."""
-    return GenerationConfig(max_new_tokens=config.max_new_tokens or bench.max_new_tokens, temperature=0.0,
-                            seed=config.seed, batch_size=config.batch_size, backend=config.backend)
 
 
 def _discard_if_settings_changed(generations_path: Path, settings: dict) -> None:

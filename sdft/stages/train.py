@@ -8,46 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import field
 from ..data import DATASETS, load_dataset, subsample
-from ..engines.models import EMBEDDED_MODEL, load_tokenizer, resolve_dtype, resolve_model
+from ..engines.models import load_tokenizer, resolve_dtype, resolve_model
 from ..engines.training import TrainerSettings, tokenize_example, train_model
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json
-from ..templates import check_prompt_mode, render
-
-
-@dataclass
-class TrainConfig:
-    data: str = field(help="distilled.jsonl from `sdft distill`, or any dataset (registry name, file, hub id) for vanilla")
-    out: str = field(help="output directory (adapter, logs, checkpoints)")
-    model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
-    mix_ratio: float | None = field(None, help="fraction of rows trained on distilled targets (1 = SDFT, 0 = vanilla; default 1 for distilled data)")
-    template: str | None = field(None, help="training prompt template (default: the dataset's, else alpaca)")
-    prompt_mode: str = field("chat", help="chat | raw")
-    epochs: float | None = field(None, help="default: the dataset's (paper: 5 for GSM8K/OpenFunctions, 2 otherwise)")
-    max_steps: int = field(-1, help="stop after N optimizer steps (-1 = use epochs)")
-    learning_rate: float = field(1e-4, help="peak learning rate, cosine to 0, no warmup")
-    batch_size: int = field(8, help="effective batch size")
-    micro_batch_size: int = field(8, help="per-device batch; gradient accumulation makes up the rest")
-    max_length: int = field(1024, help="token cutoff per example")
-    finetune: str = field("lora", help="lora | full")
-    lora_r: int = field(8, help="LoRA rank")
-    lora_alpha: int = field(16, help="LoRA alpha")
-    lora_dropout: float = field(0.0, help="LoRA dropout")
-    target_modules: list = field(["q_proj", "v_proj"], help="LoRA target modules, or all-linear")
-    merge: bool = field(False, help="also save the merged model under OUT/merged")
-    limit: int | None = field(None, help="seeded subsample of at most N rows")
-    columns: dict = field({}, help="column mapping for non-distilled data")
-    data_dir: str | None = field(None, help="local data directory")
-    dtype: str = field("fp32", help="weights dtype (fp32 trains with bf16 autocast where fast)")
-    bf16: bool | None = field(None, help="bf16 mixed precision (default: auto-detect)")
-    save_steps: int = field(100, help="checkpoint every N steps (resume after a kill)")
-    logging_steps: int = field(5, help="TensorBoard logging interval")
-    seed: int = field(42, help="seed for mixing, data order and initialisation")
+from ..options import TrainConfig
+from ..templates import render
 
 
 def mixed_targets(rows: list[dict], ratio: float, seed: int) -> list[tuple[dict, str]]:
@@ -91,13 +60,12 @@ def train(config: TrainConfig) -> dict:
     pairs, template, dataset_epochs = load_training_rows(config)
     if not pairs:
         raise UserError("no training rows", config.data)
-    if config.finetune not in ("lora", "full"):
-        raise UserError(f"unknown finetune mode '{config.finetune}' (lora | full)")
-    check_prompt_mode(config.prompt_mode)
     tokenizer = load_tokenizer(config.model)
     examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target, config.max_length)
                 for row, target in pairs]
-    model = AutoModelForCausalLM.from_pretrained(resolve_model(config.model), dtype=resolve_dtype(config.dtype, "cpu"))
+    # Trainable weights stay fp32 under "auto"; bf16 comes from autocast (config.bf16) where the hardware is fast at it.
+    dtype = torch.float32 if config.dtype == "auto" else resolve_dtype(config.dtype, "cpu")
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(config.model), dtype=dtype)
     torch.manual_seed(config.seed)
     if config.finetune == "lora":
         from peft import LoraConfig, get_peft_model

@@ -1,0 +1,95 @@
+"""An experiment's options (`ExperimentConfig`) and the `run` / `report` / `demo` commands' configs; light (no torch),
+so `sdft run X.yaml --dry-run` checks a whole file, at every depth, before anything loads.
+
+Options shared by every stage (model, dtype, prompt mode, seed, data directory) are set once at the top level and
+inherited by the typed `distill` / `train` / `eval` sections; a section may not set them, nor the training-set size
+the experiment sets per stage (the mix ratio and the adapter under evaluation are not section options at all).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import Options, at_least, build_config, each, field, load_yaml, within
+from .errors import UserError
+from .options import (DataDirOption, DistillOptions, EvalOptions, ModelOptions, PromptModeOption,
+                      SeedOption, TrainOptions)
+
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+INHERITED = ("model", "dtype", "prompt_mode", "seed", "data_dir")
+SECTIONS = ("distill", "train", "eval")
+OWNED = {"distill": ("limit",), "train": ("limit",)}  # the training-set size, set per stage from train_size(s)
+
+
+@dataclass(kw_only=True)
+class ShiftOptions(Options):
+    benchmark: str | None = field("advbench", help="the eval benchmark whose outputs are compared with the seed's (null: none)")
+
+
+@dataclass(kw_only=True)
+class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption):
+    name: str = field(help="experiment name")
+    out: str = field(help="run directory")
+    seeds: list[int] | None = field(None, help="seeds to repeat the experiment with (default: [seed])")
+    datasets: list[str] = field(["gsm8k"], help="training sets (registry names or files)")
+    train_size: int | None = field(None, check=at_least(1), help="rows per training set (None: the paper's > 10k -> 2000 rule)")
+    methods: list[str] = field(["vanilla", "sdft"], choices=("vanilla", "sdft"), help="methods (use mix_ratios for mixes)")
+    mix_ratios: list[float] = field([], check=each(within(0, 1)), help="extra mix ratios in (0, 1) for the sweep (Fig. 7/8)")
+    train_sizes: list[int] = field([], check=each(at_least(1)), help="extra training-set sizes for the sweep (Fig. 5/6)")
+    matched_capacity: bool = field(False, help="also compare at LoRA all-linear r64 (sdft#15)")
+    distill: DistillOptions = field(DistillOptions, help="distillation options (`sdft distill`)")
+    train: TrainOptions = field(TrainOptions, help="training options (`sdft train`)")
+    eval: EvalOptions = field(EvalOptions, help="evaluation options (`sdft eval`: benchmarks, limit, judge...)")
+    shift: ShiftOptions = field(ShiftOptions, help="distribution shift")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.seeds = self.seeds or [self.seed]
+        for section in SECTIONS:
+            for name in INHERITED:
+                setattr(getattr(self, section), name, getattr(self, name))
+
+
+def load_experiment(path_or_preset: str, **overrides) -> ExperimentConfig:
+    """The experiment of a YAML file (or a preset name) with top-level `overrides` (out, model...), every key checked;
+    errors name the file and key."""
+    path = Path(path_or_preset)
+    if not path.is_file() and (PRESETS_DIR / f"{path_or_preset}.yaml").is_file():
+        path = PRESETS_DIR / f"{path_or_preset}.yaml"
+    values = load_yaml(str(path))
+    for section in SECTIONS:
+        given = values.get(section)
+        for key in given if isinstance(given, dict) else ():
+            if key in INHERITED:
+                raise UserError(f"{section}.{key}: set it once at the top level (every stage inherits it)", str(path))
+            if key in OWNED.get(section, ()):
+                raise UserError(f"{section}.{key}: the experiment sets it per stage (use train_size / train_sizes)", str(path))
+    values.setdefault("name", path.stem)
+    values.update({key: value for key, value in overrides.items() if value is not None})
+    values.setdefault("out", f"runs/{values['name']}")
+    return build_config(ExperimentConfig, values=values, source=str(path))
+
+
+def section_values(options: Options) -> dict:
+    """A section's options as keyword arguments for its stage's config."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+
+
+@dataclass(kw_only=True)
+class RunConfig(Options):
+    experiment: str = field(help="experiment YAML (or a preset name: demo, cpu-small, paper-gsm8k, ...)")
+    out: str | None = field(None, help="run directory (default: the config's `out`, else runs/<name>)")
+    dry_run: bool = field(False, help="check the config, print the stage plan and exit")
+
+
+@dataclass(kw_only=True)
+class ReportConfig(Options):
+    run_dir: str = field(help="run directory of `sdft run`")
+
+
+@dataclass(kw_only=True)
+class DemoConfig(ModelOptions):
+    out: str = field("demo_out", help="run directory")
+    fresh: bool = field(False, help="delete a previous demo run first")

@@ -1,0 +1,163 @@
+"""Every command option, declared once in an option group and composed per command, the way TRL composes
+`ModelConfig` + `ScriptArguments` (a field's help doubles as its CLI help). Light on purpose: building the CLI, or
+loading an experiment, imports no torch.
+
+Groups: model (`ModelOptions`, `AdaptedModelOptions`), prompt (`PromptModeOption`, `PromptOptions`), data
+(`DataDirOption`, `DataOptions`), decoding (`DecodingOptions`: what one generation call decodes, handed to the engine
+as is), engine (`EngineOptions`: how it runs), judge (`JudgeOptions`); `SeedOption` is shared by data and decoding.
+`XOptions` is what an experiment's `x:` section may set; `XConfig` adds the command's own inputs and outputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .benchmarks import BENCHMARKS
+from .checks import CHECKS
+from .config import Options, at_least, field, within
+from .templates import PROMPT_MODES
+
+EMBEDDED_MODEL = "smollm2-135m-instruct"
+DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_MAX_NEW_TOKENS = 512
+# Everything that needs neither a judge nor the optional lm-eval; add alpaca_eval and the knowledge tasks by name.
+DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate"]
+
+
+@dataclass(kw_only=True)
+class SeedOption(Options):
+    seed: int = field(42, help="seed for subsets, sampling, mixing and initialisation")
+
+
+@dataclass(kw_only=True)
+class ModelOptions(Options):
+    model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
+    dtype: str = field("auto", choices=DTYPE_NAMES,
+                       help="weights dtype; auto: bf16 on CUDA and CPUs with AMX/AVX512-BF16, else fp32 (training keeps "
+                            "fp32 weights and autocasts to bf16 where fast)")
+
+
+@dataclass(kw_only=True)
+class AdaptedModelOptions(ModelOptions):
+    adapter: str | None = field(None, help="PEFT adapter folder from `sdft train`")
+
+
+@dataclass(kw_only=True)
+class PromptModeOption(Options):
+    prompt_mode: str = field("chat", choices=PROMPT_MODES, help="chat (the model's chat template) or raw (the reference code's text)")
+
+
+@dataclass(kw_only=True)
+class PromptOptions(PromptModeOption):
+    template: str | dict | None = field(None, help="prompt template name, or {system, user, assistant_prefix} "
+                                                   "(default: the dataset's; alpaca for generate)")
+    columns: dict = field({}, help="column mapping, e.g. {instruction: question, response: answer}")
+
+
+@dataclass(kw_only=True)
+class DataDirOption(Options):
+    data_dir: str | None = field(None, help="local data directory (default: $SDFT_DATA_DIR or ../shared/data)")
+
+
+@dataclass(kw_only=True)
+class DataOptions(DataDirOption, SeedOption):
+    limit: int | None = field(None, check=at_least(1), help="seeded subset of at most N rows (per benchmark in eval)")
+
+
+@dataclass(kw_only=True)
+class DecodingOptions(SeedOption):
+    """What one generation call decodes; engines take it per call, so one engine serves several settings."""
+
+    max_new_tokens: int | None = field(None, check=at_least(1),
+                                       help=f"length cap in new tokens (default: {DEFAULT_MAX_NEW_TOKENS}; in eval each "
+                                            "benchmark's own); distillation rejects rewrites cut at the cap")
+    temperature: float = field(0.0, check=at_least(0), help="0 = greedy; the paper distilled at 0.95 with top_p 0.7")
+    top_p: float = field(1.0, check=within(0, 1, low_open=True), help="nucleus sampling mass")
+    stop: list[str] = field([], help="stop strings")
+
+    def decoding(self, cap: int = DEFAULT_MAX_NEW_TOKENS) -> DecodingOptions:
+        """These settings alone, as an engine call takes them, the length cap set to `cap` unless given."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(DecodingOptions)}
+        return DecodingOptions(**{**values, "max_new_tokens": self.max_new_tokens or cap})
+
+
+@dataclass(kw_only=True)
+class EngineOptions(Options):
+    backend: str = field("auto", choices=("auto", "hf", "vllm"), help="generation engine (auto: vLLM on CUDA when installed)")
+    decode_rows: int = field(96, check=at_least(1), help="rows decoding at once at most")
+
+
+@dataclass(kw_only=True)
+class JudgeOptions(Options):
+    """The pairwise judge for judged benchmarks (alpaca_eval), shared by `sdft eval` and `sdft score`."""
+
+    judge_url: str | None = field(None, help="OpenAI-compatible judge endpoint, e.g. http://127.0.0.1:8000/v1")
+    judge_model: str | None = field(None, help="judge model name at --judge-url, or hf:PATH for a local HF judge")
+    judge_api_key_env: str = field("OPENAI_API_KEY", help="environment variable holding the judge's API key")
+
+    def judge(self):
+        from .engines.judge import make_judge
+
+        return make_judge(judge_url=self.judge_url, judge_model=self.judge_model, api_key_env=self.judge_api_key_env)
+
+
+@dataclass(kw_only=True)
+class DistillOptions(ModelOptions, PromptOptions, DataOptions, DecodingOptions, EngineOptions):
+    task: str | None = field(None, choices=CHECKS, help="selection check (default: the dataset's, else generic)")
+
+
+@dataclass(kw_only=True)
+class DistillConfig(DistillOptions):
+    dataset: str = field(help="registry name (gsm8k, openfunctions, alpaca, dolly, lima, magicoder, multiarith), a file, or a hub id")
+    out: str = field(help="output directory")
+
+
+@dataclass(kw_only=True)
+class TrainOptions(ModelOptions, PromptOptions, DataOptions):
+    epochs: float | None = field(None, check=at_least(0), help="default: the dataset's (paper: 5 for GSM8K/OpenFunctions, 2 otherwise)")
+    max_steps: int = field(-1, help="stop after N optimizer steps (-1 = use epochs)")
+    learning_rate: float = field(1e-4, check=at_least(0), help="peak learning rate, cosine to 0, no warmup")
+    batch_size: int = field(8, check=at_least(1), help="effective training batch (gradient accumulation makes it up)")
+    micro_batch_size: int = field(8, check=at_least(1), help="per-device batch")
+    max_length: int = field(1024, check=at_least(1), help="token cutoff per example")
+    finetune: str = field("lora", choices=("lora", "full"), help="LoRA adapter or full fine-tuning")
+    lora_r: int = field(8, check=at_least(1), help="LoRA rank")
+    lora_alpha: int = field(16, help="LoRA alpha")
+    lora_dropout: float = field(0.0, check=within(0, 1), help="LoRA dropout")
+    target_modules: list[str] = field(["q_proj", "v_proj"], help="LoRA target modules, or all-linear")
+    merge: bool = field(False, help="also save the merged model under OUT/merged")
+    bf16: bool | None = field(None, help="bf16 mixed precision (default: where the hardware is fast at it)")
+    save_steps: int = field(100, check=at_least(1), help="checkpoint every N steps (resume after a kill)")
+    logging_steps: int = field(5, check=at_least(1), help="TensorBoard logging interval")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TrainOptions):
+    data: str = field(help="distilled.jsonl from `sdft distill`, or any dataset (registry name, file, hub id) for vanilla")
+    out: str = field(help="output directory (adapter, logs, checkpoints)")
+    mix_ratio: float | None = field(None, check=within(0, 1),
+                                    help="fraction of rows trained on distilled targets (1 = SDFT, 0 = vanilla; default 1 for distilled data)")
+
+
+@dataclass(kw_only=True)
+class GenerateConfig(AdaptedModelOptions, PromptOptions, DecodingOptions, EngineOptions):
+    input: str = field(help="JSONL/JSON/CSV/Parquet rows with an instruction (or prompt) column and optional id")
+    out: str = field(help="output JSONL: id, prediction, finish_reason, n_tokens per input row")
+
+
+@dataclass(kw_only=True)
+class EvalOptions(ModelOptions, PromptModeOption, DataOptions, DecodingOptions, EngineOptions, JudgeOptions):
+    benchmarks: list[str] = field(DEFAULT_BENCHMARKS, choices=BENCHMARKS, help="benchmarks to run")
+    lm_eval_batch_size: int = field(32, check=at_least(1), help="lm-eval's batch for the knowledge tasks")
+
+
+@dataclass(kw_only=True)
+class EvalConfig(AdaptedModelOptions, EvalOptions):
+    out: str = field(help="output directory: results.json, <benchmark>.jsonl, <benchmark>.generations.jsonl")
+
+
+@dataclass(kw_only=True)
+class ScoreConfig(DataDirOption, JudgeOptions):
+    benchmark: str = field(choices=BENCHMARKS, help="benchmark whose data the predictions answer")
+    predictions: str = field(help="JSONL with `id` and `prediction` per row, e.g. <benchmark>.generations.jsonl")
