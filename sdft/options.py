@@ -34,8 +34,9 @@ class SeedOption(Options):
 class ModelOptions(Options):
     model: str = field(EMBEDDED_MODEL, help="HF hub id, local HF folder, .gguf file, or smollm2-135m-instruct")
     dtype: str = field("auto", choices=DTYPE_NAMES,
-                       help="weights dtype; auto: bf16 on CUDA and CPUs with AMX/AVX512-BF16, else fp32 (training keeps "
-                            "fp32 weights and autocasts to bf16 where fast)")
+                       help="weights dtype; auto: bf16 on CUDA; on CPU fp32 or bf16, whichever a timed matmul of the "
+                            "model's shapes runs faster here (measured once, cached; training keeps fp32 weights and "
+                            "autocasts to bf16 where that is faster)")
 
 
 @dataclass(kw_only=True)

@@ -40,6 +40,7 @@ def git_revision() -> str | None:
 
 
 def provenance(command: str, config) -> dict:
+    from .engines.dtype_probe import decisions
     from .threads import configure_threads
 
     resolved = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
@@ -52,6 +53,7 @@ def provenance(command: str, config) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": configure_threads(),
+        "dtype_auto": decisions(),  # what `--dtype auto` measured and chose on CPU in this process
         "git_revision": git_revision(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -90,23 +90,18 @@ def convert_gguf(gguf: Path) -> Path:
     return target
 
 
-def cpu_has_fast_bf16() -> bool:
-    """AMX or AVX512-BF16 make bf16 matmuls several times faster than fp32 on CPU (DESIGN §5)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+def resolve_dtype(dtype: str, device: str, model_path: str | Path | None = None) -> torch.dtype:
+    """A dtype name as torch's; `auto` is bf16 on CUDA and, on CPU, whichever of fp32/bf16 a timed matmul of the
+    model's shapes found faster on this machine (`dtype_probe`)."""
     if dtype in DTYPES:
         return DTYPES[dtype]
     if dtype != "auto":
         raise UserError(f"unknown dtype '{dtype}' (auto | fp32 | bf16 | fp16)")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if cpu_has_fast_bf16() else torch.float32
+    from .dtype_probe import cpu_auto_dtype, linear_shape
+
+    return cpu_auto_dtype(linear_shape(model_path))
 
 
 def default_device() -> str:
@@ -135,7 +130,7 @@ def load_model(spec: str, dtype: str = "auto", adapter: str | None = None, devic
     device = device or default_device()
     path = resolve_model(spec)
     tokenizer = load_tokenizer(spec)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device, path))
     if adapter:
         if not (Path(adapter) / "adapter_config.json").is_file():
             raise UserError("not a PEFT adapter folder (no adapter_config.json)", adapter)

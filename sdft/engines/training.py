@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .models import cpu_has_fast_bf16, needs_bos
+from .models import needs_bos
 
 IGNORE_INDEX = -100
 
@@ -72,12 +72,18 @@ class TrainerSettings:
     bf16: bool | None  # None = auto
 
 
-def use_bf16(requested: bool | None) -> bool:
+def use_bf16(requested: bool | None, model=None) -> bool:
+    """bf16 autocast: as requested, else where CUDA supports it or this CPU measured it faster for the model's shapes."""
     if requested is not None:
         return requested
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    return cpu_has_fast_bf16()
+    from .dtype_probe import DEFAULT_SHAPE, cpu_auto_dtype
+
+    config = getattr(model, "config", None)
+    hidden = getattr(config, "hidden_size", None)
+    shape = (hidden, getattr(config, "intermediate_size", None) or 4 * hidden) if hidden else DEFAULT_SHAPE
+    return cpu_auto_dtype(shape) == torch.bfloat16
 
 
 def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings,
@@ -105,7 +111,7 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
         max_grad_norm=1.0,
         optim="adamw_torch",
         weight_decay=0.0,
-        bf16=use_bf16(settings.bf16),
+        bf16=use_bf16(settings.bf16, model),
         use_cpu=not torch.cuda.is_available(),
         train_sampling_strategy="group_by_length",
         length_column_name="length",

@@ -18,7 +18,7 @@ import numpy as np
 from ..benchmarks import Benchmark, Sample, get_benchmark
 from ..engines.generation import generate_rows, make_engine
 from ..engines.judge import VerdictCache
-from ..engines.models import default_device, load_model, resolve_dtype
+from ..engines.models import default_device, load_model, resolve_dtype, resolve_model
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json, write_jsonl
 from ..knowledge import evaluate_knowledge
@@ -113,7 +113,8 @@ def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: 
     samples = [samples[i] for i in seeded_indices(len(samples), config.limit, config.seed)]
     prompts = [render(bench.template, sample.fields, engine.tokenizer, config.prompt_mode) for sample in samples]
     decoding = config.decoding(cap=bench.max_new_tokens)
-    dtype = str(resolve_dtype(config.dtype, default_device())).removeprefix("torch.")  # what "auto" meant here
+    dtype = resolve_dtype(config.dtype, default_device(), resolve_model(config.model))  # what "auto" meant here
+    dtype = str(dtype).removeprefix("torch.")
     settings = {"max_new_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
                 "top_p": decoding.top_p, "prompt_mode": config.prompt_mode, "dtype": dtype}
     generations_path = out / f"{bench.name}.generations.jsonl"
