@@ -287,3 +287,23 @@ def test_positional_fields_parse():
 def test_report_positional_through_cli(commands):
     args = _namespace(commands, ["report", "runs/abc"])
     assert args.run_dir == "runs/abc"
+
+
+def test_help_imports_no_torch_and_answers_within_a_second():
+    """`sdft --help` and `sdft CMD --help` build the parser from the light option modules only; each page (the first
+    one including the package import) takes under a second."""
+    script = """
+import contextlib, io, sys, time
+start = time.perf_counter()
+from sdft.cli import _commands, main
+slowest = 0.0
+for argv in [["--help"]] + [[name, "--help"] for name in _commands()]:
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(argv)
+    slowest, start = max(slowest, time.perf_counter() - start), time.perf_counter()
+print(slowest, "torch" in sys.modules)
+"""
+    slowest, torch_loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                           check=True).stdout.split()
+    assert torch_loaded == "False", "building the CLI imported torch"
+    assert float(slowest) < 1.0, f"a help page took {slowest} s"

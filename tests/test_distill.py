@@ -42,7 +42,7 @@ def test_distill_writes_rows_and_stats(tmp_path, tiny_model_dir, gsm8k_file):
 
 def _distill_cli(out, model, data, extra=()):
     return [sys.executable, "-m", "sdft", "distill", "--model", model, "--dataset", str(data), "--out", str(out),
-            "--task", "generic", "--template", "distill_using", "--max-new-tokens", "48", "--batch-size", "1",
+            "--task", "generic", "--template", "distill_using", "--max-new-tokens", "48", "--decode-rows", "1",
             "--temperature", "0.9", "--seed", "7", *extra]
 
 

@@ -119,7 +119,7 @@ def test_score_predictions_judged_needs_and_uses_a_judge(tmp_path):
 
 
 def test_bad_requests_fail_before_loading_a_model(tmp_path):
-    with pytest.raises(UserError, match="unknown benchmark 'gsm9k'.*known: gsm8k"):
+    with pytest.raises(UserError, match="benchmarks: unknown value 'gsm9k' .known: gsm8k"):
         run_eval(EvalConfig(out=str(tmp_path), benchmarks=["gsm9k"], data_dir=str(DATA)))
     with pytest.raises(UserError, match="--judge-url"):
         run_eval(EvalConfig(out=str(tmp_path), benchmarks=["alpaca_eval"], data_dir=str(DATA)))

@@ -67,6 +67,26 @@ def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, lean):
         assert out[i].prompt_tokens == len(tokenizer(prompt).input_ids)
 
 
+def test_lean_qwen2_matches_generate(embedded_tokenizer):
+    """Qwen2 goes through the lean stepper too: Llama's layout plus Q/K/V biases (packed with their weights)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = embedded_tokenizer
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id)
+    model = Qwen2ForCausalLM(config).eval()
+    for attention in (layer.self_attn for layer in model.model.layers):  # random biases, so dropping one shows
+        for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
+            torch.nn.init.normal_(proj.bias, std=0.3)
+    assert LeanLlamaStepper.supports(model)
+    out = complete(model, tokenizer, PROMPTS, max_new_tokens=16, decode_rows=4)
+    for i, prompt in enumerate(PROMPTS):
+        assert out[i].text == tokenizer.decode(reference(model, tokenizer, prompt, 16), skip_special_tokens=True), prompt
+
+
 def test_refilled_slots_decode_each_row_as_it_would_alone(tiny):
     """Rows stopping at different steps free slots that waiting rows take over mid-decode; every row's completion
     is still the one it gets when run on its own."""

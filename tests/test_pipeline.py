@@ -82,3 +82,36 @@ def test_killed_run_resumes_without_redoing_finished_stages(experiment, monkeypa
     calls["train"].clear()
     run(RunConfig(experiment=str(experiment), dry_run=True))
     assert "to run" not in capsys.readouterr().out and not calls["train"]
+
+
+@pytest.mark.parametrize("change, key", [
+    ({"train": {"epochz": 2}}, "train.epochz"),
+    ({"distill": {"temperature": -1}}, "distill.temperature"),
+    ({"distill": {"top_p": 0}}, "distill.top_p"),
+    ({"eval": {"benchmarks": ["gsm9k"]}}, "eval.benchmarks"),
+    ({"eval": {"limit": "ten"}}, "eval.limit"),
+    ({"shift": {"benchmark": 3}}, "shift.benchmark"),
+    ({"seeds": [1, "two"]}, "seeds[1]"),
+    ({"methodz": ["sdft"]}, "methodz"),
+    ({"train": {"prompt_mode": "raw"}}, "train.prompt_mode"),
+    ({"distill": {"limit": 5}}, "distill.limit"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_dry_run_rejects_bad_keys_at_any_depth(experiment, capsys, change, key):
+    from sdft.cli import main
+
+    config = yaml.safe_load(experiment.read_text())
+    for name, value in change.items():
+        config[name] = {**config[name], **value} if isinstance(value, dict) else value
+    experiment.write_text(yaml.safe_dump(config))
+    assert main(["run", str(experiment), "--dry-run"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and str(experiment) in err and key in err, err
+
+
+def test_sections_inherit_the_top_level_options(experiment):
+    config = yaml.safe_load(experiment.read_text())
+    experiment.write_text(yaml.safe_dump({**config, "prompt_mode": "raw", "seed": 7, "dtype": "fp32"}))
+    exp = load_experiment(str(experiment))
+    for section in (exp.distill, exp.train, exp.eval):
+        assert (section.prompt_mode, section.seed, section.dtype, section.model) == ("raw", 7, "fp32", exp.model)
+    assert exp.seeds == [7]

@@ -1,0 +1,31 @@
+"""Batched generation behind one interface (`Engine`): the HF engine, a continuous-batching scheduler over a stepper
+(the lean Llama/Qwen2 forward, else the model's own HF forward in fixed batches), and the vLLM engine; plus resumable
+JSONL output. Both HF paths compute what `model.generate` computes (greedy fp32 outputs agree).
+
+interfaces.py  Engine and Stepper protocols, Completion      scheduler.py  HFEngine: slots, refills, sampling, stops
+lean_llama.py  LeanLlamaStepper, PackedLinear                hf_stepper.py HFStepper (any HF causal LM)
+vllm_engine.py VLLMEngine                                    output.py     generate_rows: resumable JSONL output
+"""
+
+from __future__ import annotations
+
+from ...options import EngineOptions
+from .hf_stepper import HFStepper
+from .interfaces import Completion, Engine, Stepper
+from .lean_llama import LeanLlamaStepper, PackedLinear
+from .output import generate_rows, prompt_hash
+from .scheduler import TOKEN_BUDGET, HFEngine, plan_batches, shared_prefixes
+from .vllm_engine import VLLMEngine, vllm_available
+
+__all__ = ["Completion", "Engine", "HFEngine", "HFStepper", "LeanLlamaStepper", "PackedLinear", "Stepper", "TOKEN_BUDGET",
+           "VLLMEngine", "generate_rows", "make_engine", "plan_batches", "prompt_hash", "shared_prefixes", "vllm_available"]
+
+
+def make_engine(model_spec: str, dtype: str, options: EngineOptions, adapter: str | None = None) -> Engine:
+    """The vLLM engine when asked for (or on 'auto' with vLLM + CUDA present), else the HF engine."""
+    from ..models import load_model, merged_model_path
+
+    if options.backend == "vllm" or (options.backend == "auto" and vllm_available()):
+        return VLLMEngine(merged_model_path(model_spec, adapter), dtype)
+    model, tokenizer = load_model(model_spec, dtype=dtype, adapter=adapter)
+    return HFEngine(model, tokenizer, options.decode_rows)

@@ -1,0 +1,229 @@
+"""The lean stepper for Llama-architecture models (Llama, and Qwen2 with its Q/K/V biases): pre-packed linears, an
+in-place KV cache per slot and matmul attention; the same arithmetic as HF's forward with less work per step."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+
+class PackedLinear:
+    """A frozen linear layer. On CPU its weight is reordered once into oneDNN's blocked layout and multiplied by
+    oneDNN directly: measured 15-50% faster than `F.linear` at decoding's row counts, bitwise equal in bf16."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        weight, self.bias = weight.detach(), None if bias is None else bias.detach()
+        self.packed = None
+        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
+                weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())):
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 64)
+        self.weight = weight if self.packed is None else None  # the packed copy replaces it
+
+    @classmethod
+    def of(cls, *linears: torch.nn.Linear) -> "PackedLinear":
+        """One linear computing `linears` side by side (their outputs concatenated), e.g. Q, K and V in one matmul."""
+        if len(linears) == 1:
+            return cls(linears[0].weight, linears[0].bias)
+        bias = None if linears[0].bias is None else torch.cat([linear.bias for linear in linears])
+        return cls(torch.cat([linear.weight for linear in linears]), bias)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
+@dataclass
+class _LayerWeights:
+    layer: torch.nn.Module  # norms, activation and attention scaling come from the model's own layer
+    qkv: PackedLinear
+    o: PackedLinear
+    gate_up: PackedLinear
+    down: PackedLinear
+
+
+class LeanLlamaStepper:
+    """A lean forward for Llama-architecture models over a fixed set of row slots, the same arithmetic as HF's with less
+    per-step work: Q/K/V and gate/up each run as one matmul, the KV cache is written in place, and decoding attends with
+    two plain matmuls per layer over a contiguous cache, each KV head's query heads folded into the query axis (on CPU,
+    SDPA's flash kernel and the copies a sliced cache forces cost several times more for one query per row).
+    Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode."""
+
+    MODEL_TYPES = ("llama", "qwen2")
+    GROWTH = 32  # cache columns added or dropped at a time
+    PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward
+    refills = True
+
+    @classmethod
+    def supports(cls, model) -> bool:
+        config = model.config
+        full_attention = all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
+        return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
+
+    def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = ()):
+        config = model.config
+        self.model = model
+        self.slots = slots
+        self.prefixes = list(prefixes)  # token prefixes many prompts share (a template's opening): prefilled once
+        self.prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.heads = config.num_attention_heads
+        self.kv_heads = config.num_key_value_heads
+        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.layers = [self._fused(layer) for layer in model.model.layers]
+        self.lm_head = PackedLinear.of(model.lm_head)
+        empty = (slots, self.kv_heads, 0, self.head_dim)  # per layer: (slots, kv_heads, cache columns, head_dim)
+        self.keys = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
+        self.values = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
+        self.lengths = torch.zeros(slots, dtype=torch.long, device=model.device)  # cache columns filled, per slot
+
+    @staticmethod
+    def _fused(layer) -> _LayerWeights:
+        """One layer's linears, Q/K/V and gate/up concatenated; rebuilt per stepper (a fraction of a step), never stale."""
+        attn, mlp = layer.self_attn, layer.mlp
+        return _LayerWeights(layer, PackedLinear.of(attn.q_proj, attn.k_proj, attn.v_proj), PackedLinear.of(attn.o_proj),
+                             PackedLinear.of(mlp.gate_proj, mlp.up_proj), PackedLinear.of(mlp.down_proj))
+
+    def _fit(self, width: int, keep: torch.Tensor | None = None) -> None:
+        """Resize the caches to hold `width` columns (in GROWTH steps, so this copy is rare), keeping only the `keep`
+        slots when given. Columns past a row's length are masked; zeros there, since NaN garbage leaks through 0 * NaN."""
+        allocated = self.keys[0].shape[2]
+        if keep is None and width <= allocated <= width + 2 * self.GROWTH:
+            return
+        new_width = -(-width // self.GROWTH) * self.GROWTH
+        kept = min(allocated, new_width)
+        for cache in (self.keys, self.values):
+            for i, old in enumerate(cache):
+                old = old if keep is None else old[keep]
+                cache[i] = old.new_zeros((old.shape[0], self.kv_heads, new_width, self.head_dim))
+                cache[i][:, :, :kept] = old[:, :, :kept]
+
+    def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
+        """Prefill new rows into free slots, a few at a time and past their shared prefix; their next-token logits."""
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for k, ids in enumerate(batch_ids):
+            by_prefix.setdefault(self._prefix_of(ids), []).append(k)
+        logits: list[torch.Tensor | None] = [None] * len(slots)
+        for prefix, rows in by_prefix.items():
+            start = 0
+            while start < len(rows):
+                # Rows come longest-first, so the first sets the chunk's padded width; past ~2k tokens a chunk's
+                # activations spill the caches and prefill slows down.
+                chunk = rows[start : start + max(1, self.PREFILL_TOKENS // (len(batch_ids[rows[start]]) - len(prefix)))]
+                out = self._prefill([slots[k] for k in chunk], [batch_ids[k] for k in chunk], prefix)
+                for k, row_logits in zip(chunk, out):
+                    logits[k] = row_logits
+                start += len(chunk)
+        return torch.stack(logits)
+
+    def _prefix_of(self, ids: list[int]) -> tuple[int, ...]:
+        """The longest shared prefix this row starts with, leaving it at least one token of its own (for its logits)."""
+        matches = [p for p in self.prefixes if len(p) < len(ids) and tuple(ids[: len(p)]) == p]
+        return max(matches, key=len, default=())
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each layer's K/V of a shared prefix, computed once."""
+        if prefix not in self.prefix_kv:
+            kv = []
+
+            def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+                kv.append((k, v))
+                return _prefill_attention(q, k, v, scale)
+
+            positions = torch.arange(len(prefix), device=self.lengths.device)[None]
+            self._forward(torch.tensor([prefix], device=self.lengths.device), positions, attend)
+            self.prefix_kv[prefix] = kv
+        return self.prefix_kv[prefix]
+
+    def _prefill(self, slots: list[int], batch_ids: list[list[int]], prefix: tuple[int, ...]) -> torch.Tensor:
+        """One forward over new rows' tokens past `prefix` (whose K/V is reused), right-padded, so each row's cache
+        starts at column 0."""
+        device, shared = self.lengths.device, len(prefix)
+        width = max(len(ids) for ids in batch_ids) - shared
+        input_ids = torch.tensor([ids[shared:] + [0] * (width + shared - len(ids)) for ids in batch_ids], device=device)
+        lengths = torch.tensor([len(ids) for ids in batch_ids], device=device)
+        index = torch.tensor(slots, device=device)
+        self.lengths[index] = 0
+        self._fit(max(shared + width, int(self.lengths.max())))
+        past = self._prefix_kv(prefix) if shared else None
+        columns = torch.arange(width, device=device)
+        # Every new token sees the whole prefix, then its own row causally; causal masking alone also hides the
+        # padding, which follows each row's real tokens.
+        mask = torch.cat([columns.new_ones((width, shared), dtype=torch.bool), columns[None, :] <= columns[:, None]], 1)
+
+        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            if past is not None:
+                k = torch.cat([past[layer_index][0].expand(len(slots), -1, -1, -1), k], dim=2)
+                v = torch.cat([past[layer_index][1].expand(len(slots), -1, -1, -1), v], dim=2)
+            self.keys[layer_index][index, :, : shared + width] = k
+            self.values[layer_index][index, :, : shared + width] = v
+            return _prefill_attention(q, k, v, scale, mask if shared else None)
+
+        hidden = self._forward(input_ids, (shared + columns).expand(len(slots), width), attend)
+        self.lengths[index] = lengths
+        return self._logits(hidden[torch.arange(len(slots), device=device), lengths - shared - 1])
+
+    def step(self, tokens: list[int | None]) -> torch.Tensor:
+        """Next-token logits for every slot, each token written at its slot's own length; idle slots (None) reset."""
+        device = self.lengths.device
+        active = torch.tensor([t is not None for t in tokens], device=device)
+        rows = torch.arange(self.slots, device=device)
+        self._fit(int(self.lengths.max()) + 1)
+        group, width = self.heads // self.kv_heads, self.keys[0].shape[2]
+        beyond = torch.arange(width, device=device)[None, :] > self.lengths[:, None]
+        bias = torch.zeros(beyond.shape, device=device).masked_fill_(beyond, float("-inf"))[:, None, None, :]
+
+        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            keys, values = self.keys[layer_index], self.values[layer_index]
+            keys[rows, :, self.lengths] = k[:, :, 0]
+            values[rows, :, self.lengths] = v[:, :, 0]
+            # Eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype.
+            # q (slots, heads, 1, head_dim) -> (slots, kv_heads, group, head_dim); keys/values (slots, kv_heads, width,
+            # head_dim); scores (slots, kv_heads, group, width)
+            folded = q.reshape(self.slots, self.kv_heads, group, self.head_dim)
+            scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
+            out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
+            return out.reshape(self.slots, 1, self.heads * self.head_dim)
+
+        tokens_in = torch.tensor([t or 0 for t in tokens], device=device)[:, None]
+        hidden = self._forward(tokens_in, self.lengths[:, None], attend)
+        self.lengths = torch.where(active, self.lengths + 1, 0)
+        return self._logits(hidden[:, -1])
+
+    def select(self, keep: list[int]) -> None:
+        index = torch.tensor(keep, device=self.lengths.device)
+        self.lengths, self.slots = self.lengths[index], len(keep)
+        self._fit(int(self.lengths.max()) + 1, index)
+
+    def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
+        """Hidden states of every input position; `attend` writes each layer's K/V to the cache and attends."""
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        rows, width = input_ids.shape  # input_ids, positions: (rows, width)
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        hidden = self.model.model.embed_tokens(input_ids)  # (rows, width, hidden)
+        # cos, sin: (rows, 1, width, head_dim), broadcast over heads
+        cos, sin = (t.unsqueeze(1) for t in self.model.model.rotary_emb(hidden, positions))
+        for layer_index, weights in enumerate(self.layers):
+            layer = weights.layer
+            qk, v = weights.qkv(layer.input_layernorm(hidden)).split([(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
+            qk = qk.view(rows, width, heads + kv_heads, head_dim).transpose(1, 2)  # (rows, heads + kv_heads, width, head_dim)
+            qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
+            v = v.view(rows, width, kv_heads, head_dim).transpose(1, 2)  # (rows, kv_heads, width, head_dim)
+            # attend: q (rows, heads, width, head_dim), k and v (rows, kv_heads, width, head_dim) -> (rows, width, hidden)
+            hidden = hidden + weights.o(attend(layer_index, qk[:, :heads], qk[:, heads:], v, layer.self_attn.scaling))
+            gate, up = weights.gate_up(layer.post_attention_layernorm(hidden)).chunk(2, dim=-1)  # each (rows, width, intermediate)
+            hidden = hidden + weights.down(layer.mlp.act_fn(gate) * up)
+        return hidden  # (rows, width, hidden)
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.model.model.norm(hidden))
+
+
+def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Grouped-query attention of many new positions, causal unless `mask` is given, as (rows, positions, hidden)."""
+    out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                                           enable_gqa=True)
+    return out.transpose(1, 2).flatten(2)

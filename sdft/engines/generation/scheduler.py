@@ -1,0 +1,184 @@
+"""The continuous-batching scheduler (`HFEngine`): rows are taken longest-first into a stepper's slots, each finished
+row's slot refilled at once with the next waiting prompt; sampling and stop/length bookkeeping per row.
+
+Sampling draws each row's noise from a generator seeded by (seed, prompt), so a row's sample does not depend on which
+other rows share its batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import torch
+
+from ...options import DecodingOptions, EngineOptions
+from ..models import needs_bos
+from .hf_stepper import HFStepper
+from .interfaces import Completion, Stepper
+from .lean_llama import LeanLlamaStepper
+
+TOKEN_BUDGET = 65536  # rows x (longest prompt + max_new_tokens) at most: bounds the KV cache
+
+
+def plan_batches(lengths: Sequence[int], rows: int, max_new_tokens: int, token_budget: int = TOKEN_BUDGET) -> list[list[int]]:
+    """Indices grouped longest-first so rows in a batch pad little, under the row and token limits."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[current[0]] if current else lengths[i]
+        if current and (len(current) >= rows or (len(current) + 1) * (longest + max_new_tokens) > token_budget):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def shared_prefixes(token_ids: Sequence[Sequence[int]], key: int = 16) -> set[tuple[int, ...]]:
+    """Prefixes worth prefilling once: among prompts opening with the same `key` tokens (one template's), the longest
+    prefix they all share."""
+    groups: dict[tuple[int, ...], list[Sequence[int]]] = {}
+    for ids in token_ids:
+        groups.setdefault(tuple(ids[:key]), []).append(ids)
+    prefixes = set()
+    for opening, rows in groups.items():
+        if len(rows) < 2 or len(opening) < key:
+            continue
+        shared, shortest = key, min(len(ids) for ids in rows)
+        while shared < shortest and len({ids[shared] for ids in rows}) == 1:
+            shared += 1
+        prefixes.add(tuple(rows[0][:shared]))
+    return prefixes
+
+
+class HFEngine:
+    """Generation with a plain HF causal LM under continuous batching: the model holds a fixed number of row slots,
+    each finished row's slot is refilled at once with the next waiting prompt, and rows are taken longest-first so rows
+    decoding side by side are of similar length. Models without the lean path fall back to fixed batches."""
+
+    def __init__(self, model, tokenizer, decode_rows: int = EngineOptions.decode_rows, token_budget: int = TOKEN_BUDGET):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.decode_rows = decode_rows  # more keeps CPU matmuls busier; the KV cache grows with it
+        self.token_budget = token_budget
+        self.tokenizer.padding_side = "left"
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if isinstance(eos, list) else [eos]
+        self.eos_ids = {i for i in [*eos, tokenizer.eos_token_id] if i is not None}
+
+    def encode(self, prompts: Sequence[str]) -> list[list[int]]:
+        add_special = not prompts or needs_bos(self.tokenizer, prompts[0])
+        return self.tokenizer(list(prompts), add_special_tokens=add_special)["input_ids"]
+
+    def torch_model(self):
+        """(model, tokenizer): the in-process model, for scorers that need its log-likelihoods."""
+        return self.model, self.tokenizer
+
+    def complete(self, prompts: Sequence[str], decoding: DecodingOptions, skip: Iterable[int] = ()
+                 ) -> Iterator[list[tuple[int, Completion]]]:
+        """Yield (prompt index, completion) pairs as rows finish; prompts in `skip` are not run."""
+        token_ids = self.encode(prompts)
+        skip = set(skip)
+        todo = [i for i in range(len(prompts)) if i not in skip]
+        if not todo:
+            return
+        lengths = [len(token_ids[i]) for i in todo]
+        if LeanLlamaStepper.supports(self.model):
+            order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
+            row_tokens = len(token_ids[order[0]]) + decoding.max_new_tokens  # cache columns a row may need at most
+            slots = max(1, min(self.decode_rows, self.token_budget // row_tokens, len(order)))
+            stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]))
+            yield from self._generate(stepper, order, token_ids, prompts, decoding)
+            return
+        for batch in plan_batches(lengths, self.decode_rows, decoding.max_new_tokens, self.token_budget):
+            yield from self._generate(HFStepper(self.model, self.tokenizer.pad_token_id, len(batch)),
+                                      [todo[k] for k in batch], token_ids, prompts, decoding)
+
+    @torch.inference_mode()
+    def _generate(self, stepper: Stepper, order: list[int], token_ids: list[list[int]], prompts: Sequence[str],
+                  decoding: DecodingOptions) -> Iterator[list[tuple[int, Completion]]]:
+        """Decode `order` through the stepper's slots, admitting waiting rows into free slots (when it refills)."""
+        sampled = decoding.temperature > 0
+        pending = deque(order)
+        held: list[_Row | None] = [None] * stepper.slots  # the row decoding in each slot
+        while pending or any(held):
+            free = [s for s, row in enumerate(held) if row is None]
+            if pending and free and (stepper.refills or len(free) == len(held)):
+                active = free[: len(pending)]
+                for s in active:
+                    i = pending.popleft()
+                    held[s] = _Row(i, len(token_ids[i]), _row_generator(decoding.seed, prompts[i]) if sampled else None)
+                logits = stepper.admit(active, [token_ids[held[s].index] for s in active])
+            else:
+                if not pending and len(free) >= max(1, len(held) // 8):
+                    # Drop finished slots once they are an eighth of the batch: the cache copy costs about a step.
+                    keep = [s for s, row in enumerate(held) if row is not None]
+                    stepper.select(keep)
+                    held = [held[s] for s in keep]
+                logits = stepper.step([row.tokens[-1] if row else None for row in held])
+                active = [s for s, row in enumerate(held) if row is not None]
+                logits = logits[torch.tensor(active, device=logits.device)] if len(active) < len(held) else logits
+            rows = [held[s] for s in active]
+            chosen = _choose(logits.float(), decoding, [row.generator for row in rows] if sampled else None)
+            finished = []
+            for s, row, token in zip(active, rows, chosen.tolist()):
+                reason = self._advance(row, token, decoding)
+                if reason:
+                    finished.append((row.index, self._finish(row.tokens, reason, row.prompt_tokens, decoding.stop)))
+                    held[s] = None
+            if finished:
+                yield finished
+
+    def _advance(self, row: _Row, token: int, decoding: DecodingOptions) -> str | None:
+        """Append the chosen token; the finish reason when the row is done."""
+        if token in self.eos_ids:
+            return "stop"
+        row.tokens.append(token)
+        if decoding.stop and self._hit_stop(row.tokens, decoding.stop):
+            return "stop"
+        return "length" if len(row.tokens) >= decoding.max_new_tokens else None
+
+    def _hit_stop(self, tokens: list[int], stops: list[str]) -> bool:
+        tail = self.tokenizer.decode(tokens[-16:], skip_special_tokens=True)
+        return any(s in tail for s in stops)
+
+    def _finish(self, tokens: list[int], reason: str, prompt_tokens: int, stops: list[str]) -> Completion:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        for stop in stops:
+            if stop in text:
+                text = text[: text.index(stop)]
+                reason = "stop"
+        return Completion(text=text, finish_reason=reason, n_tokens=len(tokens), prompt_tokens=prompt_tokens)
+
+
+def _row_generator(seed: int, prompt: str) -> torch.Generator:
+    return torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}|{prompt}".encode()).hexdigest()[:15], 16))
+
+
+def _choose(logits: torch.Tensor, decoding: DecodingOptions, generators: list[torch.Generator] | None) -> torch.Tensor:
+    if generators is None:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / decoding.temperature, dim=-1)
+    if decoding.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > decoding.top_p
+        sorted_probs[outside] = 0.0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    # Exponential-race sampling with per-row noise: argmax(p / E) samples from p.
+    noise = torch.stack([torch.empty(probs.shape[-1]).exponential_(generator=g) for g in generators]).to(probs.device)
+    return (probs / noise).argmax(-1)
+
+
+@dataclass
+class _Row:
+    """One prompt while it decodes: its index in the prompt list, prompt length, sampling noise and tokens so far."""
+
+    index: int
+    prompt_tokens: int
+    generator: torch.Generator | None
+    tokens: list[int] = field(default_factory=list)
