@@ -1,6 +1,6 @@
 """Task checks: is a rewrite (SDFT selection, Eq. 4) or a model answer (evaluation) correct for its task?
 
-These fix the reference code's known flaws (DESIGN.md §3): numbers are tokenised so "3 4" never becomes 34 and
+These fix the reference code's known flaws (docs/design.md §3): numbers are tokenised so "3 4" never becomes 34 and
 "The answer is N" wins over stray later numbers; function calls are compared by AST (as BFCL does) rather than by
 substring, so prose around the call fails and argument order or quote style does not matter; code must parse and,
 when tests exist, pass them in the sandbox.

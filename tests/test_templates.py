@@ -1,11 +1,11 @@
-"""The paper's templates (DESIGN §2) verbatim, raw layout of the reference code, and chat-template rendering."""
+"""The paper's templates (docs/design.md §2) verbatim, raw layout of the reference code, and chat-template rendering."""
 
 import pytest
 
 from sdft.errors import UserError
 from sdft.templates import TEMPLATES, Template, check_prompt_mode, get_template, render
 
-# DESIGN §2, copied verbatim (the "{answer}" in gsm8k_infer is literal text shown to the model).
+# docs/design.md §2, copied verbatim (the "{answer}" in gsm8k_infer is literal text shown to the model).
 ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 ALPACA_USER = "### Instruction:\n{instruction}\n\n### Response:\n"
 DISTILL_USING_SYSTEM = (

@@ -1,7 +1,7 @@
 """`--dtype auto` on CPU, decided by measurement: a matmul of the model's shapes timed in fp32 and bf16, once per machine.
 
 Whether bf16 pays on a CPU is not readable from its flags: on an AMD EPYC with AVX-512 BF16 it ran faster than fp32, on
-an Intel Xeon with the same flag at half the fp32 rate (DESIGN §5). So both are timed on the model's MLP projection at a
+an Intel Xeon with the same flag at half the fp32 rate (docs/design.md §5). So both are timed on the model's MLP projection at a
 decoding batch (64 rows) and a prefill chunk (512 rows), interleaved so a load spike hits both; bf16 is chosen only when
 it is at least `BF16_MARGIN` faster, since fp32 is the exact one. fp16 is never a candidate on CPU (slow, and activations
 overflow). The figures are cached in `cache/dtype_probe.json`, keyed by CPU model, torch version, threads and shapes
