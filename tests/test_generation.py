@@ -23,19 +23,22 @@ PROMPTS = [
 ]
 
 
+def tiny_model(config_class, model_class, tokenizer):
+    """A tiny random model with weights large enough that its next token depends on the whole context (at the usual
+    0.02 init it mostly repeats its last input token), so a wrong cache or mask changes the output."""
+    torch.manual_seed(0)
+    config = config_class(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, tie_word_embeddings=True,
+                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                          bos_token_id=tokenizer.bos_token_id)
+    return model_class(config).eval()
+
+
 @pytest.fixture(scope="module")
 def tiny(embedded_tokenizer):
-    """A tiny random Llama with weights large enough that its next token depends on the whole context (at the usual
-    0.02 init it mostly repeats its last input token), so a wrong cache or mask changes the output."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    tokenizer = embedded_tokenizer
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id)
-    return LlamaForCausalLM(config).eval(), tokenizer
+    return tiny_model(LlamaConfig, LlamaForCausalLM, embedded_tokenizer), embedded_tokenizer
 
 
 def reference(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
@@ -71,13 +74,8 @@ def test_lean_qwen2_matches_generate(embedded_tokenizer):
     """Qwen2 goes through the lean stepper too: Llama's layout plus Q/K/V biases (packed with their weights)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    torch.manual_seed(0)
     tokenizer = embedded_tokenizer
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id)
-    model = Qwen2ForCausalLM(config).eval()
+    model = tiny_model(Qwen2Config, Qwen2ForCausalLM, tokenizer)
     for attention in (layer.self_attn for layer in model.model.layers):  # random biases, so dropping one shows
         for proj in (attention.q_proj, attention.k_proj, attention.v_proj):
             torch.nn.init.normal_(proj.bias, std=0.3)
