@@ -55,10 +55,11 @@ def _record_provenance(command: str, config) -> None:
     """run.json beside a stage's outputs (the pipeline commands write their own)."""
     from pathlib import Path
 
+    from .distributed import is_main_process
     from .provenance import write_run_json
 
     out = getattr(config, "out", None)
-    if command in ("run", "report", "demo", "score") or not out:
+    if command in ("run", "report", "demo", "score") or not out or not is_main_process():
         return
     path = Path(out)
     if path.suffix:  # a file output: <name>.run.json beside it

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..distributed import world_size
 from .models import needs_bos
 
 IGNORE_INDEX = -100
@@ -95,7 +96,7 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
     from transformers.integrations import TensorBoardCallback
     from transformers.trainer_utils import get_last_checkpoint
 
-    world = max(1, torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1)
+    world = world_size()  # from the launcher's environment: the process group does not exist yet
     micro = min(settings.micro_batch_size, settings.batch_size)
     accumulation = max(1, math.ceil(settings.batch_size / (micro * world)))
     dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])

@@ -79,12 +79,13 @@ def train(config: TrainConfig) -> dict:
                                micro_batch_size=config.micro_batch_size, seed=config.seed, save_steps=config.save_steps,
                                logging_steps=config.logging_steps, bf16=config.bf16)
     trainer, result = train_model(model, tokenizer, examples, out, settings)
-    trainer.save_model(str(out))
-    tokenizer.save_pretrained(str(out))
-    if config.merge and config.finetune == "lora":
-        trainer.model.merge_and_unload().save_pretrained(str(out / "merged"))
-        tokenizer.save_pretrained(str(out / "merged"))
+    trainer.save_model(str(out))  # on every rank (sharded setups gather the weights); the main process writes
     distilled = sum(1 for row, target in pairs if row.get("accepted") and target == row.get("distilled"))
     metrics = {**result.metrics, "examples": len(examples), "distilled_targets": distilled, "template": template}
-    write_json(out / "train_metrics.json", metrics)
+    if trainer.is_world_process_zero():  # one writer for the rest under `accelerate launch`
+        tokenizer.save_pretrained(str(out))
+        if config.merge and config.finetune == "lora":
+            trainer.model.merge_and_unload().save_pretrained(str(out / "merged"))
+            tokenizer.save_pretrained(str(out / "merged"))
+        write_json(out / "train_metrics.json", metrics)
     return metrics
