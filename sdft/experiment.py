@@ -14,8 +14,9 @@ from pathlib import Path
 
 from .config import Options, at_least, build_config, each, field, load_yaml, within
 from .errors import UserError
+from .data import DATASETS
 from .options import (DataDirOption, DistillOptions, EvalOptions, ModelOptions, PromptModeOption,
-                      SeedOption, TrainOptions)
+                      SeedOption, TrainOptions, check_selection)
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 INHERITED = ("model", "dtype", "prompt_mode", "seed", "data_dir")
@@ -50,6 +51,11 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
         for section in SECTIONS:
             for name in INHERITED:
                 setattr(getattr(self, section), name, getattr(self, name))
+        if self.distill.selection:  # a registry dataset's task is known now; a file's once it is read
+            for dataset in self.datasets:
+                spec = DATASETS.get(dataset)
+                if spec or self.distill.task:
+                    check_selection(self.distill.task or spec.task, self.distill.selection, "distill.selection")
 
 
 def load_experiment(path_or_preset: str, **overrides) -> ExperimentConfig:

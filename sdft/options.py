@@ -14,15 +14,24 @@ import dataclasses
 from dataclasses import dataclass
 
 from .benchmarks import BENCHMARKS
-from .checks import CHECKS
+from .checks import CHECKS, SELECTION_RULES
 from .config import Options, at_least, field, within
+from .errors import UserError
 from .templates import PROMPT_MODES
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_MAX_NEW_TOKENS = 512
+SELECTION_RULES_NAMES = tuple(dict.fromkeys(name for rules in SELECTION_RULES.values() for name in rules))
+TRUNCATIONS = ("total", "split")
 # Everything that needs neither a judge nor the optional lm-eval; add alpaca_eval and the knowledge tasks by name.
 DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate"]
+
+
+def check_selection(task: str, selection: str, key: str = "selection") -> None:
+    """A rule the task has: `ast_*` exist for function calls only."""
+    if selection not in SELECTION_RULES[task]:
+        raise UserError(f"{key}: task '{task}' has no rule '{selection}' (known: {' | '.join(SELECTION_RULES[task])})")
 
 
 @dataclass(kw_only=True)
@@ -75,6 +84,8 @@ class DecodingOptions(SeedOption):
                                             "benchmark's own); distillation rejects rewrites cut at the cap")
     temperature: float = field(0.0, check=at_least(0), help="0 = greedy; the paper distilled at 0.95 with top_p 0.7")
     top_p: float = field(1.0, check=within(0, 1, low_open=True), help="nucleus sampling mass")
+    top_k: int = field(0, check=at_least(0), help="sample among the k likeliest tokens only (0: all); the reference "
+                                                  "sampled with LLaMA-Factory's top_k 50")
     stop: list[str] = field([], help="stop strings")
 
     def decoding(self, cap: int = DEFAULT_MAX_NEW_TOKENS) -> DecodingOptions:
@@ -106,6 +117,14 @@ class JudgeOptions(Options):
 @dataclass(kw_only=True)
 class DistillOptions(ModelOptions, PromptOptions, DataOptions, DecodingOptions, EngineOptions):
     task: str | None = field(None, choices=CHECKS, help="selection check (default: the dataset's, else generic)")
+    selection: str | None = field(None, choices=SELECTION_RULES_NAMES,
+                                  help="selection rule of the task (default: sdft's, the task's first; paper: the "
+                                       "reference's, e.g. OpenFunctions' call anywhere in the rewrite)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.task and self.selection:
+            check_selection(self.task, self.selection)
 
 
 @dataclass(kw_only=True)
@@ -122,10 +141,14 @@ class TrainOptions(ModelOptions, PromptOptions, DataOptions):
     batch_size: int = field(8, check=at_least(1), help="effective training batch (gradient accumulation makes it up)")
     micro_batch_size: int = field(8, check=at_least(1), help="per-device batch")
     max_length: int = field(1024, check=at_least(1), help="token cutoff per example")
+    truncation: str = field("total", choices=TRUNCATIONS,
+                            help="how max_length cuts a long example: total (prompt + target cut at the end) or split "
+                                 "(LLaMA-Factory's, as the reference trained: prompt and target each cut to a share of "
+                                 "max_length in proportion to their lengths)")
     finetune: str = field("lora", choices=("lora", "full"), help="LoRA adapter or full fine-tuning")
     lora_r: int = field(8, check=at_least(1), help="LoRA rank")
     lora_alpha: int = field(16, help="LoRA alpha")
-    lora_dropout: float = field(0.0, check=within(0, 1), help="LoRA dropout")
+    lora_dropout: float = field(0.0, check=within(0, 1), help="LoRA dropout (the reference: 0.1)")
     target_modules: list[str] = field(["q_proj", "v_proj"], help="LoRA target modules, or all-linear")
     merge: bool = field(False, help="also save the merged model under OUT/merged")
     bf16: bool | None = field(None, help="bf16 mixed precision (default: where the hardware is fast at it)")
@@ -151,6 +174,16 @@ class GenerateConfig(AdaptedModelOptions, PromptOptions, DecodingOptions, Engine
 class EvalOptions(ModelOptions, PromptModeOption, DataOptions, DecodingOptions, EngineOptions, JudgeOptions):
     benchmarks: list[str] = field(DEFAULT_BENCHMARKS, choices=BENCHMARKS, help="benchmarks to run")
     lm_eval_batch_size: int = field(32, check=at_least(1), help="lm-eval's batch for the knowledge tasks")
+    sampled: list[str] | None = field(None, choices=BENCHMARKS,
+                                      help="benchmarks decoded with temperature/top_p/top_k (default: all); the others "
+                                           "greedily, as the reference ran HumanEval while sampling the rest")
+
+    def benchmark_decoding(self, bench) -> DecodingOptions:
+        """The decoding of one benchmark: its length cap (unless max_new_tokens is set), its stop strings added to
+        ours, greedy unless it is sampled. Sampling is seeded per (seed, prompt), so a rerun or resume reproduces it."""
+        decoding = self.decoding(cap=bench.max_new_tokens)
+        greedy = {} if self.sampled is None or bench.name in self.sampled else {"temperature": 0.0}
+        return dataclasses.replace(decoding, stop=list(dict.fromkeys([*decoding.stop, *bench.stop])), **greedy)
 
 
 @dataclass(kw_only=True)

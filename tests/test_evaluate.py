@@ -218,3 +218,32 @@ def test_changed_settings_regenerate_and_results_merge(eval_run):
     assert all(row["n_tokens"] <= 4 for row in rows)
     with pytest.raises(UserError, match="use another --out"):
         run_eval(EvalConfig(**{**vars(config), "adapter": "some/adapter"}))
+
+
+def test_sampled_evaluation_is_seeded_and_stop_words_reach_the_engine(tmp_path, tiny_model_dir, monkeypatch):
+    """Benchmarks in `sampled` sample, seeded (a rerun reproduces them; other sampling settings regenerate them); the
+    others decode greedily; a benchmark's stop strings are passed to generation and recorded with the settings."""
+    from sdft.benchmarks import OCTOCODER_STOP
+
+    def run(out, top_k=20):
+        config = EvalConfig(out=str(out), model=tiny_model_dir, benchmarks=["multiarith", "humaneval_octocoder"], limit=2,
+                            max_new_tokens=8, data_dir=str(DATA), temperature=1.0, top_k=top_k, sampled=["multiarith"])
+        settings = {name: entry["generation"] for name, entry in run_eval(config)["benchmarks"].items()}
+        return settings, {name: read_jsonl(out / f"{name}.generations.jsonl") for name in settings}
+
+    settings, first = run(tmp_path / "a")
+    assert settings["multiarith"]["temperature"] == 1.0
+    assert (settings["multiarith"]["top_k"], settings["multiarith"]["seed"]) == (20, 42)
+    assert settings["humaneval_octocoder"]["temperature"] == 0.0
+    assert settings["humaneval_octocoder"]["stop"] == list(OCTOCODER_STOP)
+    assert run(tmp_path / "b")[1] == first
+    regenerated = []
+    original = HFEngine.complete
+
+    def counting(self, prompts, decoding, skip=()):
+        regenerated.append(len(prompts) - len(set(skip)))
+        yield from original(self, prompts, decoding, skip)
+
+    monkeypatch.setattr(HFEngine, "complete", counting)
+    settings, _ = run(tmp_path / "a", top_k=5)  # sampling changed: only the sampled benchmark regenerates
+    assert settings["multiarith"]["top_k"] == 5 and regenerated == [2, 0]

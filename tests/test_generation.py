@@ -150,6 +150,29 @@ def test_seeded_sampling_is_reproducible_and_independent_of_batch(tiny):
     assert any(other_seed[i].text != together[i].text for i in together)
 
 
+@pytest.mark.parametrize("lean", [True, False], ids=["lean", "hf-fallback"])
+def test_top_k_1_sampling_is_greedy_and_seeded_top_k_sampling_reproduces(tiny, monkeypatch, lean):
+    model, tokenizer = tiny
+    if not lean:
+        monkeypatch.setattr(LeanLlamaStepper, "supports", classmethod(lambda cls, m: False))
+    greedy = complete(model, tokenizer, PROMPTS, max_new_tokens=16, decode_rows=4)
+    top1 = complete(model, tokenizer, PROMPTS, max_new_tokens=16, decode_rows=4, temperature=2.0, top_k=1, seed=5)
+    assert {i: c.text for i, c in top1.items()} == {i: c.text for i, c in greedy.items()}
+    config = dict(max_new_tokens=16, temperature=1.0, top_p=0.9, top_k=20, seed=3)
+    sampled = complete(model, tokenizer, PROMPTS, decode_rows=4, **config)
+    assert complete(model, tokenizer, PROMPTS, decode_rows=3, **config) == sampled
+    assert any(sampled[i].text != greedy[i].text for i in sampled)
+
+
+def test_top_k_draws_only_among_the_k_likeliest():
+    from sdft.engines.generation.scheduler import _choose
+
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)).expand(400, 50)
+    generators = [torch.Generator().manual_seed(i) for i in range(400)]
+    drawn = _choose(logits, DecodingOptions(temperature=5.0, top_k=3), generators)
+    assert set(drawn.tolist()) == set(logits[0].topk(3).indices.tolist())
+
+
 def test_plan_batches_respects_limits():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(200)]

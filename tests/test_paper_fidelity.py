@@ -178,6 +178,37 @@ def test_paper_preset_dry_runs_and_its_data_is_local(preset, shared_data, tmp_pa
         assert load_dataset(name, str(shared_data), limit=5).source.startswith(str(shared_data))
 
 
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_paper_preset_samples_selects_and_trains_as_the_reference(preset):
+    """LLaMA-Factory's generating defaults (T 0.95, top_p 0.7, top_k 50) for distillation and the benchmarks its scripts
+    sampled; HumanEval greedy (bigcode harness --do_sample False); LoRA dropout 0.1 and the split cutoff; `paper` rule."""
+    from sdft.experiment import load_experiment
+
+    experiment = load_experiment(str(preset))
+    reference = (0.95, 0.7, 50)
+    assert (experiment.distill.temperature, experiment.distill.top_p, experiment.distill.top_k) == reference
+    assert experiment.distill.selection == "paper"
+    assert (experiment.train.lora_dropout, experiment.train.truncation) == (0.1, "split")
+    for name in experiment.eval.benchmarks:
+        bench = get_benchmark(name)
+        if bench.kind == "knowledge":
+            continue
+        decoding = experiment.eval.benchmark_decoding(bench)
+        sampled = (decoding.temperature, decoding.top_p, decoding.top_k) == reference
+        assert sampled == (name != "humaneval_octocoder"), name
+        assert set(bench.stop) <= set(decoding.stop)
+
+
+def test_selection_the_dataset_task_lacks_fails_on_load(tmp_path):
+    from sdft.errors import UserError
+    from sdft.experiment import load_experiment
+
+    path = tmp_path / "x.yaml"
+    path.write_text("datasets: [openfunctions, gsm8k]\ndistill:\n  selection: ast_contains\n")
+    with pytest.raises(UserError, match="distill.selection: task 'math' has no rule 'ast_contains'"):
+        load_experiment(str(path))
+
+
 def test_distill_reports_acceptance_under_every_rule():
     from sdft.stages.distill import distill_stats, select
 
@@ -200,3 +231,29 @@ def test_char_bleu_is_the_reference_character_level_bleu():
     assert char_bleu("same text", "same text") == pytest.approx(1.0)
     # characters a,b,c,d vs a,b,c,e: n-gram precisions 3/4, 2/3, 1/2 and 0/1, which method 3 smooths to 1/2 (1 / 2^1)
     assert char_bleu("abcd", "abce") == pytest.approx((3 / 4 * 2 / 3 * 1 / 2 * 1 / 2) ** 0.25)
+
+
+def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedded_tokenizer):
+    """`selection` picks the rule the targets come from (default: sdft's, the task's first); a rule the task lacks
+    is refused before anything loads."""
+    from types import SimpleNamespace
+
+    from sdft.errors import UserError
+    from sdft.options import DistillConfig
+    from sdft.stages import distill as stage
+
+    data = tmp_path / "calls.jsonl"
+    data.write_text(json.dumps({"instruction": "Call f.", "output": 'f(a=1, b="x")'}) + "\n")
+    rewrite = 'Here it is: f(a=1, b="x")\nIt sets a to 1.'  # Fig. 17's shape: the call, then an explanation
+    monkeypatch.setattr(stage, "make_engine", lambda *a, **k: SimpleNamespace(tokenizer=embedded_tokenizer))
+    monkeypatch.setattr(stage, "generate_rows", lambda engine, items, *a, **k: [
+        {"id": i, "prediction": rewrite, "finish_reason": "stop"} for i, _ in items])
+    for rule, accepted in [(None, 0), ("ast_contains", 1), ("paper", 1)]:
+        stats = stage.distill(DistillConfig(dataset=str(data), out=str(tmp_path / str(rule)), task="function_call",
+                                            selection=rule))
+        assert (stats["selection"], stats["accepted"]) == (rule or "ast_exact", accepted)
+        assert {name: v["accepted"] for name, v in stats["by_rule"].items()} == {"ast_exact": 0, "ast_contains": 1, "paper": 1}
+    with pytest.raises(UserError, match="task 'math' has no rule 'ast_contains'"):
+        DistillConfig(dataset=str(data), out=str(tmp_path), task="math", selection="ast_contains")
+    with pytest.raises(UserError, match="unknown value 'exact'"):
+        DistillConfig(dataset=str(data), out=str(tmp_path), selection="exact")

@@ -41,6 +41,30 @@ def test_loss_is_on_the_response_and_its_end_of_turn_token(embedded_tokenizer):
     assert len(cut.input_ids) == len(cut.labels) == 60
 
 
+def infer_max_len(source_len, target_len, cutoff_len, reserved_label_len=1):
+    """LLaMA-Factory's, verbatim in effect, from sail-sg/sdft `reproduce` src/llmtuner/data/preprocess.py."""
+    max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    max_target_len = max(max_target_len, reserved_label_len)
+    return cutoff_len - max_target_len, max_target_len
+
+
+@pytest.mark.parametrize("prompt_words,target_words", [(10, 10), (200, 30), (30, 200), (400, 1)])
+def test_split_truncation_budgets_prompt_and_target_as_the_reference(embedded_tokenizer, prompt_words, target_words):
+    prompt, target, cutoff = "a " * prompt_words, "b " * target_words, 64
+    prompt_ids = embedded_tokenizer(prompt)["input_ids"]
+    target_ids = embedded_tokenizer(target, add_special_tokens=False)["input_ids"] + [embedded_tokenizer.eos_token_id]
+    prompt_cap, target_cap = infer_max_len(len(prompt_ids), len(target_ids), cutoff)
+    expected = prompt_ids[:prompt_cap] + target_ids[:target_cap]
+    split = tokenize_example(embedded_tokenizer, prompt, target, cutoff, truncation="split")
+    assert split.input_ids == expected
+    assert split.labels == [IGNORE_INDEX] * len(prompt_ids[:prompt_cap]) + target_ids[:target_cap]
+    assert len(split.input_ids) <= cutoff
+    if len(prompt_ids) + len(target_ids) <= cutoff:  # what fits is the same under either rule
+        assert split == tokenize_example(embedded_tokenizer, prompt, target, cutoff)
+    else:
+        assert any(t != IGNORE_INDEX for t in split.labels)  # the target keeps a token, unlike a cut at the end
+
+
 def _distilled_file(tmp_path, n=6):
     path = tmp_path / "distilled.jsonl"
     rows = [{**r, "response": r["original"], "train_template": "alpaca"} for r in _rows(n)]

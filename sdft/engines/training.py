@@ -25,13 +25,27 @@ class TrainingExample:
     labels: list[int]
 
 
-def tokenize_example(tokenizer, prompt: str, target: str, max_length: int) -> TrainingExample:
-    """Prompt tokens are masked out of the loss; the target ends with the end-of-turn (EOS) token, which is trained."""
+def tokenize_example(tokenizer, prompt: str, target: str, max_length: int, truncation: str = "total") -> TrainingExample:
+    """Prompt tokens are masked out of the loss; the target ends with the end-of-turn (EOS) token, which is trained.
+    A long example is cut to `max_length` at its end (`total`) or, as the reference trained, prompt and target each
+    to their share of it (`split`, `split_cutoff`)."""
     prompt_ids = tokenizer(prompt, add_special_tokens=needs_bos(tokenizer, prompt))["input_ids"]
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    if truncation == "split":
+        prompt_cap, target_cap = split_cutoff(len(prompt_ids), len(target_ids), max_length)
+        prompt_ids, target_ids = prompt_ids[:prompt_cap], target_ids[:target_cap]
     input_ids = (prompt_ids + target_ids)[:max_length]
     labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
     return TrainingExample(input_ids, labels)
+
+
+def split_cutoff(prompt_len: int, target_len: int, max_length: int) -> tuple[int, int]:
+    """(prompt cap, target cap): LLaMA-Factory's `infer_max_len` as the reference ran it (sail-sg/sdft `reproduce`,
+    src/llmtuner/data/preprocess.py): the target gets max_length's share in proportion to its length, at least one
+    token (`reserved_label_len`), the prompt the rest. An example that fits is not cut. The float product is the
+    reference's, so the caps match it to the token."""
+    target_cap = max(int(max_length * (target_len / (prompt_len + target_len))), 1)
+    return max_length - target_cap, target_cap
 
 
 class ResponseCollator:

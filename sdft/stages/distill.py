@@ -6,7 +6,7 @@ Given a seed chat model f_θ and task data {(c_t, x_t, y_t)}:
    response y_t as a reference answer (the dataset's distillation template: `gsm8k_distill`, `distill_using`, ...).
 2. Select (Eq. 4):   keep ỹ only if it passes the task check — same final answer (math), same call by AST (function
    calling), parsing/passing code (code), no meta phrase (all); a rewrite cut at max_new_tokens is never kept. Otherwise
-   the original y_t stays.
+   the original y_t stays. `selection: paper` applies the reference's rules instead (`checks.SELECTION_RULES`).
 3. Fine-tune (Eq. 5) on the selected targets with the same settings as vanilla — `sdft.stages.train`.
 
 Output: `distilled.jsonl` (one row per example: id, prompt fields, original, distilled, accepted, reason, target) and
@@ -25,7 +25,7 @@ from ..data import load_dataset
 from ..engines.generation import generate_rows, make_engine
 from ..errors import UserError
 from ..jsonl import write_json, write_jsonl
-from ..options import DistillConfig
+from ..options import DistillConfig, check_selection
 from ..templates import get_template, render
 
 
@@ -44,6 +44,8 @@ def distill(config: DistillConfig) -> dict:
     data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
     spec = data.spec
     task = config.task or (spec.task if spec else "generic")
+    rule = config.selection or default_rule(task)
+    check_selection(task, rule)
     template = get_template(config.template or (spec.distill_template if spec else "distill_using"))
     if not data.examples:
         raise UserError("dataset has no rows", data.source)
@@ -56,7 +58,6 @@ def distill(config: DistillConfig) -> dict:
                                                            progress="distill")}
 
     train_template = spec.train_template if spec else "alpaca"
-    rule = default_rule(task)
     rows = []
     for example in data.examples:
         generated = generations[example["id"]]

@@ -1,10 +1,11 @@
-"""`sdft eval` and `sdft score`: run the forgetting benchmarks (DESIGN.md §4) on a model (+ adapter), or re-score saved
+"""`sdft eval` and `sdft score`: run the forgetting benchmarks (docs/design.md §4) on a model (+ adapter), or re-score saved
 predictions.
 
 Outputs in `out/`: `<benchmark>.generations.jsonl` (raw completions, resumable), `<benchmark>.jsonl` (scored rows: id,
 prompt, prediction, reference, score, finish_reason, extra metrics) and `results.json` (scores on 0–100 with bootstrap
 95% intervals), updated after every benchmark and merged with what an earlier run left, so adding a benchmark keeps
-the others. Decoding is greedy, so a rerun reproduces the same predictions and a killed run resumes where it stopped.
+the others. Decoding is greedy unless asked to sample (`temperature`, `sampled`); sampling is seeded per (seed,
+prompt), so either way a rerun reproduces the same predictions and a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -112,11 +113,16 @@ def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: 
     samples = bench.load(data_dir)
     samples = [samples[i] for i in seeded_indices(len(samples), config.limit, config.seed)]
     prompts = [render(bench.template, sample.fields, engine.tokenizer, config.prompt_mode) for sample in samples]
-    decoding = config.decoding(cap=bench.max_new_tokens)
+    decoding = config.benchmark_decoding(bench)
     dtype = resolve_dtype(config.dtype, default_device(), resolve_model(config.model))  # what "auto" meant here
     dtype = str(dtype).removeprefix("torch.")
     settings = {"max_new_tokens": decoding.max_new_tokens, "temperature": decoding.temperature,
                 "top_p": decoding.top_p, "prompt_mode": config.prompt_mode, "dtype": dtype}
+    # only where they change the output, so greedy generations of earlier versions are still resumed
+    if decoding.temperature > 0:
+        settings.update(top_k=decoding.top_k, seed=decoding.seed)
+    if decoding.stop:
+        settings["stop"] = decoding.stop
     generations_path = out / f"{bench.name}.generations.jsonl"
     _discard_if_settings_changed(generations_path, settings)
     items = [(sample.id, prompt) for sample, prompt in zip(samples, prompts)]

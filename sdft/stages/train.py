@@ -61,7 +61,8 @@ def train(config: TrainConfig) -> dict:
     if not pairs:
         raise UserError("no training rows", config.data)
     tokenizer = load_tokenizer(config.model)
-    examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target, config.max_length)
+    examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target, config.max_length,
+                                 config.truncation)
                 for row, target in pairs]
     # Trainable weights stay fp32 under "auto"; bf16 comes from autocast (config.bf16) where the hardware is fast at it.
     dtype = torch.float32 if config.dtype == "auto" else resolve_dtype(config.dtype, "cpu")

@@ -163,6 +163,9 @@ def _row_generator(seed: int, prompt: str) -> torch.Generator:
 def _choose(logits: torch.Tensor, decoding: DecodingOptions, generators: list[torch.Generator] | None) -> torch.Tensor:
     if generators is None:
         return logits.argmax(-1)
+    if decoding.top_k and decoding.top_k < logits.shape[-1]:  # before top_p, in transformers' order (as the reference)
+        kth = logits.topk(decoding.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     probs = torch.softmax(logits / decoding.temperature, dim=-1)
     if decoding.top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)

@@ -33,7 +33,9 @@ class VLLMEngine:
 
         todo = [i for i in range(len(prompts)) if i not in set(skip)]
         # each request seeded by (seed, prompt), as the HF engine's rows
-        params = [SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p if decoding.temperature > 0 else 1.0,
+        sampled = decoding.temperature > 0
+        params = [SamplingParams(temperature=decoding.temperature, top_p=decoding.top_p if sampled else 1.0,
+                                 top_k=decoding.top_k if sampled and decoding.top_k else -1,  # -1: vLLM's "all"
                                  max_tokens=decoding.max_new_tokens, stop=list(decoding.stop) or None,
                                  seed=int(prompt_hash(f"{decoding.seed}|{prompts[i]}"), 16) % (2**31)) for i in todo]
         for start in range(0, len(todo), 1024):  # chunks so a kill loses at most one chunk
