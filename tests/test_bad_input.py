@@ -182,6 +182,17 @@ def test_broken_model_path(case, workdir, capsys, monkeypatch, tmp_path_factory)
     assert not [p for p in cache.rglob("*") if p.is_file()], "a half-converted model was left in the cache"
 
 
+@pytest.mark.parametrize("benchmarks", ["gsm8k", "mmlu"])
+@pytest.mark.parametrize("flag", ["--model", "--adapter"])
+def test_eval_with_a_model_that_does_not_load_leaves_no_results(benchmarks, flag, workdir, capsys, shared_data):
+    """results.json claims an output directory for one model: it must not appear before that model has loaded."""
+    model = ["--model", NO_MODEL] if flag == "--model" else ["--model", "smollm2-135m-instruct", "--adapter", NO_MODEL]
+    if flag == "--adapter":
+        _embedded_gguf_head(4)  # skips where the embedded model is not installed
+    assert_user_error(["eval", *model, "--benchmarks", benchmarks, "--limit", "1", "--data-dir", str(shared_data),
+                       "--out", str(workdir / "out")], capsys, workdir, NO_MODEL)
+
+
 # ---- experiment YAML -----------------------------------------------------------------------------------------------
 
 BASE_EXPERIMENT = {"name": "x", "datasets": ["gsm8k"], "methods": ["vanilla", "sdft"], "train_size": 8}

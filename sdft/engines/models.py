@@ -127,13 +127,13 @@ def load_model(spec: str, dtype: str = "auto", adapter: str | None = None, devic
     """(model, tokenizer) ready for inference; a LoRA adapter folder is applied on top when given."""
     from transformers import AutoModelForCausalLM
 
+    if adapter and not (Path(adapter) / "adapter_config.json").is_file():  # before minutes of loading the base
+        raise UserError("not a PEFT adapter folder (no adapter_config.json)", adapter)
     device = device or default_device()
     path = resolve_model(spec)
     tokenizer = load_tokenizer(spec)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=resolve_dtype(dtype, device, path))
     if adapter:
-        if not (Path(adapter) / "adapter_config.json").is_file():
-            raise UserError("not a PEFT adapter folder (no adapter_config.json)", adapter)
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)

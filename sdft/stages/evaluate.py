@@ -44,13 +44,15 @@ def run_eval(config: EvalConfig) -> dict:
     generated = [b for b in benchmarks if b.kind != "knowledge"]
     knowledge = [b.name for b in benchmarks if b.kind == "knowledge"]
     engine = make_engine(config.model, config.dtype, config, config.adapter) if generated else None  # one for all
-    for bench in generated:
-        results["benchmarks"][bench.name] = _evaluate_generated(bench, engine, config, data_dir, out, judge)
-        write_json(out / RESULTS_FILE, results)
     if knowledge:
         # the engine's own torch model when it has one; vLLM's weights are out of lm-eval's reach
         loaded = engine.torch_model() if engine else None
         model, tokenizer = loaded or load_model(config.model, config.dtype, config.adapter)
+    write_json(out / RESULTS_FILE, results)  # only once the model loaded: a bad --model leaves no results behind
+    for bench in generated:
+        results["benchmarks"][bench.name] = _evaluate_generated(bench, engine, config, data_dir, out, judge)
+        write_json(out / RESULTS_FILE, results)
+    if knowledge:
         results["benchmarks"].update(evaluate_knowledge(model, tokenizer, knowledge, data_dir, out, config.limit,
                                                         config.seed, config.lm_eval_batch_size))
         write_json(out / RESULTS_FILE, results)
@@ -144,8 +146,8 @@ def _discard_if_settings_changed(generations_path: Path, settings: dict) -> None
 
 
 def _open_results(path: Path, config: EvalConfig, judge) -> dict:
-    """results.json to merge into; one output directory holds one model's results, so another model is refused
-    (its generations would otherwise be resumed as this model's)."""
+    """results.json to merge into (not written here); one output directory holds one model's results, so another
+    model is refused (its generations would otherwise be resumed as this model's)."""
     results = {"benchmarks": {}}
     if path.is_file():
         try:
@@ -158,7 +160,6 @@ def _open_results(path: Path, config: EvalConfig, judge) -> dict:
     results.update(model=config.model, adapter=config.adapter)
     if judge is not None:
         results["judge"] = judge.identity
-    write_json(path, results)
     return results
 
 
