@@ -173,6 +173,34 @@ def test_top_k_draws_only_among_the_k_likeliest():
     assert set(drawn.tolist()) == set(logits[0].topk(3).indices.tolist())
 
 
+def test_vllm_engine_passes_sampling_settings_per_request(monkeypatch):
+    """vLLM gets top_k (-1, its "all", when greedy or unset), top_p, stop strings and a per-(seed, prompt) seed."""
+    import sys
+    from types import ModuleType, SimpleNamespace
+
+    from sdft.engines.generation import VLLMEngine
+
+    vllm = ModuleType("vllm")
+    vllm.SamplingParams = lambda **settings: settings
+    monkeypatch.setitem(sys.modules, "vllm", vllm)
+    engine = object.__new__(VLLMEngine)  # no LLM: its generate echoes the settings each prompt was given
+    asked = []
+    engine.llm = SimpleNamespace(generate=lambda prompts, params, use_tqdm: asked.extend(params) or [
+        SimpleNamespace(outputs=[SimpleNamespace(text="x", finish_reason="stop", token_ids=[1])], prompt_token_ids=[1])
+        for _ in prompts])
+
+    def settings(**decoding):
+        asked.clear()
+        list(engine.complete(["a", "b"], DecodingOptions(max_new_tokens=8, stop=["\n#"], **decoding)))
+        return asked[:]
+
+    sampled = settings(temperature=0.95, top_p=0.7, top_k=50)
+    assert [(p["top_k"], p["top_p"], p["stop"]) for p in sampled] == [(50, 0.7, ["\n#"])] * 2
+    assert sampled[0]["seed"] != sampled[1]["seed"] and settings(temperature=0.95, top_p=0.7, top_k=50) == sampled
+    assert [(p["top_k"], p["top_p"]) for p in settings(temperature=0.0, top_p=0.7, top_k=50)] == [(-1, 1.0)] * 2
+    assert settings(temperature=1.0)[0]["top_k"] == -1
+
+
 def test_plan_batches_respects_limits():
     rng = random.Random(0)
     lengths = [rng.randint(1, 300) for _ in range(200)]
