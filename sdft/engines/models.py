@@ -86,8 +86,19 @@ def convert_gguf(gguf: Path) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+    _publish(tmp, target)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Rename a finished cache folder into place. Two processes may build the same one at once: if the other published
+    first (the rename fails on its non-empty folder), its copy is kept and ours discarded."""
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def resolve_dtype(dtype: str, device: str, model_path: str | Path | None = None) -> torch.dtype:
@@ -154,5 +165,5 @@ def merged_model_path(spec: str, adapter: str | None) -> str:
         tmp = target.with_name(target.name + f".tmp{os.getpid()}")
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, target)
+        _publish(tmp, target)
     return str(target)
