@@ -29,6 +29,8 @@ from .engines.sandbox import run_humaneval, run_python
 from .errors import UserError
 from .jsonl import read_jsonl
 from .knowledge import KNOWLEDGE_TASKS
+from .registry import check_references, registry
+from .templates import TEMPLATES
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function.\n\n```python\n{prompt}```"
 REFUSAL_KEYWORDS_FILE = "refusal_keywords/qi2024_refusal_keywords.json"
@@ -203,8 +205,8 @@ _ADVBENCH = dict(kind="generate", data_file="advbench/harmful_behaviors.jsonl", 
                  max_new_tokens=128, scorer=_safe_score)
 _MATH = dict(kind="generate", metric="accuracy", template="gsm8k_infer", max_new_tokens=512, scorer=_math_score)
 
-BENCHMARKS: dict[str, Benchmark] = {
-    b.name: b
+BENCHMARKS: dict[str, Benchmark] = registry("benchmark", (
+    (b.name, b)
     for b in [
         Benchmark("gsm8k", data_file="gsm8k/sdft_gsm8k_test.jsonl", build=_instruction_row("question", "answer"),
                   **_MATH),
@@ -228,7 +230,8 @@ BENCHMARKS: dict[str, Benchmark] = {
         *(Benchmark(name, kind="knowledge", data_file=task.data_file, metric=task.metric)
           for name, task in KNOWLEDGE_TASKS.items()),
     ]
-}
+))
+check_references("benchmark", BENCHMARKS, lambda bench: [bench.template], "template", TEMPLATES)
 
 
 def get_benchmark(name: str) -> Benchmark:

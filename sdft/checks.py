@@ -18,6 +18,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Callable
 
+from .registry import registry
+
 META_PHRASES = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
 
 
@@ -407,25 +409,25 @@ def _paper_rule(check: Check) -> Check:
 
 
 # Selection rules per task; the first is sdft's default, `paper` the reference's.
-SELECTION_RULES: dict[str, dict[str, Check]] = {
-    "math": {
+SELECTION_RULES: dict[str, dict[str, Check]] = registry("selection check", [
+    ("math", {
         "checked": _rejecting_meta(lambda p, ex: math_check(p, ex["reference"])),
         "paper": _paper_rule(lambda p, ex: paper_math_check(p, ex["reference"])),
-    },
-    "function_call": {
+    }),
+    ("function_call", {
         "ast_exact": _rejecting_meta(lambda p, ex: function_call_check(p, ex["reference"])),
         "ast_contains": _rejecting_meta(lambda p, ex: function_call_contains_check(p, ex["reference"])),
         "paper": _paper_rule(lambda p, ex: paper_call_check(p, ex["reference"])),
-    },
-    "code": {
+    }),
+    ("code", {
         "checked": _rejecting_meta(lambda p, ex: code_check(p, ex.get("tests"), ex.get("entry_point"))),
         "paper": _paper_rule(lambda p, ex: paper_code_check(p)),
-    },
-    "generic": {
+    }),
+    ("generic", {
         "checked": lambda p, ex: generic_check(p),
         "paper": _paper_rule(lambda p, ex: OK),
-    },
-}
+    }),
+])
 CHECKS: dict[str, Check] = {task: next(iter(rules.values())) for task, rules in SELECTION_RULES.items()}
 
 

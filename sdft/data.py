@@ -13,15 +13,18 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .checks import SELECTION_RULES
 from .errors import UserError
 from .jsonl import read_jsonl_lines, read_text
 from .paths import data_dir as default_data_dir
+from .registry import check_references, registry
+from .templates import TEMPLATES
 
 SUBSAMPLE_ABOVE = 10_000  # paper App. A: datasets over 10k rows -> a random 2000
 SUBSAMPLE_TO = 2000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
     """A registry entry: where the data is, how to read it, and how SDFT treats it."""
 
@@ -39,27 +42,38 @@ class DatasetSpec:
 
 
 _ALPACA_COLUMNS = {"instruction": "instruction", "input": "input", "response": "output"}
-DATASETS: dict[str, DatasetSpec] = {
-    spec.name: spec
+DATASETS: dict[str, DatasetSpec] = registry("dataset", (
+    (spec.name, spec)
     for spec in [
-        DatasetSpec("gsm8k", "gsm8k/sdft_gsm8k_train.jsonl", "openai/gsm8k", "math", "gsm8k", "gsm8k_distill", 5,
-                    {"instruction": "question", "response": "answer"}, hub_config="main"),
-        DatasetSpec("multiarith", "multiarith/sdft_multiarith_test.jsonl", "ChilleD/MultiArith", "math", "gsm8k",
-                    "gsm8k_distill", 5, {"instruction": "instruction", "response": "output"},
+        DatasetSpec(name="gsm8k", local_file="gsm8k/sdft_gsm8k_train.jsonl", hub_id="openai/gsm8k", task="math",
+                    train_template="gsm8k", distill_template="gsm8k_distill", epochs=5,
+                    columns={"instruction": "question", "response": "answer"}, hub_config="main"),
+        DatasetSpec(name="multiarith", local_file="multiarith/sdft_multiarith_test.jsonl",
+                    hub_id="ChilleD/MultiArith", task="math", train_template="gsm8k",
+                    distill_template="gsm8k_distill", epochs=5,
+                    columns={"instruction": "instruction", "response": "output"},
                     hub_columns={"instruction": "question", "response": "final_ans"}),
-        DatasetSpec("openfunctions", "openfunctions/sdft_openfunction_train.jsonl", "gorilla-llm/Berkeley-Function-Calling-Leaderboard",
-                    "function_call", "alpaca", "distill_refer", 5, _ALPACA_COLUMNS),
-        DatasetSpec("alpaca", "alpaca/sdft_alpaca_train.jsonl", "tatsu-lab/alpaca", "generic", "alpaca", "distill_using", 2,
-                    _ALPACA_COLUMNS),
+        DatasetSpec(name="openfunctions", local_file="openfunctions/sdft_openfunction_train.jsonl",
+                    hub_id="gorilla-llm/Berkeley-Function-Calling-Leaderboard", task="function_call",
+                    train_template="alpaca", distill_template="distill_refer", epochs=5, columns=_ALPACA_COLUMNS),
+        DatasetSpec(name="alpaca", local_file="alpaca/sdft_alpaca_train.jsonl", hub_id="tatsu-lab/alpaca",
+                    task="generic", train_template="alpaca", distill_template="distill_using", epochs=2,
+                    columns=_ALPACA_COLUMNS),
         # The SDFT file renames Dolly's context/response to input/output (sail-sg/sdft data/dolly/dolly_train.json).
-        DatasetSpec("dolly", "dolly/sdft_dolly_train.jsonl", "databricks/databricks-dolly-15k", "generic", "alpaca",
-                    "distill_using", 2, _ALPACA_COLUMNS,
+        DatasetSpec(name="dolly", local_file="dolly/sdft_dolly_train.jsonl", hub_id="databricks/databricks-dolly-15k",
+                    task="generic", train_template="alpaca", distill_template="distill_using", epochs=2,
+                    columns=_ALPACA_COLUMNS,
                     hub_columns={"instruction": "instruction", "input": "context", "response": "response"}),
-        DatasetSpec("lima", "lima/sdft_lima_train.jsonl", "GAIR/lima", "generic", "alpaca", "distill_using", 2, _ALPACA_COLUMNS),
-        DatasetSpec("magicoder", "magicoder/magicoder_train.jsonl", "ise-uiuc/Magicoder-OSS-Instruct-75K", "code", "alpaca",
-                    "distill_refer", 2, {"instruction": "problem", "response": "solution"}),
+        DatasetSpec(name="lima", local_file="lima/sdft_lima_train.jsonl", hub_id="GAIR/lima", task="generic",
+                    train_template="alpaca", distill_template="distill_using", epochs=2, columns=_ALPACA_COLUMNS),
+        DatasetSpec(name="magicoder", local_file="magicoder/magicoder_train.jsonl",
+                    hub_id="ise-uiuc/Magicoder-OSS-Instruct-75K", task="code", train_template="alpaca",
+                    distill_template="distill_refer", epochs=2,
+                    columns={"instruction": "problem", "response": "solution"}),
     ]
-}
+))
+check_references("dataset", DATASETS, lambda spec: [spec.task], "selection check", SELECTION_RULES)
+check_references("dataset", DATASETS, lambda spec: [spec.train_template, spec.distill_template], "template", TEMPLATES)
 
 
 @dataclass

@@ -27,6 +27,7 @@ import yaml
 
 from .data import seeded_indices
 from .errors import UserError
+from .registry import registry
 from .jsonl import read_jsonl, write_jsonl
 from .stats import bootstrap_ci
 
@@ -101,31 +102,31 @@ def _truthfulqa_doc(row: dict) -> dict:
             "mc2_targets": _targets(row["mc2_targets"])}
 
 
-KNOWLEDGE_TASKS: dict[str, KnowledgeTask] = {
-    "mmlu": KnowledgeTask(
+KNOWLEDGE_TASKS: dict[str, KnowledgeTask] = registry("knowledge task", [
+    ("mmlu", KnowledgeTask(
         "mmlu/mmlu_test.jsonl", "acc", "mmlu/default/_default_template_yaml", _mmlu_doc,
         reference=lambda row: "ABCD".index(row["answer"]),
         # lm-eval's per-subject description (mmlu/_generate_configs.py), rendered per document.
         overrides={"description": "The following are multiple choice questions (with answers) about "
-                                  "{{subject.split('_') | join(' ')}}.\n\n"}),
-    "arc_challenge": KnowledgeTask(
+                                  "{{subject.split('_') | join(' ')}}.\n\n"})),
+    ("arc_challenge", KnowledgeTask(
         "arc_challenge/arc_challenge_test_parsed.jsonl", "acc_norm", "arc/arc_challenge.yaml", _arc_doc,
-        reference=lambda row: row["answer_index"]),
-    "hellaswag": KnowledgeTask(
+        reference=lambda row: row["answer_index"])),
+    ("hellaswag", KnowledgeTask(
         "hellaswag/hellaswag_val.jsonl", "acc_norm", "hellaswag/hellaswag.yaml", _hellaswag_doc,
-        reference=lambda row: row["label"]),
-    "winogrande": KnowledgeTask(
+        reference=lambda row: row["label"])),
+    ("winogrande", KnowledgeTask(
         "winogrande/winogrande_dev_parsed.jsonl", "acc", "winogrande/default.yaml",
         lambda row: {key: row[key] for key in ("sentence", "option1", "option2", "answer")},
-        reference=lambda row: int(row["answer"]) - 1, prompt_field="sentence"),
+        reference=lambda row: int(row["answer"]) - 1, prompt_field="sentence")),
     # The reference reports lm-eval's `truthfulqa` group `acc`: the mean of MC1 and MC2 (the generation task has no acc).
-    "truthfulqa_mc1": KnowledgeTask(
+    ("truthfulqa_mc1", KnowledgeTask(
         "truthfulqa/mc_task.jsonl", "acc", "truthfulqa/truthfulqa_mc1.yaml", _truthfulqa_doc,
-        reference=lambda row: list(row["mc1_targets"].values()).index(1)),
-    "truthfulqa_mc2": KnowledgeTask(
+        reference=lambda row: list(row["mc1_targets"].values()).index(1))),
+    ("truthfulqa_mc2", KnowledgeTask(
         "truthfulqa/mc_task.jsonl", "mc2", "truthfulqa/truthfulqa_mc2.yaml", _truthfulqa_doc,
-        reference=lambda row: [i for i, label in enumerate(row["mc2_targets"].values()) if label]),
-}
+        reference=lambda row: [i for i, label in enumerate(row["mc2_targets"].values()) if label])),
+])
 
 
 @contextmanager

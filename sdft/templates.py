@@ -7,6 +7,7 @@ import string
 from dataclasses import dataclass
 
 from .errors import UserError
+from .registry import registry
 
 ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 DISTILL_SYSTEM = "Below are an instruction that describes a task along with a reference answer. "
@@ -43,8 +44,8 @@ class Template:
         return self.user.format_map({k: fields[k] for k in self.slots})
 
 
-TEMPLATES: dict[str, Template] = {
-    t.name: t
+TEMPLATES: dict[str, Template] = registry("template", (
+    (t.name, t)
     for t in [
         Template("alpaca", ALPACA_SYSTEM, INSTRUCTION_USER),
         Template("distill_using", DISTILL_SYSTEM + "Using the reference answer as a guide, write your own response.", DISTILL_USER),
@@ -70,7 +71,7 @@ TEMPLATES: dict[str, Template] = {
         # the instruction, then the function stub for the model to continue.
         Template("octocoder", "", "Question: {instruction}\n\nAnswer:\n{stub}", raw_style="completion"),
     ]
-}
+))
 
 
 def get_template(name_or_template: str | Template | dict) -> Template:
