@@ -1,4 +1,4 @@
-"""The evaluation benchmarks (DESIGN.md §4) as registry entries of data + prompt + scorer, as lm-eval declares tasks.
+"""The evaluation benchmarks (docs/design.md §4) as registry entries of data + prompt + scorer, as lm-eval declares tasks.
 
 Scoring is separate from generation so saved predictions can be re-scored (`sdft score`). Choices of our own:
 - HumanEval: the paper gives an instruction prompt but not its text; the function stub goes through the `alpaca`
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from . import ifeval
 from .checks import extract_python_code, function_call_check, math_check, paper_call_score
 from .engines.judge import judge_win
 from .engines.sandbox import run_humaneval, run_python
@@ -65,7 +66,10 @@ class Benchmark:
     stop: tuple[str, ...] = ()  # generation may stop at these strings; the scorer must not need what follows them
     build: RowBuilder | None = None
     scorer: Scorer | None = None
-    extras: Callable[[Sample, str], dict[str, float]] | None = None  # secondary per-sample metrics in [0, 1]
+    extras: Callable[[Sample, str], dict[str, float | list[bool]]] | None = None  # secondary per-sample metrics in
+    # [0, 1]; a list is pooled over all samples' entries (IFEval's instruction-level accuracy)
+    keep: Callable[[dict], bool] | None = None  # rows the benchmark scores; the others are counted as excluded
+    in_default_suite: bool = True  # run by `sdft eval` when no benchmarks are named (generative ones only)
 
     def load(self, data_dir: str | Path) -> list[Sample]:
         """All samples in data order; ids are the data's own `task_id` or `<name>-<row index>`, stable across runs."""
@@ -74,6 +78,8 @@ class Benchmark:
         path = Path(data_dir) / self.data_file
         samples = []
         for index, row in enumerate(read_jsonl(path)):
+            if self.keep is not None and not self.keep(row):
+                continue
             try:
                 fields, reference, extra = self.build(row, Path(data_dir))
             except KeyError as e:
@@ -84,7 +90,7 @@ class Benchmark:
     def score(self, sample: Sample, prediction: str, judge=None) -> float:
         return float(self.scorer(sample, prediction, judge))
 
-    def extra_metrics(self, sample: Sample, prediction: str) -> dict[str, float]:
+    def extra_metrics(self, sample: Sample, prediction: str) -> dict[str, float | list[bool]]:
         return self.extras(sample, prediction) if self.extras else {}
 
 
@@ -156,6 +162,12 @@ def gcg_suffix(data_dir: Path) -> str:
     return path.read_text(encoding="utf-8").splitlines()[0]
 
 
+def _ifeval_row(row: dict, data_dir: Path) -> tuple[dict, Any, dict]:
+    doc = {"key": row["key"], "prompt": row["prompt"], "instruction_id_list": row["instruction_id_list"],
+           "kwargs": row["kwargs"]}
+    return {"instruction": row["prompt"]}, row["instruction_id_list"], {"doc": doc}
+
+
 def _advbench_row(jailbreak: bool) -> RowBuilder:
     def build(row: dict, data_dir: Path) -> tuple[dict, Any, dict]:
         instruction = f"{row['goal']} {gcg_suffix(data_dir)}" if jailbreak else row["goal"]
@@ -193,6 +205,18 @@ def _safe_score(sample: Sample, prediction: str, judge) -> float:
     return any(keyword in prediction for keyword in sample.extra["refusal_keywords"])
 
 
+def _ifeval_score(sample: Sample, prediction: str, judge) -> float:
+    """Prompt-level strict accuracy: every instruction of the prompt followed, as lm-eval checks it."""
+    return ifeval.verdicts(sample.extra["doc"], prediction)["prompt_level_strict_acc"]
+
+
+def _ifeval_extras(sample: Sample, prediction: str) -> dict[str, float | list[bool]]:
+    found = ifeval.verdicts(sample.extra["doc"], prediction)
+    return {"prompt_level_loose_acc": float(found["prompt_level_loose_acc"]),
+            "inst_level_strict_acc": list(found["inst_level_strict_acc"]),
+            "inst_level_loose_acc": list(found["inst_level_loose_acc"])}
+
+
 def _win_score(sample: Sample, prediction: str, judge) -> float:
     """Win against the reference, judged in both orders; a judge unreadable in both orders counts as a tie."""
     win = judge_win(judge, sample.fields["instruction"], prediction, sample.reference)
@@ -224,6 +248,13 @@ BENCHMARKS: dict[str, Benchmark] = registry("benchmark", (
                   scorer=_humaneval_octocoder_score),
         Benchmark("advbench", build=_advbench_row(jailbreak=False), **_ADVBENCH),
         Benchmark("advbench_jailbreak", build=_advbench_row(jailbreak=True), **_ADVBENCH),
+        # The prompt as the user turn, no system prompt of ours (the model's chat template adds its default, as
+        # lm-eval's --apply_chat_template does); 256 new tokens instead of lm-eval's 1280 to fit a CPU budget. Not in
+        # the default suite: it needs lm-eval's IFEval extra.
+        Benchmark("ifeval", kind="generate", data_file=ifeval.DATA_FILE, metric="prompt_level_strict_acc",
+                  template="plain", max_new_tokens=256, build=_ifeval_row, scorer=_ifeval_score,
+                  extras=_ifeval_extras, keep=ifeval.scorable,
+                  in_default_suite=False),
         Benchmark("alpaca_eval", kind="judge", data_file="alpaca_eval/alpaca_eval.jsonl", metric="win_rate",
                   template="alpaca", max_new_tokens=512, build=_instruction_row("instruction", "output"),
                   scorer=_win_score),

@@ -25,7 +25,7 @@ DEFAULT_MAX_NEW_TOKENS = 512
 SELECTION_RULES_NAMES = tuple(dict.fromkeys(name for rules in SELECTION_RULES.values() for name in rules))
 TRUNCATIONS = ("total", "split")
 # Everything that needs neither a judge nor the optional lm-eval; add alpaca_eval and the knowledge tasks by name.
-DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate"]
+DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate" and bench.in_default_suite]
 
 
 def check_selection(task: str, selection: str, key: str = "selection") -> None:

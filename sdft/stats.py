@@ -78,3 +78,41 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], n_boot: int = 100
         "p_value": float(min(1.0, 2 * min(tail_low, tail_high))),
         "n": len(ids),
     }
+
+
+def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 4000, seed: int = 0,
+                             scale: float = 100.0) -> dict:
+    """Mean, 95% interval and two-sided p (against 0) of a score measured on seeds × items.
+
+    Each component is a (seeds, items) matrix of per-item values for one benchmark (for a difference, the paired
+    difference of two models on the same seed and item); the statistic is the mean over components of each
+    component's mean, so one component is a benchmark's score and several are a composite such as the forgetting
+    index. Each resample draws seeds with replacement (one draw shared by all components, as a seed is one training
+    run) and, independently per component, items with replacement: the interval covers both the variation between
+    training runs and the sampling of benchmark items. With one seed it is the ordinary item bootstrap.
+    `p_value` is read off the same distribution as in `paired_bootstrap`.
+    """
+    components = [np.asarray(c, dtype=float) for c in components]
+    if not components or any(c.ndim != 2 or c.size == 0 for c in components):
+        return {"mean": None, "ci95": [None, None], "p_value": None, "seeds": 0, "items": 0}
+    n_seeds = components[0].shape[0]
+    if any(c.shape[0] != n_seeds for c in components):
+        raise ValueError("every component needs the same seeds")
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _CHUNK_ELEMENTS // max(c.size for c in components))
+    boot = np.empty(n_boot)
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
+        total = np.zeros(size)
+        for c in components:
+            items = rng.integers(0, c.shape[1], size=(size, c.shape[1]))
+            total += c[seeds[:, :, None], items[:, None, :]].mean(axis=(1, 2))
+        boot[start:start + size] = total / len(components)
+    mean = float(np.mean([c.mean() for c in components]))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    tail_low = (1 + np.count_nonzero(boot <= 0)) / (1 + n_boot)
+    tail_high = (1 + np.count_nonzero(boot >= 0)) / (1 + n_boot)
+    return {"mean": scale * mean, "ci95": [scale * float(lo), scale * float(hi)],
+            "p_value": float(min(1.0, 2 * min(tail_low, tail_high))), "seeds": n_seeds,
+            "items": int(sum(c.shape[1] for c in components))}

@@ -59,3 +59,36 @@ def test_paired_uses_common_ids_only():
     out = paired_bootstrap(a, b, n_boot=500)
     assert out["n"] == 2 and out["diff"] == 50.0
     assert paired_bootstrap({"x": 1.0}, {"y": 1.0})["n"] == 0
+
+
+def test_seeds_by_items_bootstrap_one_seed_matches_item_bootstrap():
+    from sdft.stats import seeds_by_items_bootstrap
+
+    scores = np.array([_scores(400, 0.3)])
+    result = seeds_by_items_bootstrap([scores])
+    lo, hi = bootstrap_ci(scores[0])
+    assert result["mean"] == 100 * scores.mean()
+    assert abs(result["ci95"][0] - lo) < 1.5 and abs(result["ci95"][1] - hi) < 1.5
+    assert result["seeds"] == 1 and result["items"] == 400
+
+
+def test_seeds_by_items_bootstrap_widens_with_seed_variation():
+    """Seeds that disagree (a run-level offset) must widen the interval beyond what the items alone give."""
+    from sdft.stats import seeds_by_items_bootstrap
+
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 0.05, size=(1, 300))
+    agreeing = np.repeat(noise, 4, axis=0) + 0.1
+    disagreeing = agreeing + np.array([[-0.2], [0.2], [-0.1], [0.1]])
+    narrow, wide = seeds_by_items_bootstrap([agreeing], scale=1), seeds_by_items_bootstrap([disagreeing], scale=1)
+    assert narrow["ci95"][0] > 0 and narrow["p_value"] < 0.01
+    assert (wide["ci95"][1] - wide["ci95"][0]) > 5 * (narrow["ci95"][1] - narrow["ci95"][0])
+
+
+def test_seeds_by_items_bootstrap_composite_is_mean_of_component_means():
+    from sdft.stats import seeds_by_items_bootstrap
+
+    a, b = np.ones((2, 10)), np.zeros((2, 50))
+    result = seeds_by_items_bootstrap([a, b])
+    assert result["mean"] == 50.0 and result["ci95"] == [50.0, 50.0] and result["items"] == 60
+    assert seeds_by_items_bootstrap([])["mean"] is None
