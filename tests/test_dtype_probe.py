@@ -55,16 +55,22 @@ def test_measured_once_per_machine_then_cached(probe, tmp_path, monkeypatch):
     assert len(probe.calls) > measured and len(json.loads((tmp_path / "dtype_probe.json").read_text())) == 2
 
 
-def test_probe_uses_the_models_shapes_and_lands_in_run_json(probe, tiny_model_dir):
+def test_probe_uses_the_models_shapes_and_lands_in_run_json(probe, tmp_path):
     from sdft.provenance import provenance
 
-    resolve_dtype("auto", "cpu", tiny_model_dir)
-    assert {call[2:] for call in probe.calls} == {(32, 64)}  # the tiny model's hidden and intermediate sizes
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 256, "intermediate_size": 768}))
+    resolve_dtype("auto", "cpu", tmp_path)
+    assert {call[2:] for call in probe.calls} == {(256, 768)}  # the model's hidden and intermediate sizes
     assert {call[1] for call in probe.calls} == set(dtype_probe.ROWS)
     recorded = provenance("generate", {"dtype": "auto"})["dtype_auto"]
     (entry,) = recorded.values()
-    assert entry["chosen"] == "bf16" and entry["shape"]["hidden"] == 32
+    assert entry["chosen"] == "bf16" and entry["shape"]["hidden"] == 256
     assert entry["gflops"]["bf16"]["64"] == pytest.approx(2 * entry["gflops"]["fp32"]["64"])
+
+
+def test_a_tiny_model_gets_fp32_unmeasured(probe, tiny_model_dir):
+    assert resolve_dtype("auto", "cpu", tiny_model_dir) == torch.float32  # 32 x 64: per-call overhead, not arithmetic
+    assert probe.calls == []
 
 
 def test_explicit_dtype_and_cuda_skip_the_probe(probe, monkeypatch):

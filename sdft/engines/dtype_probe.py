@@ -4,7 +4,7 @@ Whether bf16 pays on a CPU is not readable from its flags: on an AMD EPYC with A
 an Intel Xeon with the same flag at half the fp32 rate (docs/design.md §5). So both are timed on the model's MLP projection at a
 decoding batch (64 rows) and a prefill chunk (512 rows), interleaved so a load spike hits both; bf16 is chosen only when
 it is at least `BF16_MARGIN` faster, since fp32 is the exact one. fp16 is never a candidate on CPU (slow, and activations
-overflow). The figures are cached in `cache/dtype_probe.json`, keyed by CPU model, torch version, threads and shapes
+overflow); a model too small for its matmuls to be more than call overhead (test models) gets fp32 unmeasured. The figures are cached in `cache/dtype_probe.json`, keyed by CPU model, torch version, threads and shapes
 (delete the file to measure again), and every decision of this process is recorded in run.json.
 """
 
@@ -23,6 +23,7 @@ from ..paths import cache_dir
 
 ROWS = (64, 512)  # a decoding step's batch and a prefill chunk
 BF16_MARGIN = 1.1
+MIN_FLOPS = 5e7  # below this a prefill chunk's matmul is per-call overhead, not arithmetic: fp32, unmeasured
 DEFAULT_SHAPE = (576, 1536)  # the embedded SmolLM2-135M: hidden, intermediate
 _decisions: dict[str, dict] = {}
 
@@ -93,6 +94,9 @@ def cpu_auto_dtype(shape: tuple[int, int] = DEFAULT_SHAPE) -> torch.dtype:
 
     A file lock makes processes started together (the ranks of `accelerate launch`) measure once and agree."""
     key = probe_key(shape)
+    if 2 * ROWS[-1] * shape[0] * shape[1] < MIN_FLOPS:
+        _decisions[key] = {"chosen": "fp32", "reason": "model too small for the dtype to matter"}
+        return torch.float32
     path = cache_dir() / "dtype_probe.json"
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
