@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sdft.engines.training import IGNORE_INDEX, tokenize_example
+from sdft.engines.training import IGNORE_INDEX, last_complete_checkpoint, tokenize_example
 from sdft.errors import UserError
 from sdft.options import TrainConfig
 from sdft.stages.train import mixed_targets, train
@@ -132,3 +132,14 @@ def test_response_only_logits_give_the_same_loss(tiny_model_dir, embedded_tokeni
                                                      padding_value=IGNORE_INDEX)
     with torch.no_grad():
         assert torch.allclose(model(**batch).loss, model(**full).loss, atol=1e-6)
+
+
+def test_resume_skips_a_checkpoint_killed_while_being_written(tmp_path):
+    """A kill during a save leaves checkpoint-N without trainer_state.json (written last); resuming from it fails."""
+    assert last_complete_checkpoint(tmp_path / "none") is None
+    for step, state in [(2, "{}"), (10, "{}"), (12, None), (13, '{"global_st')]:
+        (tmp_path / f"checkpoint-{step}").mkdir()
+        if state is not None:
+            (tmp_path / f"checkpoint-{step}/trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-10")  # by step number, not by name
+

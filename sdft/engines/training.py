@@ -7,6 +7,7 @@ length to waste little on padding; bf16 autocast where the hardware runs it fast
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +109,6 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
     from torch.utils.tensorboard import SummaryWriter
     from transformers import Trainer, TrainingArguments
     from transformers.integrations import TensorBoardCallback
-    from transformers.trainer_utils import get_last_checkpoint
 
     world = world_size()  # from the launcher's environment: the process group does not exist yet
     micro = min(settings.micro_batch_size, settings.batch_size)
@@ -146,6 +146,21 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
                       callbacks=[TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))])
     if before_train is not None:
         before_train(trainer)
-    last = get_last_checkpoint(args.output_dir) if Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
+    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(Path(args.output_dir)))
     return trainer, result
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint the Trainer finished writing. It writes trainer_state.json last, so a kill while saving
+    leaves a checkpoint without a readable one, which the Trainer would refuse to resume from: skip it (the step is
+    saved again on the way)."""
+    steps = []
+    for path in folder.glob("checkpoint-*"):
+        if not path.name.removeprefix("checkpoint-").isdigit():
+            continue
+        try:
+            json.loads((path / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        steps.append((int(path.name.removeprefix("checkpoint-")), str(path)))
+    return max(steps)[1] if steps else None
