@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import Options, at_least, build_config, each, field, load_yaml, within
+from .benchmarks import BENCHMARKS
 from .errors import UserError
 from .data import DATASETS
 from .options import (DataDirOption, DistillOptions, EvalOptions, ModelOptions, PromptModeOption,
@@ -30,6 +31,13 @@ class ShiftOptions(Options):
 
 
 @dataclass(kw_only=True)
+class RetentionOptions(Options):
+    prompts: int | None = field(None, check=at_least(1),
+                                help="how many general prompts (AlpacaEval's) the seed answers and every model scores (null: no retention analysis)")
+    max_new_tokens: int = field(128, check=at_least(1), help="length cap of the seed's answers")
+
+
+@dataclass(kw_only=True)
 class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption):
     name: str = field(help="experiment name")
     out: str = field(help="run directory")
@@ -44,6 +52,9 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     train: TrainOptions = field(TrainOptions, help="training options (`sdft train`)")
     eval: EvalOptions = field(EvalOptions, help="evaluation options (`sdft eval`: benchmarks, limit, judge...)")
     shift: ShiftOptions = field(ShiftOptions, help="distribution shift")
+    retention: RetentionOptions = field(RetentionOptions, help="retention of the seed's own answers (log-likelihood)")
+    target_benchmark: str | None = field(None, choices=BENCHMARKS,
+                                         help="the benchmark of the task trained for: the x axis of the learning-vs-forgetting plot (default: the benchmark named like the first dataset)")
 
     def __post_init__(self):
         super().__post_init__()

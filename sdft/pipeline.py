@@ -1,16 +1,22 @@
-"""Experiments: seed model + training sets + methods + eval suite -> cached stages -> report.
+"""Experiments: seed model + training sets + methods × seeds + eval suite -> cached stages -> summary -> report.
 
-Every stage (distill, train, eval, shift) lives in `RUN/stages/<kind>/<key>-<hash>`, where the hash covers the stage's
-config and the hashes of the stages it reads. A stage is done when its `done.json` exists, so a rerun after a kill, or
-after adding a method, runs only what is missing; a killed training resumes from its last checkpoint.
+Every stage (distill, train, eval, retention, shift) lives in `RUN/stages/<kind>/<key>-<hash>`, where the hash covers
+the stage's config and the hashes of the stages it reads. A stage is done when its `done.json` exists, so a rerun after
+a kill, or after adding a method or a seed, runs only what is missing; a killed training resumes from its last
+checkpoint. A stage's action receives its own directory and its inputs' directories by name, nothing else.
+
+Seeds: each seed in `seeds` is one training run per method (its own stages); the training rows, the distilled targets
+and the evaluation items are the same for every seed (all drawn with the experiment's `seed`), so models compare
+paired by item and seed. When a training set is distilled, vanilla trains on the distilled file's original targets
+(mix ratio 0), i.e. on exactly the rows SDFT trains on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -20,13 +26,15 @@ from .experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, l
 from .jsonl import read_jsonl, write_json
 from .locking import RunLock
 from .options import DistillConfig, EvalConfig, TrainConfig
-from .provenance import provenance, write_run_json
+from .provenance import write_run_json
 from .stages.distill import distill
 from .stages.evaluate import run_eval
 from .stages.train import train
 from .threads import configure_threads, describe
 
 MATCHED_CAPACITY = {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}
+# An action gets its stage directory and {input name: that input stage's directory}.
+Action = Callable[[Path, dict[str, Path]], dict]
 
 
 @dataclass
@@ -34,13 +42,13 @@ class Stage:
     kind: str
     key: str
     config: dict
-    deps: list["Stage"]
-    action: Callable[[Path], dict]
-    meta: dict = dataclasses.field(default_factory=dict)
+    inputs: dict[str, "Stage"]
+    action: Action
 
     @property
     def hash(self) -> str:
-        payload = json.dumps({"kind": self.kind, "config": self.config, "deps": [d.hash for d in self.deps]},
+        payload = json.dumps({"kind": self.kind, "config": self.config,
+                              "inputs": {name: stage.hash for name, stage in self.inputs.items()}},
                              sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
 
@@ -51,98 +59,184 @@ class Stage:
         return (self.directory(run_dir) / "done.json").is_file()
 
 
-def plan(exp: ExperimentConfig) -> list[Stage]:
-    """Stages in dependency order."""
+@dataclass
+class ModelRun:
+    """One evaluated model: the seed, or one training run of an arm (method × mix ratio × size × capacity) at a seed."""
+
+    key: str
+    arm: str
+    method: str  # seed | vanilla | mix | sdft
+    dataset: str | None
+    mix_ratio: float | None
+    train_size: int | None
+    capacity: str
+    seed: int | None
+    eval: Stage
+    train: Stage | None = None
+    retention: Stage | None = None
+    shift: Stage | None = None
+
+    def record(self, run_dir: Path) -> dict:
+        """What summary.json says of this model: its identity and where its outputs are."""
+        fields = {k: getattr(self, k) for k in ("key", "arm", "method", "dataset", "mix_ratio", "train_size",
+                                                "capacity", "seed")}
+        dirs = {f"{name}_dir": str(stage.directory(run_dir).relative_to(run_dir))
+                for name in ("eval", "train", "retention", "shift") if (stage := getattr(self, name)) is not None}
+        return fields | dirs
+
+
+@dataclass
+class Plan:
+    stages: list[Stage]  # in dependency order
+    models: list[ModelRun]
+
+
+def plan(exp: ExperimentConfig) -> Plan:
+    """Every stage of the experiment and the models it evaluates."""
     base_eval = section_values(exp.eval)
     stages: list[Stage] = []
-    seed_eval = _eval_stage("seed", base_eval, None)
-    stages.append(seed_eval)
-    models = [{"key": "seed", "method": "seed", "dataset": None, "mix_ratio": None, "train_size": None,
-               "capacity": "paper", "stage": seed_eval}]
+    answers = _answers_stage(exp) if exp.retention.prompts else None
+    if answers:
+        stages.append(answers)
+    seed_model = _model_run(exp, stages, answers, "seed", "seed", "seed", None, None, None, "paper", None, base_eval, None)
+    models = [seed_model]
     capacities = {"paper": {}} | ({"all-linear-r64": MATCHED_CAPACITY} if exp.matched_capacity else {})
+    several_seeds = len(exp.seeds) > 1
     for dataset in exp.datasets:
         name = Path(dataset).stem
         for size in [exp.train_size, *[s for s in exp.train_sizes if s != exp.train_size]]:
-            distill_stage = None
             variants = [(m, 1.0 if m == "sdft" else 0.0) for m in exp.methods]
             if size == exp.train_size:
                 variants += [("mix", float(r)) for r in exp.mix_ratios if 0.0 < float(r) < 1.0]
+            distill_stage = None
+            if any(ratio > 0 for _, ratio in variants):
+                distill_stage = _distill_stage(exp, dataset, name if size == exp.train_size else f"{name}-n{size}", size)
+                stages.append(distill_stage)
             for method, ratio in variants:
-                if ratio > 0 and distill_stage is None:
-                    distill_stage = _distill_stage(exp, dataset, name if size == exp.train_size else f"{name}-n{size}", size)
-                    stages.append(distill_stage)
                 for capacity, overrides in capacities.items():
                     if capacity != "paper" and (method == "mix" or size != exp.train_size):
                         continue
-                    key = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
+                    arm = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
                                                  f"n{size}" if size != exp.train_size else "",
                                                  capacity if capacity != "paper" else ""]))
-                    train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage if ratio > 0 else None)
-                    eval_stage = _eval_stage(key, base_eval, train_stage)
-                    stages += [train_stage, eval_stage]
-                    models.append({"key": key, "method": method, "dataset": name, "mix_ratio": ratio, "train_size": size,
-                                   "capacity": capacity, "stage": eval_stage})
-                    if exp.shift.benchmark:
-                        stages.append(_shift_stage(exp, key, seed_eval, eval_stage, train_stage))
-    stages[0].meta["models"] = models
-    return stages
+                    for seed in exp.seeds:
+                        key = f"{arm}-s{seed}" if several_seeds else arm
+                        train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed)
+                        stages.append(train_stage)
+                        models.append(_model_run(exp, stages, answers, key, arm, method, name, ratio, size, capacity,
+                                                 seed, base_eval, train_stage, seed_model))
+    return Plan(stages, models)
+
+
+def _model_run(exp, stages, answers, key, arm, method, dataset, ratio, size, capacity, seed, base_eval, train_stage,
+               seed_model: ModelRun | None = None) -> ModelRun:
+    """The eval stage of one model, with its retention and shift stages when the experiment asks for them."""
+    model = ModelRun(key, arm, method, dataset, ratio, size, capacity, seed, _eval_stage(key, base_eval, train_stage),
+                     train_stage)
+    stages.append(model.eval)
+    if answers:
+        model.retention = _retention_stage(exp, key, answers, train_stage)
+        stages.append(model.retention)
+    if seed_model and exp.shift.benchmark:
+        model.shift = _shift_stage(exp, key, seed_model.eval, model.eval, train_stage)
+        stages.append(model.shift)
+    return model
 
 
 def _distill_stage(exp: ExperimentConfig, dataset: str, key: str, size: int | None) -> Stage:
     config = {**section_values(exp.distill), "dataset": dataset, "limit": size}
-    return Stage("distill", key, config, [], lambda d: distill(DistillConfig(**config, out=str(d))))
+    return Stage("distill", key, config, {}, lambda directory, inputs: distill(DistillConfig(**config, out=str(directory))))
 
 
-def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage) -> Stage:
-    config = {**section_values(exp.train), **overrides, "limit": size, "mix_ratio": ratio if distill_stage else None}
-    deps = [distill_stage] if distill_stage else []
-    config["data"] = dataset if distill_stage is None else "<distilled>"
+def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed) -> Stage:
+    """Training at `seed` on the distilled file (its rows, any mix ratio incl. 0 = vanilla) or, when nothing was
+    distilled, on the dataset itself."""
+    config = {**section_values(exp.train), **overrides, "seed": seed}
+    if distill_stage is not None:
+        config.update(limit=None, mix_ratio=ratio)  # the distilled file is already the training subset
+        inputs = {"distilled": distill_stage}
+    else:
+        config.update(limit=size, mix_ratio=None, data=dataset)
+        inputs = {}
 
-    def action(directory: Path) -> dict:
-        data = str(distill_stage.directory(directory.parents[2]) / "distilled.jsonl") if distill_stage else dataset
+    def action(directory: Path, paths: dict[str, Path]) -> dict:
+        data = str(paths["distilled"] / "distilled.jsonl") if "distilled" in paths else dataset
         return train(TrainConfig(**{**config, "data": data}, out=str(directory)))
 
-    return Stage("train", key, config, deps, action)
+    return Stage("train", key, config, inputs, action)
+
+
+def _trained_model(trained: Path | None) -> dict:
+    """The model options that evaluate a training stage's output: an adapter on the seed, or a full fine-tune."""
+    if trained is None:
+        return {}
+    if (trained / "adapter_config.json").is_file():
+        return {"adapter": str(trained)}
+    return {"model": str(trained)}
 
 
 def _eval_stage(key: str, base_eval: dict, train_stage: Stage | None) -> Stage:
-    deps = [train_stage] if train_stage else []
+    def action(directory: Path, paths: dict[str, Path]) -> dict:
+        return run_eval(EvalConfig(**{**base_eval, **_trained_model(paths.get("trained"))}, out=str(directory)))
 
-    def action(directory: Path) -> dict:
-        if train_stage is None:
-            return run_eval(EvalConfig(**base_eval, out=str(directory)))
-        trained = train_stage.directory(directory.parents[2])
-        if (trained / "adapter_config.json").is_file():
-            return run_eval(EvalConfig(**base_eval, adapter=str(trained), out=str(directory)))
-        return run_eval(EvalConfig(**{**base_eval, "model": str(trained)}, out=str(directory)))  # full fine-tune
+    return Stage("eval", key, base_eval, {"trained": train_stage} if train_stage else {}, action)
 
-    return Stage("eval", key, base_eval, deps, action)
+
+def _answers_stage(exp: ExperimentConfig) -> Stage:
+    config = {"model": exp.model, "dtype": exp.dtype, "data_dir": exp.data_dir, "seed": exp.seed,
+              "prompts": exp.retention.prompts, "max_new_tokens": exp.retention.max_new_tokens}
+
+    def action(directory: Path, paths: dict[str, Path]) -> dict:
+        from .stages.evaluate import _data_dir
+        from .stages.retention import answer_prompts
+
+        return answer_prompts(exp.model, exp.dtype, _data_dir(exp.data_dir), exp.retention.prompts, exp.seed,
+                              exp.retention.max_new_tokens, directory)
+
+    return Stage("answers", "seed", config, {}, action)
+
+
+def _retention_stage(exp: ExperimentConfig, key: str, answers: Stage, train_stage: Stage | None) -> Stage:
+    config = {"model": exp.model, "dtype": exp.dtype}
+
+    def action(directory: Path, paths: dict[str, Path]) -> dict:
+        from .stages.retention import ANSWERS_FILE, score_retention
+
+        model = {"model": exp.model, "adapter": None} | _trained_model(paths.get("trained"))
+        return score_retention(model["model"], exp.dtype, model["adapter"], paths["answers"] / ANSWERS_FILE, directory)
+
+    inputs = {"answers": answers} | ({"trained": train_stage} if train_stage else {})
+    return Stage("retention", key, config, inputs, action)
 
 
 def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: Stage, train_stage: Stage) -> Stage:
     benchmark = exp.shift.benchmark
 
-    def action(directory: Path) -> dict:
+    def action(directory: Path, paths: dict[str, Path]) -> dict:
         from .stages.shift import parameter_shift_of_adapter, text_shift
 
-        run_dir = directory.parents[2]
-        seed_rows = {r["id"]: r["prediction"] for r in read_jsonl(seed_eval.directory(run_dir) / f"{benchmark}.jsonl")}
-        tuned_rows = {r["id"]: r["prediction"] for r in read_jsonl(tuned_eval.directory(run_dir) / f"{benchmark}.jsonl")}
+        seed_rows = {r["id"]: r["prediction"] for r in read_jsonl(paths["seed_eval"] / f"{benchmark}.jsonl")}
+        tuned_rows = {r["id"]: r["prediction"] for r in read_jsonl(paths["tuned_eval"] / f"{benchmark}.jsonl")}
         ids = [i for i in seed_rows if i in tuned_rows]
         result = text_shift([seed_rows[i] for i in ids], [tuned_rows[i] for i in ids])
-        result.update(parameter_shift_of_adapter(exp.model, str(train_stage.directory(run_dir))))
+        result.update(parameter_shift_of_adapter(exp.model, str(paths["trained"])))
         write_json(directory / "shift.json", result)
         return result
 
-    return Stage("shift", key, {"benchmark": benchmark}, [seed_eval, tuned_eval, train_stage], action)
+    inputs = {"seed_eval": seed_eval, "tuned_eval": tuned_eval, "trained": train_stage}
+    return Stage("shift", key, {"benchmark": benchmark}, inputs, action)
 
 
-def execute(exp: ExperimentConfig, stages: list[Stage], progress: Callable[[str], None] = print) -> Path:
+def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], None] = print) -> Path:
+    """Run every stage not yet done (recording its wall time), then write summary.json."""
+    from .summary import write_summary
+
     run_dir = Path(exp.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)  # a second `sdft run` on this directory refuses here; released when this returns or dies
     progress(describe(configure_threads()))
     write_run_json(run_dir, "run", exp)
+    stages = the_plan.stages
     for number, stage in enumerate(stages, 1):
         directory = stage.directory(run_dir)
         if stage.done(run_dir):
@@ -150,41 +244,29 @@ def execute(exp: ExperimentConfig, stages: list[Stage], progress: Callable[[str]
             continue
         progress(f"[{number}/{len(stages)}] {stage.kind} {stage.key} ...")
         directory.mkdir(parents=True, exist_ok=True)
-        result = stage.action(directory)
+        started = time.perf_counter()
+        result = stage.action(directory, {name: dep.directory(run_dir) for name, dep in stage.inputs.items()})
         write_json(directory / "done.json", {"stage": stage.kind, "key": stage.key, "hash": stage.hash,
-                                             "config": stage.config, "result": result})
-    write_summary(exp, stages, run_dir)
+                                             "config": stage.config, "seconds": time.perf_counter() - started,
+                                             "result": result})
+    write_summary(exp, the_plan, run_dir)
     lock.release()
     return run_dir
-
-
-def write_summary(exp: ExperimentConfig, stages: list[Stage], run_dir: Path) -> dict:
-    """summary.json: what the report reads (models, their eval dirs, distillation stats, shift)."""
-    models = [{k: v for k, v in m.items() if k != "stage"} | {"eval_dir": str(m["stage"].directory(run_dir).relative_to(run_dir))}
-              for m in stages[0].meta["models"]]
-    distill_stats = {s.key: json.loads((s.directory(run_dir) / "distill_stats.json").read_text())
-                     for s in stages if s.kind == "distill"}
-    shift = {s.key: json.loads((s.directory(run_dir) / "shift.json").read_text()) for s in stages if s.kind == "shift"}
-    summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
-               "benchmarks": list(exp.eval.benchmarks), "default_train_size": exp.train_size,
-               "models": models, "distill": distill_stats, "shift": shift}
-    write_json(run_dir / "summary.json", summary)
-    return summary
 
 
 def run(config: RunConfig) -> dict:
     from .stages.report import render_report
 
     exp = load_experiment(config.experiment, out=config.out)
-    stages = plan(exp)
+    the_plan = plan(exp)
     if config.dry_run:
         run_dir = Path(exp.out)
-        for stage in stages:
+        for stage in the_plan.stages:
             state = "cached" if stage.done(run_dir) else "to run"
-            deps = ", ".join(f"{d.kind}:{d.key}" for d in stage.deps) or "-"
+            deps = ", ".join(f"{d.kind}:{d.key}" for d in stage.inputs.values()) or "-"
             print(f"{stage.kind:8} {stage.key:40} {stage.hash}  {state:7} <- {deps}")
-        return {"stages": len(stages)}
-    run_dir = execute(exp, stages)
+        return {"stages": len(the_plan.stages)}
+    run_dir = execute(exp, the_plan)
     md, html = render_report(run_dir)
     print(f"report: {md}\n        {html}")
     return {"run_dir": str(run_dir), "report": str(md)}
@@ -206,10 +288,9 @@ def demo(config: DemoConfig) -> dict:
         shutil.rmtree(config.out, ignore_errors=True)
     exp = load_experiment("demo", out=config.out, model=config.model, dtype=config.dtype)
     run_dir = execute(exp, plan(exp))
-    from .stages.report import render_report
+    from .stages.report import render_headline, render_report
 
     md, _ = render_report(run_dir)
-    text = Path(md).read_text(encoding="utf-8")
-    print(text.split("\n## Sweeps")[0].split("\n## Provenance")[0])  # scores, SDFT - vanilla, distillation
+    print(render_headline(run_dir))
     print(f"full report: {md}")
     return {"run_dir": str(run_dir)}

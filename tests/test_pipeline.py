@@ -27,21 +27,46 @@ def experiment(tmp_path, tiny_model_dir, gsm8k_file):
     return path
 
 
-def test_plan_lists_each_stage_once_with_dependencies(experiment):
-    stages = plan(load_experiment(str(experiment)))
-    kinds = [s.kind for s in stages]
+def test_plan_lists_each_stage_once_with_its_inputs(experiment):
+    the_plan = plan(load_experiment(str(experiment)))
+    kinds = [s.kind for s in the_plan.stages]
     assert kinds.count("distill") == 1 and kinds.count("train") == 3 and kinds.count("eval") == 4 and kinds.count("shift") == 3
-    vanilla = next(s for s in stages if s.kind == "train" and s.key.endswith("vanilla"))
-    assert vanilla.deps == [], "vanilla does not wait for distillation"
-    sdft_train = next(s for s in stages if s.kind == "train" and s.key.endswith("sdft"))
-    assert [d.kind for d in sdft_train.deps] == ["distill"]
-    assert len({s.hash for s in stages}) == len(stages)
+    distill = next(s for s in the_plan.stages if s.kind == "distill")
+    for method, ratio in (("vanilla", 0.0), ("sdft", 1.0), ("mix0.5", 0.5)):
+        stage = next(s for s in the_plan.stages if s.kind == "train" and s.key.endswith(method))
+        # vanilla trains on the distilled file's originals: exactly SDFT's rows
+        assert stage.inputs == {"distilled": distill} and stage.config["mix_ratio"] == ratio
+    assert len({s.hash for s in the_plan.stages}) == len(the_plan.stages)
+    assert [m.key for m in the_plan.models] == ["seed", "gsm8k_small-vanilla", "gsm8k_small-sdft", "gsm8k_small-mix0.5"]
+    ordered = the_plan.stages
+    for stage in ordered:  # dependency order: every input comes earlier
+        assert all(ordered.index(dep) < ordered.index(stage) for dep in stage.inputs.values())
+
+
+def test_a_stage_hash_follows_its_inputs(experiment):
+    exp = load_experiment(str(experiment))
+    before = {s.key: s.hash for s in plan(exp).stages if s.kind in ("train", "eval")}
+    exp.distill.max_new_tokens = 5
+    after = {s.key: s.hash for s in plan(exp).stages if s.kind in ("train", "eval")}
+    assert all(before[k] != after[k] for k in before if k != "seed") and before["seed"] == after["seed"]
+
+
+def test_seeds_repeat_each_training_run_on_the_same_data(experiment):
+    exp = load_experiment(str(experiment))
+    exp.seeds = [1, 2, 3]
+    the_plan = plan(exp)
+    trains = [s for s in the_plan.stages if s.kind == "train"]
+    assert len(trains) == 9 and {s.config["seed"] for s in trains} == {1, 2, 3}
+    assert len([s for s in the_plan.stages if s.kind == "distill"]) == 1, "one distilled set for every seed"
+    evals = [s for s in the_plan.stages if s.kind == "eval"]
+    assert len(evals) == 10 and len({json.dumps(s.config, sort_keys=True) for s in evals}) == 1, "same items for all"
+    assert {m.arm for m in the_plan.models if m.seed == 2} == {"gsm8k_small-vanilla", "gsm8k_small-sdft", "gsm8k_small-mix0.5"}
 
 
 def test_matched_capacity_adds_all_linear_r64_runs(experiment):
     exp = load_experiment(str(experiment))
     exp.matched_capacity = True
-    wide = [s for s in plan(exp) if s.kind == "train" and s.key.endswith("all-linear-r64")]
+    wide = [s for s in plan(exp).stages if s.kind == "train" and s.key.endswith("all-linear-r64")]
     assert len(wide) == 2 and all(s.config["lora_r"] == 64 and s.config["target_modules"] == ["all-linear"] for s in wide)
 
 
@@ -74,7 +99,8 @@ def test_killed_run_resumes_without_redoing_finished_stages(experiment, monkeypa
     run_dir = load_experiment(str(experiment)).out
     summary = json.loads(open(f"{run_dir}/summary.json").read())
     assert {m["method"] for m in summary["models"]} == {"seed", "vanilla", "sdft", "mix"}
-    assert set(summary["shift"]) == {m["key"] for m in summary["models"] if m["method"] != "seed"}
+    assert all("shift" in a for a in summary["arms"] if a["method"] != "seed")
+    assert {c["arm"] for c in summary["comparisons"]} == {"gsm8k_small-sdft", "gsm8k_small-mix0.5"}
     report = open(f"{run_dir}/report.md").read()
     assert "gsm8k" in report and "advbench" in report
     assert json.loads(open(f"{run_dir}/run.json").read())["config"]["name"] == "tiny"

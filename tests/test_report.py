@@ -1,76 +1,88 @@
+"""summary.json holds every number of the report (computed by sdft.summary); the report renders it alone."""
+
 import json
 import re
+import shutil
 
+import numpy as np
 import pytest
 
 from sdft.jsonl import write_json, write_jsonl
 from sdft.stages.report import render_report
-from sdft.stats import paired_bootstrap, summarize
+from sdft.stats import seeds_by_items_bootstrap, summarize
+from sdft.summary import summarize_runs
 
 N = 40
-BENCHMARKS = ["gsm8k", "advbench"]
-# Number of the 40 items each model gets right, per benchmark (items 0..k-1 correct).
+BENCHMARKS = ["gsm8k", "advbench", "hellaswag", "arc_challenge", "winogrande"]
+# Number of the 40 items each run gets right, per benchmark (items 0..k-1 correct): gsm8k, advbench, then the
+# three knowledge tasks of the forgetting index.
 CORRECT = {
-    "seed": {"gsm8k": 20, "advbench": 36},
-    "gsm8k-vanilla": {"gsm8k": 24, "advbench": 28},
-    "gsm8k-sdft": {"gsm8k": 22, "advbench": 34},
-    "gsm8k-mix0.5": {"gsm8k": 23, "advbench": 31},
-    "gsm8k-vanilla-n20": {"gsm8k": 21, "advbench": 30},
-    "gsm8k-sdft-n20": {"gsm8k": 21, "advbench": 35},
-    "gsm8k-vanilla-allr64": {"gsm8k": 30, "advbench": 20},
+    "seed": (20, 36, 30, 20, 24),
+    "gsm8k-vanilla-s1": (24, 28, 26, 18, 22),
+    "gsm8k-vanilla-s2": (26, 30, 28, 18, 22),
+    "gsm8k-sdft-s1": (22, 34, 30, 20, 24),
+    "gsm8k-sdft-s2": (22, 36, 30, 19, 24),
+    "gsm8k-mix0.5-s1": (23, 31, 28, 20, 23),
+    "gsm8k-mix0.5-s2": (23, 31, 28, 20, 23),
+    "gsm8k-vanilla-n20-s1": (21, 30, 29, 20, 24),
+    "gsm8k-vanilla-n20-s2": (21, 30, 29, 20, 24),
+    "gsm8k-sdft-n20-s1": (21, 35, 30, 20, 24),
+    "gsm8k-sdft-n20-s2": (21, 35, 30, 20, 24),
+    "gsm8k-vanilla-all-linear-r64-s1": (30, 20, 20, 18, 20),
+    "gsm8k-vanilla-all-linear-r64-s2": (30, 20, 20, 18, 20),
 }
-MODELS = [
-    {"key": "seed", "method": "seed", "dataset": None, "mix_ratio": None, "train_size": None, "capacity": "paper"},
-    {"key": "gsm8k-vanilla", "method": "vanilla", "dataset": "gsm8k", "mix_ratio": 0.0, "train_size": 64,
-     "capacity": "paper"},
-    {"key": "gsm8k-sdft", "method": "sdft", "dataset": "gsm8k", "mix_ratio": 1.0, "train_size": 64,
-     "capacity": "paper"},
-    {"key": "gsm8k-mix0.5", "method": "mix", "dataset": "gsm8k", "mix_ratio": 0.5, "train_size": 64,
-     "capacity": "paper"},
-    {"key": "gsm8k-vanilla-n20", "method": "vanilla", "dataset": "gsm8k", "mix_ratio": 0.0, "train_size": 20,
-     "capacity": "paper"},
-    {"key": "gsm8k-sdft-n20", "method": "sdft", "dataset": "gsm8k", "mix_ratio": 1.0, "train_size": 20,
-     "capacity": "paper"},
-    {"key": "gsm8k-vanilla-allr64", "method": "vanilla", "dataset": "gsm8k", "mix_ratio": 0.0, "train_size": 64,
-     "capacity": "all-linear-r64"},
-]
+SHIFT = {"bleu": 12.34, "rouge_l": 30.0, "sbert_cosine": 0.71, "sbert_values": [0.5, 0.7, 0.93], "l2_total": 1.5,
+         "per_layer": {"layers.0": 1.0, "layers.1": 1.118, "embed_tokens": 0.0}}
 
 
 def per_sample(key, benchmark):
-    return [float(i < CORRECT[key][benchmark]) for i in range(N)]
+    return [float(i < CORRECT[key][BENCHMARKS.index(benchmark)]) for i in range(N)]
+
+
+def record(key):
+    if key == "seed":
+        return {"key": "seed", "arm": "seed", "method": "seed", "dataset": None, "mix_ratio": None, "train_size": None,
+                "capacity": "paper", "seed": None, "eval_dir": "evals/seed"}
+    arm, seed = key.rsplit("-s", 1)
+    method = arm.split("-")[1]
+    return {"key": key, "arm": arm, "method": "mix" if method.startswith("mix") else method, "dataset": "gsm8k",
+            "mix_ratio": {"vanilla": 0.0, "sdft": 1.0}.get(method, 0.5), "train_size": 20 if "n20" in arm else 64,
+            "capacity": "all-linear-r64" if "r64" in arm else "paper", "seed": int(seed), "eval_dir": f"evals/{key}",
+            "shift_dir": f"shift/{key}"}
 
 
 @pytest.fixture
 def run_dir(tmp_path):
-    for model in MODELS:
-        model["eval_dir"] = f"evals/{model['key']}"
+    runs = [record(key) for key in CORRECT]
+    for run in runs:
         results = {}
         for benchmark in BENCHMARKS:
-            scores = per_sample(model["key"], benchmark)
-            write_jsonl(tmp_path / model["eval_dir"] / f"{benchmark}.jsonl",
+            scores = per_sample(run["key"], benchmark)
+            write_jsonl(tmp_path / run["eval_dir"] / f"{benchmark}.jsonl",
                         [{"id": f"q{i}", "score": s} for i, s in enumerate(scores)])
-            results[benchmark] = summarize(scores)
-        write_json(tmp_path / model["eval_dir"] / "results.json", {"benchmarks": results})
-    write_json(tmp_path / "summary.json", {
-        "experiment": "unit-test",
-        "seed_model": "tiny-seed",
-        "provenance": {"git_revision": "abc123", "seed": 0, "config": {"lr": 1e-4}},
-        "benchmarks": BENCHMARKS,
-        "models": MODELS,
-        "distill": {"gsm8k": {"total": 64, "accepted": 40, "acceptance_rate": 0.625,
-                              "reasons": {"ok": 40, "wrong_answer": 20, "length": 4}}},
-        "shift": {
-            "gsm8k-vanilla": {"bleu": 12.34, "rouge_l": 30.0, "sbert_cosine": 0.71, "sbert_values": [0.5, 0.7, 0.93],
-                              "l2_total": 1.5, "per_layer": {"layers.0": 1.0, "layers.1": 1.118, "embed_tokens": 0.0}},
-            "gsm8k-sdft": {"bleu": 40.0, "rouge_l": 55.55, "sbert_cosine": 0.9, "sbert_values": [0.85, 0.9, 0.95],
-                           "l2_total": 0.5, "per_layer": {"layers.0": 0.3, "layers.1": 0.4}},
-        },
-    })
+            results[benchmark] = {**summarize(scores), "metric": "accuracy"}
+        write_json(tmp_path / run["eval_dir"] / "results.json", {"benchmarks": results})
+        if "shift_dir" in run:
+            sdft = "sdft" in run["key"]
+            write_json(tmp_path / run["shift_dir"] / "shift.json",
+                       {**SHIFT, "bleu": 40.0 if sdft else 12.34, "l2_total": 0.5 if sdft else 1.5})
+    summary = {"experiment": "unit-test", "seed_model": "tiny-seed", "seeds": [1, 2], "target": "gsm8k",
+               "provenance": {"git_revision": "abc123", "seed": 0, "config": {"lr": 1e-4}},
+               **summarize_runs(tmp_path, runs, BENCHMARKS),
+               "distill": {"gsm8k": {"total": 64, "accepted": 40, "acceptance_rate": 0.625,
+                                     "reasons": {"ok": 40, "wrong_answer": 20, "length": 4}}}}
+    write_json(tmp_path / "summary.json", summary)
+    for folder in ("evals", "shift"):  # the report must need nothing but summary.json
+        shutil.rmtree(tmp_path / folder)
     return tmp_path
 
 
-def read_results(run_dir, key):
-    return json.loads((run_dir / "evals" / key / "results.json").read_text())["benchmarks"]
+def summary_of(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def arm(run_dir, name):
+    return next(a for a in summary_of(run_dir)["arms"] if a["arm"] == name)
 
 
 def table_row(md, *first_cells):
@@ -81,48 +93,72 @@ def table_row(md, *first_cells):
     return rows[0]
 
 
+def matrix(keys, benchmark):
+    """Runs × items in the summary's item order (ids sorted as strings)."""
+    order = sorted(range(N), key=lambda i: f"q{i}")
+    return np.array([[per_sample(k, benchmark)[i] for i in order] for k in keys])
+
+
+def test_summary_pools_seeds_and_pairs_by_item():
+    """Scores are means over seeds × items with the seeds × items bootstrap; Δ vs seed and differences are paired."""
+    from pathlib import Path
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runs = [record(k) for k in ("seed", "gsm8k-vanilla-s1", "gsm8k-vanilla-s2", "gsm8k-sdft-s1", "gsm8k-sdft-s2")]
+        for run in runs:
+            for benchmark in BENCHMARKS:
+                write_jsonl(Path(tmp) / run["eval_dir"] / f"{benchmark}.jsonl",
+                            [{"id": f"q{i}", "score": s} for i, s in enumerate(per_sample(run["key"], benchmark))])
+        summary = summarize_runs(Path(tmp), runs, BENCHMARKS)
+    vanilla = next(a for a in summary["arms"] if a["arm"] == "gsm8k-vanilla")
+    keys = ["gsm8k-vanilla-s1", "gsm8k-vanilla-s2"]
+    assert vanilla["scores"]["gsm8k"] == seeds_by_items_bootstrap([matrix(keys, "gsm8k")])
+    assert vanilla["scores"]["gsm8k"]["mean"] == 62.5 and vanilla["scores"]["gsm8k"]["seeds"] == 2
+    expected = seeds_by_items_bootstrap([matrix(keys, "gsm8k") - matrix(["seed", "seed"], "gsm8k")])
+    assert vanilla["vs_seed"]["gsm8k"] == expected and expected["mean"] == 12.5
+    index = vanilla["scores"]["forgetting_index"]
+    assert index["mean"] == pytest.approx(100 * np.mean([27 / 40, 18 / 40, 22 / 40])) and index["items"] == 120
+    diff = next(c for c in summary["comparisons"] if c["arm"] == "gsm8k-sdft" and c["measure"] == "advbench")
+    sdft_keys = ["gsm8k-sdft-s1", "gsm8k-sdft-s2"]
+    assert diff == {"dataset": "gsm8k", "train_size": 64, "capacity": "paper", "arm": "gsm8k-sdft",
+                    "baseline": "gsm8k-vanilla", "measure": "advbench",
+                    **seeds_by_items_bootstrap([matrix(sdft_keys, "advbench") - matrix(keys, "advbench")])}
+    assert diff["mean"] == 15.0 and diff["ci95"][0] > 0 and diff["p_value"] < 0.05
+
+
 def test_score_table_cells_and_deltas(run_dir):
-    md_path, _ = render_report(run_dir)
-    md = md_path.read_text()
-    seed, vanilla = read_results(run_dir, "seed"), read_results(run_dir, "gsm8k-vanilla")
-    lo, hi = seed["gsm8k"]["ci95"]
+    md = render_report(run_dir)[0].read_text()
+    seed, vanilla = arm(run_dir, "seed")["scores"]["gsm8k"], arm(run_dir, "gsm8k-vanilla")["scores"]["gsm8k"]
+    lo, hi = seed["ci95"]
     assert f"| 50.0 [{lo:.1f}, {hi:.1f}] |" in table_row(md, "—", "seed")
-    lo, hi = vanilla["gsm8k"]["ci95"]
-    assert f"| 60.0 (+10.0) [{lo:.1f}, {hi:.1f}] |" in table_row(md, "gsm8k", "vanilla")
-    assert "| 70.0 (−20.0) [" in table_row(md, "gsm8k", "vanilla")  # advbench 28/40 vs seed 36/40
+    lo, hi = vanilla["ci95"]
+    assert f"| 62.5 (+12.5) [{lo:.1f}, {hi:.1f}] |" in table_row(md, "gsm8k", "vanilla")
+    assert "| 72.5 (−17.5) [" in table_row(md, "gsm8k", "vanilla")  # advbench 29/40 on average vs seed 36/40
     assert "| 55.0 (+5.0) [" in table_row(md, "gsm8k", "sdft")
     assert "| 57.5 (+7.5) [" in table_row(md, "gsm8k", "mix r=0.5")
     assert "| 52.5 (+2.5) [" in table_row(md, "gsm8k", "sdft n=20")
-    # The second capacity gets its own table, which repeats the seed row.
-    assert "### Capacity: all-linear-r64" in md
-    assert md.count("| — | seed |") == 2
+    assert "### Capacity: all-linear-r64" in md and md.count("| — | seed |") == 2
     assert "| 75.0 (+25.0) [" in md
+    assert "forgetting_index" in md.splitlines()[[i for i, l in enumerate(md.splitlines()) if "| Dataset |" in l][0]]
 
 
-def test_sdft_vs_vanilla_p_values_match_paired_bootstrap(run_dir):
+def test_paired_differences_come_from_the_summary(run_dir):
     md = render_report(run_dir)[0].read_text()
-    for size, vanilla_key, sdft_key in [("64", "gsm8k-vanilla", "gsm8k-sdft"), ("20", "gsm8k-vanilla-n20",
-                                                                                 "gsm8k-sdft-n20")]:
-        for benchmark in BENCHMARKS:
-            a = {f"q{i}": s for i, s in enumerate(per_sample(vanilla_key, benchmark))}
-            b = {f"q{i}": s for i, s in enumerate(per_sample(sdft_key, benchmark))}
-            expected = paired_bootstrap(a, b)
-            row = table_row(md, "paper", "gsm8k", size, benchmark)
-            diff = f"{expected['diff']:+.1f}".replace("-", "−")
-            p = expected["p_value"]
-            p_text = "<0.001" if p < 0.001 else f"{p:.3f}"
-            assert row.endswith(f"| {diff} | " + f"[{expected['ci95'][0]:+.1f}, {expected['ci95'][1]:+.1f}]"
-                                .replace("-", "−") + f" | {p_text} | 40 |"), row
-    assert "| paper | gsm8k | 64 | gsm8k | −5.0 |" in md
-    assert "| paper | gsm8k | 64 | advbench | +15.0 |" in md
+    for c in summary_of(run_dir)["comparisons"]:
+        row = table_row(md, c["capacity"], "gsm8k", str(c["train_size"]), f"{c['arm']} − {c['baseline']}", c["measure"])
+        assert f"| {round(c['mean'], 1) + 0.0:+.1f} |".replace("-", "−") in row, row
+        assert row.endswith(f"| {c['seeds']} | {c['items']} |")
+    assert "| paper | gsm8k | 64 | gsm8k-sdft − gsm8k-vanilla | advbench | +15.0 |" in md
+    assert "| paper | gsm8k | 64 | gsm8k-mix0.5 − gsm8k-sdft | gsm8k |" in md  # arms are also compared with SDFT
 
 
-def test_distillation_and_shift_tables(run_dir):
+def test_distillation_shift_and_wall_time_tables(run_dir):
     md = render_report(run_dir)[0].read_text()
     assert table_row(md, "gsm8k", "64", "40", "62.5%") == \
         "| gsm8k | 64 | 40 | 62.5% | ok: 40, wrong_answer: 20, length: 4 |"
-    assert table_row(md, "gsm8k-vanilla", "12.3") == "| gsm8k-vanilla | 12.3 | 30.0 | 0.710 | 1.5 |"
-    assert table_row(md, "gsm8k-sdft", "40.0") == "| gsm8k-sdft | 40.0 | 55.5 | 0.900 | 0.5 |"
+    assert table_row(md, "gsm8k-vanilla", "12.3") == "| gsm8k-vanilla | 12.3 | — | 30.0 | 0.710 | 1.5 |"
+    assert table_row(md, "gsm8k-sdft", "40.0") == "| gsm8k-sdft | 40.0 | — | 30.0 | 0.710 | 0.5 |"
     assert '"git_revision": "abc123"' in md
 
 
@@ -131,8 +167,8 @@ def test_figures_are_pngs_embedded_in_self_contained_html(run_dir):
     md, page = md_path.read_text(), html_path.read_text()
     figures = sorted((run_dir / "figures").glob("*.png"))
     names = {f.name for f in figures}
-    assert {"mix_gsm8k_paper.png", "size_gsm8k_paper.png", "sbert_similarity.png",
-            "param_shift_per_layer.png"} <= names
+    assert {"mix_gsm8k_paper.png", "size_gsm8k_paper.png", "sbert_similarity.png", "param_shift_per_layer.png",
+            "learning_vs_forgetting.png"} <= names
     for figure in figures:
         data = figure.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
@@ -142,19 +178,20 @@ def test_figures_are_pngs_embedded_in_self_contained_html(run_dir):
     for text in (md, page):
         assert "http://" not in text and "https://" not in text
     assert "<link" not in page and "<script" not in page
-    assert "60.0 (+10.0) [" in page
+    assert "62.5 (+12.5) [" in page
 
 
 def test_missing_pieces_are_left_out(tmp_path):
-    seed = {"key": "seed", "method": "seed", "eval_dir": "evals/seed"}
-    write_json(tmp_path / "evals/seed/results.json", {"benchmarks": {"gsm8k": summarize([1.0, 0.0])}})
-    write_json(tmp_path / "summary.json", {"experiment": "bare", "benchmarks": ["gsm8k", "advbench"],
-                                           "models": [seed]})
+    seed = record("seed")
+    write_jsonl(tmp_path / "evals/seed/gsm8k.jsonl", [{"id": "a", "score": 1.0}, {"id": "b", "score": 0.0}])
+    write_json(tmp_path / "summary.json", {"experiment": "bare",
+                                           **summarize_runs(tmp_path, [seed], ["gsm8k", "advbench"])})
     md_path, html_path = render_report(tmp_path)
     md = md_path.read_text()
     assert table_row(md, "—", "seed").startswith("| — | seed | 50.0 [")
     assert table_row(md, "—", "seed").endswith("| — |")  # advbench was never evaluated
-    for section in ("SDFT − vanilla", "Distillation", "Sweeps", "Distribution shift", "Provenance"):
+    for section in ("Paired differences", "Distillation", "Sweeps", "Distribution shift", "Provenance",
+                    "Learning vs forgetting"):
         assert section not in md
     assert not (tmp_path / "figures").exists()
     assert "data:image/png" not in html_path.read_text()

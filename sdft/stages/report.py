@@ -1,12 +1,10 @@
-"""Render an experiment's report from its run directory: `report.md`, a self-contained `report.html` and PNG figures.
+"""Render an experiment's report from `RUN_DIR/summary.json` alone: `report.md`, a self-contained `report.html` and
+PNG figures. Every number shown is in the summary (`sdft.summary`); this module only lays it out.
 
-The layout follows the paper: score tables per capacity setting with every fine-tuned model next to the seed (Tables
-1–4), SDFT − vanilla differences with paired-bootstrap p-values, distillation acceptance, distribution shift (§5),
-mix-ratio and train-size sweeps (Figs 5–8), SBERT similarity distributions (Fig 9), and the run's provenance.
-Whatever the run lacks (no shift analysis, a single mix ratio, a missing evaluation) is left out rather than failing.
-
-Inputs: `RUN_DIR/summary.json` (experiment, seed_model, provenance, benchmarks, models, distill, shift) and, per model,
-`RUN_DIR/<eval_dir>/results.json` plus per-sample `RUN_DIR/<eval_dir>/<benchmark>.jsonl` rows with "id" and "score".
+The layout follows the paper: score tables per capacity with every arm next to the seed (Tables 1–4; means over seeds
+with seeds × items 95% intervals), paired differences against vanilla and SDFT with p-values, the learning-vs-forgetting
+plot (Biderman et al. 2024), distillation acceptance, mix-ratio and train-size sweeps (Figs 5–8), distribution shift
+(§5, Fig 9), wall time per method, and the run's provenance. Whatever the run lacks is left out rather than failing.
 """
 
 from __future__ import annotations
@@ -23,8 +21,6 @@ from pathlib import Path
 from matplotlib.figure import Figure as MplFigure
 
 from ..errors import UserError
-from ..jsonl import read_jsonl
-from ..stats import paired_bootstrap
 
 # Rows of a dataset block: vanilla first, then mixes by ratio, then SDFT (as in the paper's tables).
 _METHOD_ORDER = {"vanilla": 0, "mix": 1, "sdft": 2}
@@ -62,9 +58,9 @@ class Code:
 Block = Heading | Para | Table | Image | Code
 
 
-def _signed(x: float) -> str:
+def _signed(x: float, digits: int = 1) -> str:
     """'+1.2' / '−2.1' (true minus sign); a difference that rounds to zero shows as '+0.0'."""
-    return f"{round(x, 1) + 0.0:+.1f}".replace("-", "−")
+    return f"{round(x, digits) + 0.0:+.{digits}f}".replace("-", "−")
 
 
 def _p(p: float) -> str:
@@ -76,7 +72,7 @@ def _slug(*parts: str) -> str:
 
 
 class _Run:
-    """One run directory: the summary, each model's results and (lazily) its per-sample scores."""
+    """A run directory's summary, with the lookups the sections share."""
 
     def __init__(self, run_dir: str | os.PathLike):
         self.dir = Path(run_dir)
@@ -84,35 +80,25 @@ class _Run:
         if not path.is_file():
             raise UserError("no summary.json in the run directory", str(self.dir))
         self.summary = json.loads(path.read_text(encoding="utf-8"))
-        self.benchmarks: list[str] = self.summary["benchmarks"]
-        self.models: list[dict] = self.summary["models"]
-        self.seed = next((m for m in self.models if m["method"] == "seed"), None)
-        self.results = {m["key"]: self._read_results(m) for m in self.models}
+        self.measures: dict[str, dict] = self.summary["measures"]
+        self.arms: list[dict] = self.summary["arms"]
+        self.seed = next((a for a in self.arms if a["method"] == "seed"), None)
         self.figures = self.dir / "figures"
 
-    def _read_results(self, model: dict) -> dict:
-        path = self.dir / model["eval_dir"] / "results.json"
-        return json.loads(path.read_text(encoding="utf-8"))["benchmarks"] if path.is_file() else {}
-
-    def score(self, model: dict | None, benchmark: str) -> float | None:
-        entry = self.results[model["key"]].get(benchmark) if model else None
-        return entry.get("score") if entry else None
-
-    def samples(self, model: dict, benchmark: str) -> dict[str, float] | None:
-        path = self.dir / model["eval_dir"] / f"{benchmark}.jsonl"
-        return {str(r["id"]): float(r["score"]) for r in read_jsonl(path)} if path.is_file() else None
+    def digits(self, measure: str) -> int:
+        return 1 if self.measures[measure]["scale"] == 100.0 else 3
 
     def groups(self) -> dict[tuple[str, str], list[dict]]:
-        """Fine-tuned models by (capacity, dataset), in order of first appearance, each sorted as a table block."""
+        """Fine-tuned arms by (capacity, dataset), in order of first appearance, each sorted as a table block."""
         groups: dict[tuple[str, str], list[dict]] = {}
-        for m in self.models:
-            if m["method"] != "seed":
-                groups.setdefault((m.get("capacity") or "default", m.get("dataset") or _DASH), []).append(m)
-        for models in groups.values():
-            default = _default_size(models)
-            models.sort(key=lambda m: (
-                m.get("train_size") != default, -(m.get("train_size") or 0),
-                _METHOD_ORDER.get(m["method"], len(_METHOD_ORDER)), m.get("mix_ratio") or 0.0,
+        for arm in self.arms:
+            if arm["method"] != "seed":
+                groups.setdefault((arm.get("capacity") or "default", arm.get("dataset") or _DASH), []).append(arm)
+        for arms in groups.values():
+            default = _default_size(arms)
+            arms.sort(key=lambda a: (
+                a.get("train_size") != default, -(a.get("train_size") or 0),
+                _METHOD_ORDER.get(a["method"], len(_METHOD_ORDER)), a.get("mix_ratio") or 0.0,
             ))
         return groups
 
@@ -123,86 +109,129 @@ class _Run:
         return path
 
 
-def _default_size(models: list[dict]) -> int | None:
-    """The train size most models of a group share (ties → the largest); sweeps vary around it."""
-    counts = Counter(m.get("train_size") for m in models)
+def _default_size(arms: list[dict]) -> int | None:
+    """The train size most arms of a group share (ties → the largest); sweeps vary around it."""
+    counts = Counter(a.get("train_size") for a in arms)
     return max(counts, key=lambda size: (counts[size], size or 0))
 
 
-def _method_label(model: dict) -> str:
-    return f"mix r={model['mix_ratio']:g}" if model["method"] == "mix" else model["method"]
+def _method_label(arm: dict) -> str:
+    return f"mix r={arm['mix_ratio']:g}" if arm["method"] == "mix" else arm["method"]
 
 
-def _label(model: dict, default_size: int | None) -> str:
+def _label(arm: dict, default_size: int | None) -> str:
     """The method, plus the train size when it is not the group's usual one."""
-    size = model.get("train_size")
-    return _method_label(model) + (f" n={size}" if size != default_size else "")
+    size = arm.get("train_size")
+    return _method_label(arm) + (f" n={size}" if size != default_size else "")
 
 
-def _cell(run: _Run, model: dict, benchmark: str) -> str:
-    """'score (Δ vs seed) [lo, hi]'; the seed's own row has no Δ."""
-    entry = run.results[model["key"]].get(benchmark) or {}
-    score = entry.get("score")
-    if score is None:
-        return _DASH
-    text = f"{score:.1f}"
-    seed_score = run.score(run.seed, benchmark)
-    if model is not run.seed and seed_score is not None:
-        text += f" ({_signed(score - seed_score)})"
+def _interval(entry: dict, digits: int, signed: bool = False) -> str:
     lo, hi = entry.get("ci95") or (None, None)
-    if lo is not None and hi is not None:
-        text += f" [{lo:.1f}, {hi:.1f}]"
-    return text
+    if lo is None or hi is None:
+        return ""
+    show = (lambda x: _signed(x, digits)) if signed else (lambda x: f"{x:.{digits}f}")
+    return f"[{show(lo)}, {show(hi)}]"
+
+
+def _cell(run: _Run, arm: dict, measure: str) -> str:
+    """'mean (Δ vs seed) [lo, hi]'; the seed's own row has no Δ."""
+    entry = arm["scores"].get(measure)
+    if not entry or entry.get("mean") is None:
+        return _DASH
+    digits = run.digits(measure)
+    text = f"{entry['mean']:.{digits}f}"
+    delta = arm["vs_seed"].get(measure)
+    if delta and delta.get("mean") is not None:
+        text += f" ({_signed(delta['mean'], digits)})"
+    return f"{text} {_interval(entry, digits)}".strip()
+
+
+def _measure_header(run: _Run, measure: str) -> str:
+    unit = run.measures[measure]["unit"]
+    return measure if unit == "points" else f"{measure} ({unit})"
 
 
 def _score_tables(run: _Run) -> list[Block]:
+    seeds = run.summary.get("seeds") or []
     blocks: list[Block] = [
         Heading(2, "Scores"),
-        Para("Each cell: score (Δ vs seed) [95% bootstrap CI], on 0–100. Methods: vanilla FT, SDFT, and mixes "
-             "with a fraction r of distilled targets; n= marks a train size other than the group's usual one."),
+        Para("Each cell: mean (Δ vs seed) [95% CI], on 0–100 unless a unit is given. "
+             + (f"Means over {len(seeds)} training seeds ({', '.join(map(str, seeds))}) and the items; the interval "
+                "resamples both seeds and items. " if len(seeds) > 1 else "The interval resamples the items. ")
+             + "Methods: vanilla FT, SDFT, and mixes with a fraction r of distilled targets; n= marks a train size "
+               "other than the group's usual one. forgetting_index = mean of HellaSwag, ARC-Challenge, WinoGrande; "
+               "retention = log-probability per token of the seed's own answers."),
     ]
-    headers = ["Dataset", "Method"] + run.benchmarks
+    measures = list(run.measures)
+    headers = ["Dataset", "Method"] + [_measure_header(run, m) for m in measures]
     groups = run.groups()
     seed_capacity = [(run.seed.get("capacity") or "default")] if run.seed else []
     for capacity in dict.fromkeys(c for c, _ in groups) or seed_capacity:
         rows = []
         if run.seed:
-            rows.append([_DASH, "seed"] + [_cell(run, run.seed, b) for b in run.benchmarks])
-        for (cap, dataset), models in groups.items():
+            rows.append([_DASH, "seed"] + [_cell(run, run.seed, m) for m in measures])
+        for (cap, dataset), arms in groups.items():
             if cap == capacity:
-                default = _default_size(models)
-                rows += [[dataset, _label(m, default)] + [_cell(run, m, b) for b in run.benchmarks] for m in models]
+                default = _default_size(arms)
+                rows += [[dataset, _label(a, default)] + [_cell(run, a, m) for m in measures] for a in arms]
         blocks += [Heading(3, f"Capacity: {capacity}"), Table(headers, rows)]
     return blocks
 
 
-def _sdft_vs_vanilla(run: _Run) -> list[Block]:
-    """Paired-bootstrap SDFT − vanilla per benchmark for every (capacity, dataset, train size) having both."""
+def _extras(run: _Run) -> list[Block]:
+    """Secondary metrics of a benchmark (IFEval's loose and instruction-level accuracy, paper call match...)."""
+    names = sorted({(bench, name) for arm in run.arms for bench, extra in arm["extras"].items() for name in extra})
+    if not names:
+        return []
+    rows = [[arm["arm"]] + [f"{arm['extras'].get(b, {}).get(n, float('nan')):.1f}" for b, n in names] for arm in run.arms]
+    return [Heading(3, "Secondary metrics (means over seeds)"), Table(["Model"] + [f"{b}: {n}" for b, n in names], rows)]
+
+
+def _comparisons(run: _Run) -> list[Block]:
     rows = []
-    for (capacity, dataset), models in run.groups().items():
-        for size in dict.fromkeys(m.get("train_size") for m in models):
-            pair: dict[str, dict] = {}
-            for m in models:
-                if m.get("train_size") == size:
-                    pair.setdefault(m["method"], m)
-            if "vanilla" not in pair or "sdft" not in pair:
-                continue
-            for benchmark in run.benchmarks:
-                a, b = run.samples(pair["vanilla"], benchmark), run.samples(pair["sdft"], benchmark)
-                if a is None or b is None:
-                    continue
-                test = paired_bootstrap(a, b)
-                if test["n"]:
-                    lo, hi = test["ci95"]
-                    rows.append([capacity, dataset, str(size), benchmark, _signed(test["diff"]),
-                                 f"[{_signed(lo)}, {_signed(hi)}]", _p(test["p_value"]), str(test["n"])])
+    for c in run.summary.get("comparisons") or []:
+        if c.get("mean") is None:
+            continue
+        digits = run.digits(c["measure"])
+        rows.append([c["capacity"], c["dataset"], str(c["train_size"]), f"{c['arm']} − {c['baseline']}", c["measure"],
+                     _signed(c["mean"], digits), _interval(c, digits, signed=True), _p(c["p_value"]),
+                     str(c["seeds"]), str(c["items"])])
     if not rows:
         return []
     return [
-        Heading(2, "SDFT − vanilla"),
-        Para("Paired bootstrap over the items both models were scored on (10,000 resamples); p is two-sided."),
-        Table(["Capacity", "Dataset", "Train size", "Benchmark", "SDFT − vanilla", "95% CI", "p", "n"], rows),
+        Heading(2, "Paired differences"),
+        Para("Each arm minus vanilla (and minus SDFT), paired by training seed and item; 95% interval and two-sided p "
+             "from a bootstrap over seeds and items."),
+        Table(["Capacity", "Dataset", "Train size", "Difference", "Measure", "Mean", "95% CI", "p", "Seeds", "Items"],
+              rows),
     ]
+
+
+def _learning_vs_forgetting(run: _Run) -> list[Block]:
+    """x = target-task change from the seed, y = change of a general-ability measure; one point per arm, CI bars."""
+    target, general = run.summary.get("target"), run.summary.get("general") or []
+    arms = [a for a in run.arms if a["method"] != "seed" and target in a["vs_seed"]]
+    general = [g for g in general if any(g in a["vs_seed"] for a in arms)]
+    if not arms or not general:
+        return []
+    fig = MplFigure(figsize=(5 * len(general), 4), layout="constrained")
+    for i, measure in enumerate(general, 1):
+        ax = fig.add_subplot(1, len(general), i)
+        for arm in arms:
+            x, y = arm["vs_seed"][target], arm["vs_seed"].get(measure)
+            if not y or y.get("mean") is None:
+                continue
+            xerr = [[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]]
+            yerr = [[y["mean"] - y["ci95"][0]], [y["ci95"][1] - y["mean"]]]
+            ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, marker="o", capsize=3, label=arm["arm"])
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel=f"{target}: change from seed", ylabel=f"{measure}: change from seed ({run.measures[measure]['unit']})",
+               title=f"learning vs forgetting: {measure}")
+        ax.legend(fontsize="x-small")
+    caption = ("Learning vs forgetting: x = change of the target task from the seed, y = change of general ability "
+               "(up and right is better); bars are 95% intervals over seeds and items.")
+    return [Heading(2, "Learning vs forgetting"), Image(run.save(fig, "learning_vs_forgetting"), caption)]
 
 
 def _distillation(run: _Run) -> list[Block]:
@@ -217,26 +246,30 @@ def _distillation(run: _Run) -> list[Block]:
     return [Heading(2, "Distillation"), Table(["Dataset", "Rewrites", "Accepted", "Acceptance", "Outcomes"], rows)]
 
 
+def _score_of(arm: dict, measure: str) -> float | None:
+    return (arm["scores"].get(measure) or {}).get("mean")
+
+
 def _mix_sweeps(run: _Run) -> list[Block]:
     """Score against mix ratio at the usual train size, one line per benchmark (paper Figs 7–8)."""
     blocks: list[Block] = []
-    for (capacity, dataset), models in run.groups().items():
-        default = _default_size(models)
+    for (capacity, dataset), arms in run.groups().items():
+        default = _default_size(arms)
         by_ratio = {}
-        for m in models:
-            if m.get("train_size") == default and m.get("mix_ratio") is not None:
-                by_ratio.setdefault(m["mix_ratio"], m)
+        for a in arms:
+            if a.get("train_size") == default and a.get("mix_ratio") is not None:
+                by_ratio.setdefault(a["mix_ratio"], a)
         if len(by_ratio) < 2:
             continue
         ratios = sorted(by_ratio)
         fig = MplFigure(figsize=(6, 4), layout="constrained")
         ax = fig.add_subplot()
-        for benchmark in run.benchmarks:
-            points = [(r, s) for r in ratios if (s := run.score(by_ratio[r], benchmark)) is not None]
+        for measure in run.summary["benchmarks"]:
+            points = [(r, s) for r in ratios if (s := _score_of(by_ratio[r], measure)) is not None]
             if not points:
                 continue
-            (line,) = ax.plot(*zip(*points), marker="o", label=benchmark)
-            seed_score = run.score(run.seed, benchmark)
+            (line,) = ax.plot(*zip(*points), marker="o", label=measure)
+            seed_score = _score_of(run.seed, measure) if run.seed else None
             if seed_score is not None:
                 ax.axhline(seed_score, color=line.get_color(), linestyle=":", linewidth=1)
         ax.set(xlabel="mix ratio r (0 = vanilla, 1 = SDFT)", ylabel="score", title=f"{dataset} ({capacity})")
@@ -249,23 +282,24 @@ def _mix_sweeps(run: _Run) -> list[Block]:
 def _size_sweeps(run: _Run) -> list[Block]:
     """Score against train size, one panel per benchmark and one line per method (paper Figs 5–6)."""
     blocks: list[Block] = []
-    for (capacity, dataset), models in run.groups().items():
+    benchmarks = run.summary["benchmarks"]
+    for (capacity, dataset), arms in run.groups().items():
         series: dict[str, dict[int, dict]] = {}
-        for m in models:
-            if m.get("train_size") is not None:
-                series.setdefault(_method_label(m), {}).setdefault(m["train_size"], m)
+        for a in arms:
+            if a.get("train_size") is not None:
+                series.setdefault(_method_label(a), {}).setdefault(a["train_size"], a)
         series = {label: sizes for label, sizes in series.items() if len(sizes) >= 2}
         if not series:
             continue
-        fig = MplFigure(figsize=(4 * len(run.benchmarks), 3.5), layout="constrained")
+        fig = MplFigure(figsize=(4 * len(benchmarks), 3.5), layout="constrained")
         fig.suptitle(f"{dataset} ({capacity})")
-        for i, benchmark in enumerate(run.benchmarks, 1):
-            ax = fig.add_subplot(1, len(run.benchmarks), i)
+        for i, measure in enumerate(benchmarks, 1):
+            ax = fig.add_subplot(1, len(benchmarks), i)
             for label, sizes in series.items():
-                points = [(n, s) for n in sorted(sizes) if (s := run.score(sizes[n], benchmark)) is not None]
+                points = [(n, s) for n in sorted(sizes) if (s := _score_of(sizes[n], measure)) is not None]
                 if points:
                     ax.plot(*zip(*points), marker="o", label=label)
-            ax.set(xlabel="train size", ylabel="score", title=benchmark)
+            ax.set(xlabel="train size", ylabel="score", title=measure)
             ax.legend(fontsize="small")
         caption = f"Train-size sweep, {dataset}, capacity {capacity}."
         blocks.append(Image(run.save(fig, f"size_{dataset}_{capacity}"), caption))
@@ -273,22 +307,24 @@ def _size_sweeps(run: _Run) -> list[Block]:
 
 
 def _shift(run: _Run) -> list[Block]:
-    shift = run.summary.get("shift") or {}
-    if not shift:
+    arms = [a for a in run.arms if a.get("shift")]
+    if not arms:
         return []
 
     def fmt(value, spec):
         return _DASH if value is None else format(value, spec)
 
-    rows = [[key, fmt(s.get("bleu"), ".1f"), fmt(s.get("rouge_l"), ".1f"), fmt(s.get("sbert_cosine"), ".3f"),
-             fmt(s.get("l2_total"), ".4g")] for key, s in shift.items()]
+    rows = [[a["arm"], fmt(a["shift"].get("bleu"), ".1f"), fmt(a["shift"].get("bleu_paper"), ".1f"),
+             fmt(a["shift"].get("rouge_l"), ".1f"), fmt(a["shift"].get("sbert_cosine"), ".3f"),
+             fmt(a["shift"].get("l2_total"), ".4g")] for a in arms]
     blocks: list[Block] = [
         Heading(2, "Distribution shift from the seed"),
         Para("Similarity of each model's outputs to the seed's on the same prompts (higher = less shift) and the L2 "
-             "norm of its weight change."),
-        Table(["Model", "BLEU-4", "ROUGE-L", "SBERT cosine", "‖Δθ‖₂"], rows),
+             "norm of its weight change; means over seeds. BLEU-4: sacrebleu corpus BLEU; BLEU (paper): the reference "
+             "code's character-level sentence BLEU."),
+        Table(["Model", "BLEU-4", "BLEU (paper)", "ROUGE-L", "SBERT cosine", "‖Δθ‖₂"], rows),
     ]
-    sbert = {key: s["sbert_values"] for key, s in shift.items() if s.get("sbert_values")}
+    sbert = {a["arm"]: a["sbert_values"] for a in arms if a.get("sbert_values")}
     if sbert:
         fig = MplFigure(figsize=(6, 4), layout="constrained")
         ax = fig.add_subplot()
@@ -298,7 +334,7 @@ def _shift(run: _Run) -> list[Block]:
         ax.set(xlabel="SBERT cosine to the seed's output", ylabel="outputs")
         ax.legend(fontsize="small")
         blocks.append(Image(run.save(fig, "sbert_similarity"), "Sentence-BERT similarity to the seed's outputs."))
-    layers = {key: _layer_norms(s.get("per_layer") or {}) for key, s in shift.items()}
+    layers = {a["arm"]: _layer_norms(a.get("per_layer") or {}) for a in arms}
     layers = {key: norms for key, norms in layers.items() if norms}
     if layers:
         fig = MplFigure(figsize=(6, 4), layout="constrained")
@@ -317,8 +353,26 @@ def _layer_norms(per_layer: dict[str, float]) -> list[tuple[int, float]]:
     return sorted((int(m.group(1)), norm) for m, norm in found if m)
 
 
+def _wall_time(run: _Run) -> list[Block]:
+    def minutes(seconds):
+        return _DASH if seconds is None else f"{seconds / 60:.1f}"
+
+    rows = [[a["arm"], minutes(a["wall_time_s"].get("distill")), minutes(a["wall_time_s"].get("train")),
+             minutes(a["wall_time_s"].get("eval"))] for a in run.arms if a.get("wall_time_s")]
+    if not rows:
+        return []
+    return [Heading(2, "Wall time"),
+            Para("Minutes per training run (mean over seeds); distillation is shared by the arms of one training set."),
+            Table(["Model", "Distill (shared)", "Train", "Eval"], rows)]
+
+
 def _title(run: _Run) -> str:
     return f"SDFT report: {run.summary.get('experiment', run.dir.name)}"
+
+
+def headline_blocks(run: _Run) -> list[Block]:
+    """What the demo prints: the score tables, the paired differences and the distillation."""
+    return _score_tables(run) + _comparisons(run) + _distillation(run)
 
 
 def _blocks(run: _Run) -> list[Block]:
@@ -326,11 +380,11 @@ def _blocks(run: _Run) -> list[Block]:
     blocks: list[Block] = [Heading(1, _title(run))]
     if summary.get("seed_model"):
         blocks.append(Para(f"Seed model: {summary['seed_model']}"))
-    blocks += _score_tables(run) + _sdft_vs_vanilla(run) + _distillation(run)
+    blocks += _score_tables(run) + _extras(run) + _comparisons(run) + _learning_vs_forgetting(run) + _distillation(run)
     sweeps = _mix_sweeps(run) + _size_sweeps(run)
     if sweeps:
         blocks += [Heading(2, "Sweeps")] + sweeps
-    blocks += _shift(run)
+    blocks += _shift(run) + _wall_time(run)
     if summary.get("provenance"):
         blocks += [Heading(2, "Provenance"),
                    Code(json.dumps(summary["provenance"], indent=2, sort_keys=True, ensure_ascii=False))]
@@ -381,6 +435,12 @@ def _html(blocks: list[Block], title: str) -> str:
             out.append(f"<pre><code>{esc(block.text)}</code></pre>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>'
             f"<style>{_STYLE}</style></head>\n<body>\n" + "\n".join(out) + "\n</body></html>\n")
+
+
+def render_headline(run_dir: str | os.PathLike) -> str:
+    """The demo's printout (Markdown) of a run's headline tables."""
+    run = _Run(run_dir)
+    return _markdown(headline_blocks(run), run.dir)
 
 
 def render_report(run_dir: str | os.PathLike) -> tuple[Path, Path]:

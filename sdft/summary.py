@@ -1,0 +1,201 @@
+"""summary.json: every number an experiment's report shows, computed here once; the report and the demo only render it.
+
+Models are grouped into arms (method × mix ratio × train size × capacity), one training run per seed. For each arm and
+measure (a benchmark's score, the forgetting index, retention) the summary holds the mean over seeds and items with a
+95% interval from a seeds × items bootstrap (`stats.seeds_by_items_bootstrap`), the change from the seed model paired
+by item, and for each arm against vanilla (and against SDFT) the difference paired by seed and item, with p-values.
+
+- forgetting index: the mean of HellaSwag, ARC-Challenge and WinoGrande accuracy (Biderman et al. 2024, "LoRA Learns
+  Less and Forgets Less"), when all three were evaluated;
+- retention: the mean log-probability per token a model assigns to the seed's own answers (`stages.retention`), in
+  nats per token (scale 1), when the experiment asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .jsonl import read_jsonl, write_json
+from .provenance import provenance
+from .stats import seeds_by_items_bootstrap
+
+FORGETTING_INDEX = ("hellaswag", "arc_challenge", "winogrande")
+GENERAL_MEASURES = ("forgetting_index", "ifeval", "retention")  # the y axes of the learning-vs-forgetting plot
+SHIFT_METRICS = ("bleu", "bleu_paper", "rouge_l", "sbert_cosine", "l2_total")
+
+
+def _measures(benchmarks: list[str], retention: bool) -> dict[str, dict]:
+    """name -> {components, scale, unit}: each benchmark, the forgetting index, retention."""
+    measures = {b: {"components": [b], "scale": 100.0, "unit": "points"} for b in benchmarks}
+    if all(b in benchmarks for b in FORGETTING_INDEX):
+        measures["forgetting_index"] = {"components": list(FORGETTING_INDEX), "scale": 100.0, "unit": "points"}
+    if retention:
+        measures["retention"] = {"components": ["retention"], "scale": 1.0, "unit": "nats/token"}
+    return measures
+
+
+class _ItemScores:
+    """Per-item values of every (run, component), read once from the run's output files."""
+
+    def __init__(self, run_dir: Path, runs: list[dict]):
+        self.values: dict[tuple[str, str], dict[str, float]] = {}
+        for run in runs:
+            for path in (run_dir / run["eval_dir"]).glob("*.jsonl"):
+                if not path.name.endswith((".generations.jsonl", ".verdicts.jsonl")):
+                    self._add(run["key"], path.stem, path)
+            if "retention_dir" in run:
+                self._add(run["key"], "retention", run_dir / run["retention_dir"] / "retention.jsonl")
+
+    def _add(self, key: str, component: str, path: Path) -> None:
+        rows = [r for r in read_jsonl(path) if "id" in r and isinstance(r.get("score"), (int, float))]
+        if rows:
+            self.values[(key, component)] = {str(r["id"]): float(r["score"]) for r in rows}
+
+    def matrix(self, keys: list[str], component: str, ids: list[str]) -> np.ndarray:
+        return np.array([[self.values[(k, component)][i] for i in ids] for k in keys])
+
+    def common_ids(self, keys: list[str], component: str) -> list[str] | None:
+        """The items every one of `keys` was scored on (None when one of them lacks the component)."""
+        found = [self.values.get((k, component)) for k in keys]
+        if any(f is None for f in found):
+            return None
+        return sorted(set.intersection(*(set(f) for f in found)))
+
+
+def _arms(runs: list[dict]) -> dict[str, list[dict]]:
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    return arms
+
+
+def _estimate(items: _ItemScores, measure: dict, keys: list[str], minus: list[str] | None = None) -> dict | None:
+    """The measure over runs `keys` (seeds × items); with `minus`, the paired difference keys − minus, matched
+    position by position (same seed, or the one seed model repeated)."""
+    components = []
+    for component in measure["components"]:
+        ids = items.common_ids(keys + (minus or []), component)
+        if not ids:
+            return None
+        values = items.matrix(keys, component, ids)
+        if minus is not None:
+            values = values - items.matrix(minus, component, ids)
+        components.append(values)
+    return seeds_by_items_bootstrap(components, scale=measure["scale"])
+
+
+def _comparisons(arms: dict[str, list[dict]], measures: dict, items: _ItemScores) -> list[dict]:
+    """Each arm against vanilla, and against SDFT, of the same dataset, train size and capacity, paired by seed."""
+    out = []
+    by_group = defaultdict(dict)
+    for arm, runs in arms.items():
+        first = runs[0]
+        if first["method"] != "seed":
+            by_group[(first["dataset"], first["train_size"], first["capacity"])][arm] = runs
+    for (dataset, size, capacity), group in by_group.items():
+        references = {runs[0]["method"]: arm for arm, runs in group.items() if runs[0]["method"] in ("vanilla", "sdft")}
+        for baseline_method, baseline in references.items():
+            base_seeds = {r["seed"]: r["key"] for r in group[baseline]}
+            for arm, runs in group.items():
+                if arm == baseline or (baseline_method == "sdft" and runs[0]["method"] == "vanilla"):
+                    continue
+                seeds = [r["seed"] for r in runs if r["seed"] in base_seeds]
+                keys = [r["key"] for r in runs if r["seed"] in base_seeds]
+                for name, measure in measures.items():
+                    result = _estimate(items, measure, keys, [base_seeds[s] for s in seeds])
+                    if result is not None:
+                        out.append({"dataset": dataset, "train_size": size, "capacity": capacity, "arm": arm,
+                                    "baseline": baseline, "measure": name, **result})
+    return out
+
+
+def _stage_seconds(run_dir: Path, directory: str | None) -> float | None:
+    done = run_dir / directory / "done.json" if directory else None
+    return json.loads(done.read_text()).get("seconds") if done and done.is_file() else None
+
+
+def _results(run_dir: Path, run: dict) -> dict:
+    path = run_dir / run["eval_dir"] / "results.json"
+    return json.loads(path.read_text(encoding="utf-8"))["benchmarks"] if path.is_file() else {}
+
+
+def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], measures: dict, items: _ItemScores,
+               distill_seconds: dict) -> dict:
+    keys = [r["key"] for r in runs]
+    first = runs[0]
+    entry = {k: first[k] for k in ("arm", "method", "dataset", "mix_ratio", "train_size", "capacity")}
+    entry.update(runs=keys, seeds=[r["seed"] for r in runs], scores={}, vs_seed={}, extras={}, metrics={})
+    for name, measure in measures.items():
+        score = _estimate(items, measure, keys)
+        if score is not None:
+            entry["scores"][name] = score
+        if first["method"] != "seed" and (delta := _estimate(items, measure, keys, seed_keys * len(keys))):
+            entry["vs_seed"][name] = delta
+    results = [_results(run_dir, r) for r in runs]
+    for bench in {b for r in results for b in r}:
+        found = [r[bench] for r in results if bench in r]
+        entry["metrics"][bench] = found[0].get("metric")
+        extra = {k: float(np.mean([f[k] for f in found])) for k, v in found[0].items()
+                 if isinstance(v, (int, float)) and k not in ("score", "n") and all(k in f for f in found)}
+        if extra:
+            entry["extras"][bench] = extra
+    shifts = [json.loads((run_dir / r["shift_dir"] / "shift.json").read_text()) for r in runs if "shift_dir" in r
+              and (run_dir / r["shift_dir"] / "shift.json").is_file()]
+    if shifts:
+        entry["shift"] = {m: float(np.mean([s[m] for s in shifts])) for m in SHIFT_METRICS if all(m in s for s in shifts)}
+        entry["shift_runs"] = len(shifts)
+        entry["sbert_values"] = [v for s in shifts for v in s.get("sbert_values") or []]
+        layers = [s.get("per_layer") or {} for s in shifts]
+        entry["per_layer"] = {name: float(np.mean([l[name] for l in layers])) for name in layers[0]
+                              if all(name in l for l in layers)}
+    train = [s for r in runs if (s := _stage_seconds(run_dir, r.get("train_dir"))) is not None]
+    evals = [s for r in runs if (s := _stage_seconds(run_dir, r.get("eval_dir"))) is not None]
+    entry["wall_time_s"] = {"train": float(np.mean(train)) if train else None,
+                            "eval": float(np.mean(evals)) if evals else None,
+                            "distill": distill_seconds.get((first["dataset"], first["train_size"]))
+                            if first["method"] in ("sdft", "mix") else None}
+    return entry
+
+
+def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str], retention: bool = False,
+                   distill_seconds: dict | None = None) -> dict:
+    """measures, arms and comparisons of evaluated runs (records as `ModelRun.record` writes them)."""
+    measures = _measures(benchmarks, retention)
+    items = _ItemScores(run_dir, runs)
+    arms = _arms(runs)
+    seed_keys = [r["key"] for r in runs if r["method"] == "seed"]
+    return {
+        "benchmarks": benchmarks, "measures": measures, "general": [m for m in GENERAL_MEASURES if m in measures],
+        "models": runs,
+        "arms": [_arm_entry(run_dir, arm, arm_runs, seed_keys, measures, items, distill_seconds or {})
+                 for arm, arm_runs in arms.items()],
+        "comparisons": _comparisons(arms, measures, items),
+    }
+
+
+def build_summary(exp, the_plan, run_dir: Path) -> dict:
+    """The summary of a finished experiment (see the module docstring)."""
+    distill_stats, distill_seconds = {}, {}
+    for stage in the_plan.stages:
+        if stage.kind == "distill":
+            directory = stage.directory(run_dir)
+            distill_stats[stage.key] = json.loads((directory / "distill_stats.json").read_text())
+            distill_seconds[(Path(stage.config["dataset"]).stem, stage.config["limit"])] = \
+                _stage_seconds(run_dir, str(directory.relative_to(run_dir)))
+    benchmarks = list(exp.eval.benchmarks)
+    target = exp.target_benchmark or next((Path(d).stem for d in exp.datasets if Path(d).stem in benchmarks), None)
+    runs = [m.record(run_dir) for m in the_plan.models]
+    return {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
+            "default_train_size": exp.train_size, "seeds": list(exp.seeds), "target": target,
+            **summarize_runs(run_dir, runs, benchmarks, bool(exp.retention.prompts), distill_seconds),
+            "distill": distill_stats}
+
+
+def write_summary(exp, the_plan, run_dir: Path) -> dict:
+    summary = build_summary(exp, the_plan, run_dir)
+    write_json(run_dir / "summary.json", summary)
+    return summary
