@@ -112,19 +112,19 @@ def plan(exp: ExperimentConfig) -> Plan:
             if any(ratio > 0 for _, ratio in variants):
                 distill_stage = _distill_stage(exp, dataset, name if size == exp.train_size else f"{name}-n{size}", size)
                 stages.append(distill_stage)
-            for method, ratio in variants:
-                for capacity, overrides in capacities.items():
-                    if capacity != "paper" and (method == "mix" or size != exp.train_size):
-                        continue
-                    arm = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
-                                                 f"n{size}" if size != exp.train_size else "",
-                                                 capacity if capacity != "paper" else ""]))
-                    for seed in exp.seeds:
+            for seed in exp.seeds:  # seed by seed, so a run stopped early has every arm at its first seeds
+                for method, ratio in variants:
+                    for capacity, overrides in capacities.items():
+                        if capacity != "paper" and (method == "mix" or size != exp.train_size):
+                            continue
+                        arm = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
+                                                     f"n{size}" if size != exp.train_size else "",
+                                                     capacity if capacity != "paper" else ""]))
                         key = f"{arm}-s{seed}" if several_seeds else arm
                         train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed)
                         stages.append(train_stage)
-                        models.append(_model_run(exp, stages, answers, key, arm, method, name, ratio, size, capacity,
-                                                 seed, base_eval, train_stage, seed_model))
+                        models.append(_model_run(exp, stages, answers, key, arm, method, name, ratio, size,
+                                                 capacity, seed, base_eval, train_stage, seed_model))
     return Plan(stages, models)
 
 
