@@ -283,7 +283,8 @@ def report(config: ReportConfig) -> dict:
 
 
 def demo(config: DemoConfig) -> dict:
-    """The `demo` preset: GSM8K subset distilled, vanilla vs SDFT, both against the seed on held-out GSM8K."""
+    """The `demo` preset: an OpenFunctions subset distilled, vanilla vs SDFT, both against the seed on the task, on
+    IFEval and on retention of the seed's own answers."""
     if config.fresh:
         shutil.rmtree(config.out, ignore_errors=True)
     exp = load_experiment("demo", out=config.out, model=config.model, dtype=config.dtype)
