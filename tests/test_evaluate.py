@@ -195,8 +195,8 @@ def test_run_eval_resumes_without_regenerating(eval_run, monkeypatch):
     before = {p.name: p.read_bytes() for p in out.glob("*.jsonl")}
     original = HFEngine.complete
 
-    def no_new_batches(self, prompts, skip=()):
-        batches = list(original(self, prompts, skip))
+    def no_new_batches(self, prompts, *args, **kwargs):
+        batches = list(original(self, prompts, *args, **kwargs))
         assert not batches, "a resumed run regenerated rows"
         yield from batches
 
