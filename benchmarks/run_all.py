@@ -1,6 +1,10 @@
-"""Run the generation and training throughput benchmarks in one go and write benchmarks/results/latest.json.
+"""Run the generation and training throughput benchmarks in one go, print sdft's ratio to every baseline and peer, and
+write benchmarks/results/latest.json.
 
-    python benchmarks/run_all.py [--quick] [--quality]
+    python benchmarks/run_all.py [--quick] [--quality] [--no-peers]
+
+Peers (llama.cpp's llama-server, CTranslate2) are optional: `pip install -r benchmarks/requirements.txt` and
+`benchmarks/build_llama_server.sh`; a missing one is reported as null.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import sys
 from pathlib import Path
 
 import bench_generation
+import bench_peers
 import bench_training
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -20,15 +25,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller generation and training runs")
     parser.add_argument("--quality", action="store_true", help="also GSM8K distillation acceptance, greedy bf16 vs fp32")
+    parser.add_argument("--no-peers", action="store_true", help="skip llama-server / CTranslate2 / generate_batch")
+    parser.add_argument("--no-baselines", action="store_true", help="skip the HF generate / in-process llama.cpp runs")
     args = parser.parse_args(argv)
-    generation = bench_generation.run(bench_generation.parse_args(["--quick"] * args.quick + ["--quality"] * args.quality))
-    training = bench_training.run(bench_training.parser().parse_args(["--steps", "3"] if args.quick else []))
-    results = {**generation, **training}
+    results = {}
+    if not args.no_baselines:
+        results |= bench_generation.run(bench_generation.parse_args(["--quick"] * args.quick + ["--quality"] * args.quality))
+    if not args.no_peers:
+        results |= bench_peers.run(bench_peers.parse_args(["--quick"] * args.quick))
+    results |= bench_training.run(bench_training.parser().parse_args(["--steps", "3"] if args.quick else []))
+    if RESULTS.is_file() and (args.no_baselines or args.no_peers):  # a skipped part keeps its earlier figures, marked
+        earlier = json.loads(RESULTS.read_text())
+        kept = sorted(k for k in earlier if k not in results and k != "kept_from_earlier_run")
+        results = {**{k: earlier[k] for k in kept}, **results, "kept_from_earlier_run": kept}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if "speedup" in k}, indent=2))
+    print(json.dumps(ratios(results), indent=2))
     print(f"written: {RESULTS}")
     return results
+
+
+def ratios(results: dict) -> dict:
+    """sdft ÷ each baseline and peer, and its share of the compute bound."""
+    shown = {k: v for k, v in results.items() if "speedup" in k or k == "auto_vs_fp32"}
+    if "gen_compute_bound" in results:
+        shown["gen_share_of_compute_bound"] = results["gen_compute_bound"]["sdft_share"]
+    if "train_compute_bound" in results:
+        shown["train_share_of_compute_bound"] = results["train_compute_bound"]["sdft_share"]
+    return shown
 
 
 if __name__ == "__main__":
