@@ -1,15 +1,8 @@
-"""Distillation (Eq. 3-4): selection rules, outputs, and resume after a real kill."""
+"""Distillation (Eq. 3-4): selection rules and outputs (its kill drill: test_kill_drills.py)."""
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-
-import pytest
 
 from sdft.options import DistillConfig
 from sdft.stages.distill import distill, select
@@ -38,40 +31,3 @@ def test_distill_writes_rows_and_stats(tmp_path, tiny_model_dir, gsm8k_file):
         assert row["target"] == (row["distilled"] if row["accepted"] else row["original"])
     # a random tiny model cannot reproduce the answers: everything falls back to the original
     assert stats["accepted"] == 0 and all(r["target"] == r["original"] for r in rows)
-
-
-def _distill_cli(out, model, data, extra=()):
-    return [sys.executable, "-m", "sdft", "distill", "--model", model, "--dataset", str(data), "--out", str(out),
-            "--task", "generic", "--template", "distill_using", "--max-new-tokens", "48", "--decode-rows", "1",
-            "--temperature", "0.9", "--seed", "7", *extra]
-
-
-def test_killed_distill_resumes_to_the_same_output(tmp_path, tiny_model_dir):
-    data = tmp_path / "rows.jsonl"
-    data.write_text("".join(json.dumps({"instruction": f"Say something about {i}.", "output": f"Thing {i}."}) + "\n"
-                            for i in range(16)))
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    subprocess.run(_distill_cli(tmp_path / "full", tiny_model_dir, data), check=True, env=env, capture_output=True)
-
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(_distill_cli(killed, tiny_model_dir, data), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    partial = killed / "generations.jsonl.partial"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if partial.is_file() and len(partial.read_text().splitlines()) >= 3:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    proc.wait()
-    if proc.returncode == 0:
-        pytest.skip("the run finished before it could be killed")
-    assert not (killed / "distilled.jsonl").exists()
-    done_before = len(partial.read_text().splitlines())
-    assert 3 <= done_before < 16
-
-    subprocess.run(_distill_cli(killed, tiny_model_dir, data), check=True, env=env, capture_output=True)
-    assert (killed / "distilled.jsonl").read_text() == (tmp_path / "full/distilled.jsonl").read_text()
-    ids = [json.loads(line)["id"] for line in (killed / "generations.jsonl").open()]
-    assert len(ids) == len(set(ids)) == 16
-    assert json.loads((killed / "run.json").read_text())["config"]["seed"] == 7
