@@ -23,7 +23,14 @@ import yaml
 
 def _rows(pattern: str, at_least: int) -> Callable[[Path], bool]:
     """Ready once a file matching `pattern` under the run directory holds `at_least` complete rows."""
-    return lambda run: any(len(p.read_bytes().split(b"\n")) > at_least for p in run.glob(pattern))
+    return lambda run: any(_complete_rows(p) >= at_least for p in run.glob(pattern))
+
+
+def _complete_rows(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:  # renamed into place between the glob and the read
+        return 0
 
 
 def _exists(pattern: str) -> Callable[[Path], bool]:
