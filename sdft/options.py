@@ -4,7 +4,8 @@ loading an experiment, imports no torch.
 
 Groups: model (`ModelOptions`, `AdaptedModelOptions`), prompt (`PromptModeOption`, `PromptOptions`), data
 (`DataDirOption`, `DataOptions`), decoding (`DecodingOptions`: what one generation call decodes, handed to the engine
-as is), engine (`EngineOptions`: how it runs), judge (`JudgeOptions`); `SeedOption` is shared by data and decoding.
+as is), engine (`EngineOptions`: how it runs), judge (`JudgeOptions`), on-policy distillation (`OnPolicyOptions`);
+`SeedOption` is shared by data and decoding.
 `XOptions` is what an experiment's `x:` section may set; `XConfig` adds the command's own inputs and outputs.
 """
 
@@ -157,11 +158,42 @@ class TrainOptions(ModelOptions, PromptOptions, DataOptions):
 
 
 @dataclass(kw_only=True)
-class TrainConfig(TrainOptions):
+class OnPolicyOptions(Options):
+    """On-policy self-distillation (Shenfeld et al. 2026) through TRL's `SDFTTrainer`: the student samples answers to
+    the training prompt and is pulled, token by token, towards the seed shown the demonstration in the distillation
+    template. An experiment's `onpolicy:` section; only `--method onpolicy` reads it."""
+
+    teacher: str = field("base", choices=("base", "live", "ema"),
+                         help="the teacher: base (the seed, as SDFT's rewriter), live (the current student) or ema "
+                              "(an exponential average of the student)")
+    distillation_mode: str = field("topk_logits", choices=("topk_logits", "full_logits", "sampled_token"),
+                                   help="TRL's objective: divergence over the teacher's top-k logits, the full "
+                                        "vocabulary, or reverse KL on the sampled token")
+    distillation_topk: int = field(100, check=at_least(1), help="k of topk_logits")
+    num_generations: int = field(1, check=at_least(1),
+                                 help="answers sampled per prompt; batch_size must be a multiple (1: an epoch visits "
+                                      "each row once, as vanilla and SDFT do)")
+    max_completion_length: int = field(256, check=at_least(1), help="length cap of a sampled answer in tokens")
+    teacher_template: str | dict | None = field(None, help="the teacher's prompt template (default: the dataset's "
+                                                           "distillation template, as `sdft distill` renders it)")
+
+
+@dataclass(kw_only=True)
+class TrainConfig(TrainOptions, OnPolicyOptions):
+    method: str = field("sft", choices=("sft", "onpolicy"),
+                        help="sft: supervised on the targets (vanilla, SDFT or a mix, by --mix-ratio); onpolicy: "
+                             "on-policy self-distillation with TRL's SDFTTrainer (the targets are the teacher's "
+                             "demonstrations)")
     data: str = field(help="distilled.jsonl from `sdft distill`, or any dataset (registry name, file, hub id) for vanilla")
     out: str = field(help="output directory (adapter, logs, checkpoints)")
     mix_ratio: float | None = field(None, check=within(0, 1),
                                     help="fraction of rows trained on distilled targets (1 = SDFT, 0 = vanilla; default 1 for distilled data)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.method == "onpolicy" and self.batch_size % self.num_generations:
+            raise UserError(f"num_generations: {self.num_generations} does not divide batch_size {self.batch_size} "
+                            "(each step trains whole groups of answers to one prompt)")
 
 
 @dataclass(kw_only=True)

@@ -102,19 +102,12 @@ def use_bf16(requested: bool | None, model=None) -> bool:
     return cpu_auto_dtype(shape) == torch.bfloat16
 
 
-def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings,
-                before_train=None):
-    """Run the Trainer (resuming from the last checkpoint in out_dir); `before_train(trainer)` lets benchmarks instrument it."""
-    from datasets import Dataset
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers import Trainer, TrainingArguments
-    from transformers.integrations import TensorBoardCallback
-
+def trainer_arguments(settings: TrainerSettings, out_dir: Path, model) -> dict:
+    """The TrainingArguments every sdft training shares (supervised and on-policy): the budget, the optimizer and its
+    schedule, the effective batch made up by accumulation, checkpoints under out_dir/checkpoints."""
     world = world_size()  # from the launcher's environment: the process group does not exist yet
     micro = min(settings.micro_batch_size, settings.batch_size)
-    accumulation = max(1, math.ceil(settings.batch_size / (micro * world)))
-    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
-    args = TrainingArguments(
+    return dict(
         output_dir=str(out_dir / "checkpoints"),
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps,
@@ -122,16 +115,14 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
         lr_scheduler_type="cosine",
         warmup_steps=0,
         per_device_train_batch_size=micro,
-        gradient_accumulation_steps=accumulation,
+        gradient_accumulation_steps=max(1, math.ceil(settings.batch_size / (micro * world))),
         max_grad_norm=1.0,
         optim="adamw_torch",
         weight_decay=0.0,
         bf16=use_bf16(settings.bf16, model),
         use_cpu=not torch.cuda.is_available(),
-        train_sampling_strategy="group_by_length",
-        length_column_name="length",
         logging_steps=settings.logging_steps,
-        report_to="none",  # TensorBoard is attached below so its logs land in out_dir/logs
+        report_to="none",  # TensorBoard is attached by `run_training` so its logs land in out_dir/logs
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,
@@ -141,13 +132,31 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
         remove_unused_columns=False,
         disable_tqdm=False,
     )
-    dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ResponseCollator(tokenizer.pad_token_id),
-                      callbacks=[TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs")))])
+
+
+def run_training(trainer, out_dir: Path, before_train=None):
+    """Train with TensorBoard logs in out_dir/logs, resuming from the newest complete checkpoint in out_dir."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs"))))
     if before_train is not None:
         before_train(trainer)
-    result = trainer.train(resume_from_checkpoint=last_complete_checkpoint(Path(args.output_dir)))
-    return trainer, result
+    return trainer.train(resume_from_checkpoint=last_complete_checkpoint(Path(trainer.args.output_dir)))
+
+
+def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings,
+                before_train=None):
+    """Run the Trainer (resuming from the last checkpoint in out_dir); `before_train(trainer)` lets benchmarks instrument it."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    dataset = Dataset.from_list([{"input_ids": e.input_ids, "labels": e.labels} for e in examples])
+    args = TrainingArguments(**trainer_arguments(settings, out_dir, model), train_sampling_strategy="group_by_length",
+                             length_column_name="length")
+    dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ResponseCollator(tokenizer.pad_token_id))
+    return trainer, run_training(trainer, out_dir, before_train)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -26,7 +26,7 @@ from ..engines.generation import generate_rows, make_engine
 from ..errors import UserError
 from ..jsonl import write_json, write_jsonl
 from ..options import DistillConfig, check_selection
-from ..templates import get_template, render
+from ..templates import Template, get_template, render
 
 
 def select(rewrite: str, finish_reason: str, example: dict, task: str, rule: str | None = None) -> tuple[bool, str]:
@@ -39,6 +39,11 @@ def select(rewrite: str, finish_reason: str, example: dict, task: str, rule: str
     return result.ok, result.reason
 
 
+def distill_template(template: str | dict | None, spec) -> Template:
+    """The rewrite prompt's template: the one given, else the dataset's (`spec`, a registry entry), else distill_using."""
+    return get_template(template or (spec.distill_template if spec else "distill_using"))
+
+
 def distill(config: DistillConfig) -> dict:
     """Rewrite every response with the seed model, select, and write distilled.jsonl + distill_stats.json."""
     data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
@@ -46,7 +51,7 @@ def distill(config: DistillConfig) -> dict:
     task = config.task or (spec.task if spec else "generic")
     rule = config.selection or default_rule(task)
     check_selection(task, rule)
-    template = get_template(config.template or (spec.distill_template if spec else "distill_using"))
+    template = distill_template(config.template, spec)
     if not data.examples:
         raise UserError("dataset has no rows", data.source)
 

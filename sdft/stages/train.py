@@ -2,6 +2,10 @@
 
 `mix_ratio` r picks, by a seeded order over example ids, the fraction r of rows trained on their distilled target
 (r = 1 is SDFT, r = 0 vanilla). The order is fixed per seed, so the rows of r = 0.25 are among those of r = 0.5.
+
+`method: onpolicy` trains the same rows, model, LoRA and budget with on-policy self-distillation instead
+(`engines.onpolicy`): the student answers the training prompt, the teacher is the seed shown the row's target in the
+dataset's distillation template, exactly the prompt `sdft distill` gives the seed.
 """
 
 from __future__ import annotations
@@ -10,13 +14,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..data import DATASETS, load_dataset, subsample
+from ..data import DATASETS, DatasetSpec, load_dataset, subsample
 from ..engines.models import load_tokenizer, resolve_dtype, resolve_model
 from ..engines.training import TrainerSettings, tokenize_example, train_model
 from ..errors import UserError
 from ..jsonl import read_jsonl, write_json
 from ..options import TrainConfig
 from ..templates import render
+from .distill import distill_template
 
 
 def mixed_targets(rows: list[dict], ratio: float, seed: int) -> list[tuple[dict, str]]:
@@ -28,21 +33,31 @@ def mixed_targets(rows: list[dict], ratio: float, seed: int) -> list[tuple[dict,
     return [(r, r["target"] if r["id"] in chosen else r["original"]) for r in rows]
 
 
-def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str, float | None]:
-    """(row, target) pairs, the training template and the dataset's default epochs."""
+def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str, DatasetSpec | None]:
+    """(row, target) pairs, the training template and the dataset's registry entry (None for an unknown dataset)."""
     path = Path(config.data)
     if path.suffix == ".jsonl" and path.is_file():
         rows = read_jsonl(path)
         if rows and all("target" in r and "original" in r for r in rows):
             template = config.template or rows[0].get("train_template", "alpaca")
-            dataset = DATASETS.get(_stats_dataset(path))
             ratio = 1.0 if config.mix_ratio is None else config.mix_ratio
-            return mixed_targets(subsample(rows, config.seed, config.limit), ratio, config.seed), template, dataset.epochs if dataset else None
+            return mixed_targets(subsample(rows, config.seed, config.limit), ratio, config.seed), template, \
+                DATASETS.get(_stats_dataset(path))
     if config.mix_ratio not in (None, 0.0):
         raise UserError("--mix-ratio > 0 needs distilled data (run `sdft distill` first)", config.data)
     data = load_dataset(config.data, config.data_dir, config.columns or None, config.limit, config.seed)
     template = config.template or (data.spec.train_template if data.spec else "alpaca")
-    return [(ex, ex["response"]) for ex in data.examples], template, data.spec.epochs if data.spec else None
+    return [(ex, ex["response"]) for ex in data.examples], template, data.spec
+
+
+def onpolicy_rows(pairs: list[tuple[dict, str]], template, teacher_template, tokenizer, prompt_mode: str) -> list:
+    """The student's prompt as `sdft train` renders it, and the teacher's: the distillation template shown the target
+    as its reference answer, as `sdft distill` renders it."""
+    from ..engines.onpolicy import OnPolicyRow
+
+    return [OnPolicyRow(render(template, row, tokenizer, prompt_mode),
+                        render(teacher_template, {**row, "response": target}, tokenizer, prompt_mode))
+            for row, target in pairs]
 
 
 def _stats_dataset(path: Path) -> str | None:
@@ -57,32 +72,45 @@ def train(config: TrainConfig) -> dict:
     import torch
     from transformers import AutoModelForCausalLM
 
-    pairs, template, dataset_epochs = load_training_rows(config)
+    pairs, template, spec = load_training_rows(config)
     if not pairs:
         raise UserError("no training rows", config.data)
     tokenizer = load_tokenizer(config.model)
-    examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target, config.max_length,
-                                 config.truncation)
-                for row, target in pairs]
     # Trainable weights stay fp32 under "auto"; bf16 comes from autocast (config.bf16) where the hardware is fast at it.
     dtype = torch.float32 if config.dtype == "auto" else resolve_dtype(config.dtype, "cpu")
     model = AutoModelForCausalLM.from_pretrained(resolve_model(config.model), dtype=dtype)
-    torch.manual_seed(config.seed)
+    lora = None
     if config.finetune == "lora":
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig
 
         targets = "all-linear" if config.target_modules in (["all-linear"], "all-linear") else list(config.target_modules)
-        model = get_peft_model(model, LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                                 target_modules=targets, task_type="CAUSAL_LM"))
+        lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                          target_modules=targets, task_type="CAUSAL_LM")
     out = Path(config.out)
-    settings = TrainerSettings(epochs=config.epochs or dataset_epochs or 3, max_steps=config.max_steps,
+    settings = TrainerSettings(epochs=config.epochs or (spec.epochs if spec else None) or 3, max_steps=config.max_steps,
                                learning_rate=config.learning_rate, batch_size=config.batch_size,
                                micro_batch_size=config.micro_batch_size, seed=config.seed, save_steps=config.save_steps,
                                logging_steps=config.logging_steps, bf16=config.bf16)
-    trainer, result = train_model(model, tokenizer, examples, out, settings)
+    if config.method == "onpolicy":
+        from ..engines.onpolicy import train_onpolicy
+
+        rows = onpolicy_rows(pairs, template, distill_template(config.teacher_template, spec), tokenizer,
+                             config.prompt_mode)
+        trainer, result = train_onpolicy(model, tokenizer, rows, out, settings, lora, config, config.max_length)
+    else:
+        from peft import get_peft_model
+
+        examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target,
+                                     config.max_length, config.truncation)
+                    for row, target in pairs]
+        torch.manual_seed(config.seed)
+        if lora is not None:
+            model = get_peft_model(model, lora)
+        trainer, result = train_model(model, tokenizer, examples, out, settings)
     trainer.save_model(str(out))  # on every rank (sharded setups gather the weights); the main process writes
     distilled = sum(1 for row, target in pairs if row.get("accepted") and target == row.get("distilled"))
-    metrics = {**result.metrics, "examples": len(examples), "distilled_targets": distilled, "template": template}
+    metrics = {**result.metrics, "method": config.method, "examples": len(pairs), "distilled_targets": distilled,
+               "template": template}
     if trainer.is_world_process_zero():  # one writer for the rest under `accelerate launch`
         tokenizer.save_pretrained(str(out))
         if config.merge and config.finetune == "lora":

@@ -1,0 +1,77 @@
+"""On-policy self-distillation (Shenfeld et al. 2026, arXiv 2601.19897) with TRL's `SDFTTrainer`.
+
+The student samples answers to the training prompt (`prompt`); the teacher scores the same answers conditioned on the
+demonstration (`privileged_context`) and the student is trained towards its token distributions. sdft hands TRL both
+prompts already rendered as text, so the only difference from SDFT (Yang et al. 2024) is on-policy distillation instead
+of an off-policy rewrite: same rows, same seed model, same LoRA and budget, same distillation-template prompt.
+
+Two adaptations, both because TRL builds chat prompts itself while sdft renders them (a template's own system prompt,
+an assistant prefix, raw mode):
+- TRL's teacher prompt is `teacher_prompt_template` joining the student's prompt and the context into one user turn;
+  here `privileged_context` is the whole rendered teacher prompt and is used as it is.
+- TRL tokenizes a text prompt with the tokenizer's special tokens, which would put a second BOS after a chat
+  template's own; here a prompt is tokenized as `sdft train` tokenizes it (`models.needs_bos`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .models import needs_bos
+from .training import TrainerSettings, run_training, trainer_arguments
+
+
+@dataclass
+class OnPolicyRow:
+    prompt: str  # the training prompt, as the student sees it
+    teacher_prompt: str  # the distillation template's prompt, demonstration included
+
+
+def _trainer_class():
+    """SDFTTrainer with sdft's prompts (see the module docstring); built lazily so importing sdft needs no TRL."""
+    from trl.experimental.sdft import SDFTTrainer
+    from trl.experimental.sdft.sdft_trainer import DemonstrationTeacherContextBuilder
+
+    class RenderedTeacherPrompt(DemonstrationTeacherContextBuilder):
+        def _compose_teacher_prompt(self, prompt, privileged_context):
+            return privileged_context
+
+    class RenderedPromptsTrainer(SDFTTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.teacher_context_builder = RenderedTeacherPrompt(self)
+
+        def _tokenize_prompts(self, prompts):
+            tokenizer = self._tokenizer
+            ids = [tokenizer(p, add_special_tokens=needs_bos(tokenizer, p))["input_ids"] for p in prompts]
+            return [i[-self.max_prompt_length:] for i in ids] if self.max_prompt_length else ids
+
+    return RenderedPromptsTrainer
+
+
+def train_onpolicy(model, tokenizer, rows: list[OnPolicyRow], out_dir: Path, settings: TrainerSettings, peft_config,
+                   options, max_prompt_length: int, before_train=None):
+    """Run TRL's SDFTTrainer (resuming from the last checkpoint in out_dir); `options` is an `OnPolicyOptions`.
+    Generation is TRL's transformers `generate` on the training device in the weights' dtype (no vLLM)."""
+    from datasets import Dataset
+    from trl.experimental.sdft import SDFTConfig
+
+    mode = options.distillation_mode
+    args = SDFTConfig(
+        **trainer_arguments(settings, out_dir, model),
+        gradient_checkpointing=False,  # TRL's default; sdft's supervised training does not checkpoint either
+        teacher_model_kind=options.teacher,
+        distillation_mode=mode,
+        distillation_topk=options.distillation_topk,
+        # sampled_token is reverse KL only, which TRL spells alpha = 1
+        **({"distillation_alpha": 1.0} if mode == "sampled_token" else {}),
+        num_generations=options.num_generations,
+        max_completion_length=options.max_completion_length,
+        max_prompt_length=max_prompt_length,
+        use_vllm=False,
+    )
+    dataset = Dataset.from_list([{"prompt": r.prompt, "privileged_context": r.teacher_prompt} for r in rows])
+    trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                               peft_config=peft_config)
+    return trainer, run_training(trainer, out_dir, before_train)

@@ -1,0 +1,104 @@
+"""On-policy self-distillation (`--method onpolicy`, TRL's SDFTTrainer) on a tiny random model: the teacher sees the
+distillation template's prompt, training changes the adapter and logs its loss, a killed run resumes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sdft.options import TrainConfig
+from sdft.stages.train import train
+from sdft.templates import render
+
+
+def _distilled_gsm8k(tmp_path, n=4):
+    """A distilled file as `sdft distill` writes it for GSM8K (train template gsm8k, teacher gsm8k_distill)."""
+    rows = [{"id": f"r{i}", "instruction": f"What is {i} + {i}?", "response": f"{i} + {i} = {2 * i}. The answer is {2 * i}",
+             "original": f"{i} + {i} = {2 * i}. The answer is {2 * i}", "distilled": f"It is {2 * i}", "target": f"It is {2 * i}",
+             "accepted": True, "train_template": "gsm8k"} for i in range(n)]
+    path = tmp_path / "distilled.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "distill_stats.json").write_text(json.dumps({"dataset": "gsm8k"}))
+    return path, rows
+
+
+def _config(tmp_path, model, **overrides):
+    data, _ = _distilled_gsm8k(tmp_path)
+    values = dict(data=str(data), out=str(tmp_path / "out"), model=model, method="onpolicy", mix_ratio=0.0,
+                  max_steps=2, batch_size=2, micro_batch_size=2, learning_rate=1e-2, save_steps=1, logging_steps=1,
+                  max_completion_length=6, distillation_topk=5)
+    return TrainConfig(**{**values, **overrides})
+
+
+def _spy_teacher_inputs(monkeypatch) -> list:
+    """Record the teacher's (prompt + sampled answer) token ids of every batch TRL distils on."""
+    from trl.experimental.sdft.sdft_trainer import SDFTTrainer
+
+    seen, original = [], SDFTTrainer._compute_teacher_student_logits
+
+    def spy(self, model, teacher_model, inputs):
+        for ids, mask in zip(inputs["teacher_input_ids"], inputs["teacher_attention_mask"]):
+            seen.append(ids[mask.bool()].tolist())
+        return original(self, model, teacher_model, inputs)
+
+    monkeypatch.setattr(SDFTTrainer, "_compute_teacher_student_logits", spy)
+    return seen
+
+
+def test_onpolicy_trains_an_adapter_against_the_distillation_prompt(tmp_path, tiny_model_dir, embedded_tokenizer,
+                                                                     monkeypatch):
+    from safetensors.torch import load_file
+
+    seen = _spy_teacher_inputs(monkeypatch)
+    metrics = train(_config(tmp_path, tiny_model_dir))
+    _, rows = _distilled_gsm8k(tmp_path)
+    # the teacher's prompt is exactly what `sdft distill` gives the seed: gsm8k_distill with the target as reference
+    # (mix ratio 0: the original), its assistant prefix included, one BOS at most
+    expected = [embedded_tokenizer(render("gsm8k_distill", r, embedded_tokenizer))["input_ids"] for r in rows]
+    assert seen and all(any(ids[:len(e)] == e for e in expected) for ids in seen)
+    assert "Great! Let's think step by step. " in render("gsm8k_distill", rows[0], embedded_tokenizer)
+
+    out = tmp_path / "out"
+    assert metrics["method"] == "onpolicy" and metrics["examples"] == 4
+    state = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())
+    assert state["global_step"] == 2 and any("loss" in log for log in state["log_history"])
+    assert any("sdft/distillation_loss" in log for log in state["log_history"]), "TRL's own metrics are logged"
+    assert list((out / "logs").glob("events.out.tfevents.*")), "TensorBoard logs in OUT/logs"
+    adapter = json.loads((out / "adapter_config.json").read_text())
+    assert adapter["r"] == 8 and set(adapter["target_modules"]) == {"q_proj", "v_proj"}
+    weights = load_file(out / "adapter_model.safetensors")
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and any(w.abs().sum() > 0 for w in lora_b), "LoRA B starts at zero: training moved it"
+
+
+def test_killed_onpolicy_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
+    from trl.experimental.sdft.sdft_trainer import SDFTTrainer
+
+    config = _config(tmp_path, tiny_model_dir, max_steps=3)
+    original_step, calls = SDFTTrainer.training_step, []
+
+    def killed_after_two_steps(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt  # a kill after the step-2 checkpoint
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(SDFTTrainer, "training_step", killed_after_two_steps)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    assert (tmp_path / "out/checkpoints/checkpoint-2").is_dir() and not (tmp_path / "out/adapter_config.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(SDFTTrainer, "training_step", lambda self, *a, **k: calls.append(1) or original_step(self, *a, **k))
+    train(config)
+    assert len(calls) == 1, "resumed at step 2 of 3"
+    state = json.loads((tmp_path / "out/checkpoints/checkpoint-3/trainer_state.json").read_text())
+    assert state["global_step"] == 3 and (tmp_path / "out/adapter_config.json").is_file()
+
+
+def test_num_generations_must_divide_the_batch(tmp_path):
+    from sdft.errors import UserError
+
+    with pytest.raises(UserError, match="num_generations"):
+        TrainConfig(data="x", out=str(tmp_path), method="onpolicy", batch_size=8, num_generations=3)
