@@ -16,6 +16,7 @@ from .config import Options, at_least, build_config, each, field, load_yaml, wit
 from .benchmarks import BENCHMARKS
 from .errors import UserError
 from .data import DATASETS
+from .templates import TEMPLATES
 from .options import (DataDirOption, DistillOptions, EvalOptions, ModelOptions, PromptModeOption,
                       SeedOption, TrainOptions, check_selection)
 
@@ -47,6 +48,9 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     methods: list[str] = field(["vanilla", "sdft"], choices=("vanilla", "sdft"), help="methods (use mix_ratios for mixes)")
     mix_ratios: list[float] = field([], check=each(within(0, 1)), help="extra mix ratios in (0, 1) for the sweep (Fig. 7/8)")
     train_sizes: list[int] = field([], check=each(at_least(1)), help="extra training-set sizes for the sweep (Fig. 5/6)")
+    distill_templates: list[str] = field([], choices=tuple(TEMPLATES),
+                                         help="extra distillation templates for the sweep (Table 4: distill_using vs "
+                                              "distill_refer): each distils the default-size set again and adds SDFT arms")
     matched_capacity: bool = field(False, help="also compare at LoRA all-linear r64 (sdft#15)")
     distill: DistillOptions = field(DistillOptions, help="distillation options (`sdft distill`)")
     train: TrainOptions = field(TrainOptions, help="training options (`sdft train`)")
@@ -59,6 +63,8 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     def __post_init__(self):
         super().__post_init__()
         self.seeds = self.seeds or [self.seed]
+        if (self.eval.judge_url or self.eval.judge_model) and "alpaca_eval" not in self.eval.benchmarks:
+            self.eval.benchmarks = [*self.eval.benchmarks, "alpaca_eval"]  # a configured judge always gets its column
         for section in SECTIONS:
             for name in INHERITED:
                 setattr(getattr(self, section), name, getattr(self, name))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from .data import DATASETS
 from .errors import UserError
 from .experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment, section_values
 from .jsonl import read_jsonl, write_json
@@ -75,13 +76,17 @@ class ModelRun:
     train: Stage | None = None
     retention: Stage | None = None
     shift: Stage | None = None
+    template: str | None = None  # the distillation template of a template-sweep arm (None: the dataset's own)
 
     def record(self, run_dir: Path) -> dict:
-        """What summary.json says of this model: its identity and where its outputs are."""
+        """What summary.json says of this model: its identity and where its outputs are (the distillation it trained
+        on included, so the summary can show its rewrites and time it)."""
         fields = {k: getattr(self, k) for k in ("key", "arm", "method", "dataset", "mix_ratio", "train_size",
-                                                "capacity", "seed")}
+                                                "capacity", "seed", "template")}
+        stages = {"eval": self.eval, "train": self.train, "retention": self.retention, "shift": self.shift,
+                  "distill": self.train.inputs.get("distilled") if self.train else None}
         dirs = {f"{name}_dir": str(stage.directory(run_dir).relative_to(run_dir))
-                for name in ("eval", "train", "retention", "shift") if (stage := getattr(self, name)) is not None}
+                for name, stage in stages.items() if stage is not None}
         return fields | dirs
 
 
@@ -105,27 +110,45 @@ def plan(exp: ExperimentConfig) -> Plan:
     for dataset in exp.datasets:
         name = Path(dataset).stem
         for size in [exp.train_size, *[s for s in exp.train_sizes if s != exp.train_size]]:
-            variants = [(m, 1.0 if m == "sdft" else 0.0) for m in exp.methods]
+            # (method, mix ratio, distillation template: None = the dataset's own)
+            variants = [(m, 1.0 if m == "sdft" else 0.0, None) for m in exp.methods]
             if size == exp.train_size:
-                variants += [("mix", float(r)) for r in exp.mix_ratios if 0.0 < float(r) < 1.0]
-            distill_stage = None
-            if any(ratio > 0 for _, ratio in variants):
-                distill_stage = _distill_stage(exp, dataset, name if size == exp.train_size else f"{name}-n{size}", size)
-                stages.append(distill_stage)
+                variants += [("mix", float(r), None) for r in exp.mix_ratios if 0.0 < float(r) < 1.0]
+                variants += [("sdft", 1.0, t) for t in _sweep_templates(exp, dataset)]
+            distilled: dict[str | None, Stage] = {}  # one distillation per template, shared by its arms and seeds
+            for _, ratio, template in variants:
+                if ratio > 0 and template not in distilled:
+                    distilled[template] = _distill_stage(exp, dataset, "-".join(filter(None, [
+                        name if size == exp.train_size else f"{name}-n{size}", _short(template)])), size, template)
+                    stages.append(distilled[template])
             for seed in exp.seeds:  # seed by seed, so a run stopped early has every arm at its first seeds
-                for method, ratio in variants:
+                for method, ratio, template in variants:
                     for capacity, overrides in capacities.items():
-                        if capacity != "paper" and (method == "mix" or size != exp.train_size):
+                        if capacity != "paper" and (method == "mix" or size != exp.train_size or template):
                             continue
                         arm = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
-                                                     f"n{size}" if size != exp.train_size else "",
+                                                     f"n{size}" if size != exp.train_size else "", _short(template),
                                                      capacity if capacity != "paper" else ""]))
                         key = f"{arm}-s{seed}" if several_seeds else arm
-                        train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed)
+                        train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distilled.get(template), seed)
                         stages.append(train_stage)
-                        models.append(_model_run(exp, stages, answers, key, arm, method, name, ratio, size,
-                                                 capacity, seed, base_eval, train_stage, seed_model))
+                        model = _model_run(exp, stages, answers, key, arm, method, name, ratio, size, capacity, seed,
+                                           base_eval, train_stage, seed_model)
+                        model.template = template
+                        models.append(model)
     return Plan(stages, models)
+
+
+def _sweep_templates(exp: ExperimentConfig, dataset: str) -> list[str]:
+    """The template sweep's templates for `dataset`, less the one its default distillation already uses."""
+    spec = DATASETS.get(dataset)
+    own = exp.distill.template if isinstance(exp.distill.template, str) else spec.distill_template if spec else None
+    return [t for t in dict.fromkeys(exp.distill_templates) if t != own]
+
+
+def _short(template: str | None) -> str:
+    """A sweep template's part of stage and arm keys: distill_using -> using ('' for the dataset's own)."""
+    return (template or "").removeprefix("distill_")
 
 
 def _model_run(exp, stages, answers, key, arm, method, dataset, ratio, size, capacity, seed, base_eval, train_stage,
@@ -143,8 +166,10 @@ def _model_run(exp, stages, answers, key, arm, method, dataset, ratio, size, cap
     return model
 
 
-def _distill_stage(exp: ExperimentConfig, dataset: str, key: str, size: int | None) -> Stage:
+def _distill_stage(exp: ExperimentConfig, dataset: str, key: str, size: int | None, template: str | None) -> Stage:
     config = {**section_values(exp.distill), "dataset": dataset, "limit": size}
+    if template:  # a sweep template; the default distillation's config (and hash) stays as it was
+        config["template"] = template
     return Stage("distill", key, config, {}, lambda directory, inputs: distill(DistillConfig(**config, out=str(directory))))
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .jsonl import read_jsonl, write_json
+from .paper_numbers import is_paper_model, references
 from .provenance import provenance
 from .stats import seeds_by_items_bootstrap
 
@@ -97,7 +98,9 @@ def _comparisons(arms: dict[str, list[dict]], measures: dict, items: _ItemScores
         if first["method"] != "seed":
             by_group[(first["dataset"], first["train_size"], first["capacity"])][arm] = runs
     for (dataset, size, capacity), group in by_group.items():
-        references = {runs[0]["method"]: arm for arm, runs in group.items() if runs[0]["method"] in ("vanilla", "sdft")}
+        # the baselines are vanilla and SDFT on the dataset's own template; template-sweep arms are compared with them
+        references = {runs[0]["method"]: arm for arm, runs in group.items()
+                      if runs[0]["method"] in ("vanilla", "sdft") and not runs[0].get("template")}
         for baseline_method, baseline in references.items():
             base_seeds = {r["seed"]: r["key"] for r in group[baseline]}
             for arm, runs in group.items():
@@ -123,11 +126,12 @@ def _results(run_dir: Path, run: dict) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))["benchmarks"] if path.is_file() else {}
 
 
-def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], measures: dict, items: _ItemScores,
-               distill_seconds: dict) -> dict:
+def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], measures: dict,
+               items: _ItemScores) -> dict:
     keys = [r["key"] for r in runs]
     first = runs[0]
     entry = {k: first[k] for k in ("arm", "method", "dataset", "mix_ratio", "train_size", "capacity")}
+    entry["template"] = first.get("template")
     entry.update(runs=keys, seeds=[r["seed"] for r in runs], scores={}, vs_seed={}, extras={}, metrics={})
     for name, measure in measures.items():
         score = _estimate(items, measure, keys)
@@ -156,13 +160,12 @@ def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], 
     evals = [s for r in runs if (s := _stage_seconds(run_dir, r.get("eval_dir"))) is not None]
     entry["wall_time_s"] = {"train": float(np.mean(train)) if train else None,
                             "eval": float(np.mean(evals)) if evals else None,
-                            "distill": distill_seconds.get((first["dataset"], first["train_size"]))
+                            "distill": _stage_seconds(run_dir, first.get("distill_dir"))
                             if first["method"] in ("sdft", "mix") else None}
     return entry
 
 
-def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str], retention: bool = False,
-                   distill_seconds: dict | None = None) -> dict:
+def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str], retention: bool = False) -> dict:
     """measures, arms and comparisons of evaluated runs (records as `ModelRun.record` writes them)."""
     measures = _measures(benchmarks, retention)
     items = _ItemScores(run_dir, runs)
@@ -171,28 +174,62 @@ def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str], reten
     return {
         "benchmarks": benchmarks, "measures": measures, "general": [m for m in GENERAL_MEASURES if m in measures],
         "models": runs,
-        "arms": [_arm_entry(run_dir, arm, arm_runs, seed_keys, measures, items, distill_seconds or {})
+        "arms": [_arm_entry(run_dir, arm, arm_runs, seed_keys, measures, items)
                  for arm, arm_runs in arms.items()],
         "comparisons": _comparisons(arms, measures, items),
     }
 
 
+def distilled_examples(path: Path, accepted: int = 2, rejected: int = 1) -> list[dict]:
+    """The first `accepted` kept and `rejected` refused rewrites of a distilled.jsonl, beside their originals (the
+    paper's Figs 14–18)."""
+    picked, wanted = [], {True: accepted, False: rejected}
+    for row in read_jsonl(path):
+        if wanted[bool(row["accepted"])] > 0:
+            wanted[bool(row["accepted"])] -= 1
+            picked.append({"id": row.get("id"), "instruction": "\n\n".join(filter(None, [row.get("instruction"),
+                                                                                      row.get("input")])),
+                           "original": row["original"], "distilled": row["distilled"],
+                           "accepted": bool(row["accepted"]), "reason": row.get("reason")})
+    return picked
+
+
+def replication(arms: list[dict]) -> list[dict]:
+    """Per arm and benchmark the paper's number, the maintainers' rerun and ours with its 95% interval (and ours under
+    the reference's metric where that differs), for every arm `paper_numbers` has numbers of (template-sweep arms
+    left out: the references are on the dataset's own template)."""
+    out = []
+    for arm in arms:
+        refs = {} if arm.get("template") else references(arm.get("dataset"), arm["method"], arm.get("capacity") or "paper")
+        for bench in dict.fromkeys(b for column in refs.values() for b in column):
+            found = {column: refs.get(column, {}).get(bench) for column in ("paper", "rerun")}
+            metric = next(r.metric for r in found.values() if r)
+            out.append({"arm": arm["arm"], "benchmark": bench, "metric": arm["metrics"].get(bench),
+                        "reference_metric": metric or arm["metrics"].get(bench),
+                        **{column: r and {"value": r.value, "source": r.source} for column, r in found.items()},
+                        "ours": arm["scores"].get(bench),
+                        "ours_reference_metric": (arm["extras"].get(bench) or {}).get(metric) if metric else None})
+    return out
+
+
 def build_summary(exp, the_plan, run_dir: Path) -> dict:
     """The summary of a finished experiment (see the module docstring)."""
-    distill_stats, distill_seconds = {}, {}
+    distill_stats = {}
     for stage in the_plan.stages:
         if stage.kind == "distill":
             directory = stage.directory(run_dir)
-            distill_stats[stage.key] = json.loads((directory / "distill_stats.json").read_text())
-            distill_seconds[(Path(stage.config["dataset"]).stem, stage.config["limit"])] = \
-                _stage_seconds(run_dir, str(directory.relative_to(run_dir)))
+            distill_stats[stage.key] = {**json.loads((directory / "distill_stats.json").read_text()),
+                                        "examples": distilled_examples(directory / "distilled.jsonl")}
     benchmarks = list(exp.eval.benchmarks)
     target = exp.target_benchmark or next((Path(d).stem for d in exp.datasets if Path(d).stem in benchmarks), None)
     runs = [m.record(run_dir) for m in the_plan.models]
-    return {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
-            "default_train_size": exp.train_size, "seeds": list(exp.seeds), "target": target,
-            **summarize_runs(run_dir, runs, benchmarks, bool(exp.retention.prompts), distill_seconds),
-            "distill": distill_stats}
+    summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
+               "default_train_size": exp.train_size, "seeds": list(exp.seeds), "target": target,
+               **summarize_runs(run_dir, runs, benchmarks, bool(exp.retention.prompts)), "distill": distill_stats}
+    if is_paper_model(exp.model):  # the reference numbers are Llama-2-7b-chat's
+        summary["replication"] = replication([a for a in summary["arms"]
+                                              if a.get("train_size") in (None, exp.train_size)])
+    return summary
 
 
 def write_summary(exp, the_plan, run_dir: Path) -> dict:

@@ -70,6 +70,38 @@ def test_matched_capacity_adds_all_linear_r64_runs(experiment):
     assert len(wide) == 2 and all(s.config["lora_r"] == 64 and s.config["target_modules"] == ["all-linear"] for s in wide)
 
 
+def test_template_sweep_distils_again_and_adds_sdft_arms(experiment):
+    """Table 4: each extra template is one more distillation of the same rows and SDFT arms trained on it; the
+    default distillation keeps its hash, so an existing run's stages stay cached."""
+    exp = load_experiment(str(experiment))
+    before = {s.key: s.hash for s in plan(exp).stages}
+    exp.distill_templates = ["distill_using", "gsm8k_distill"]  # the dataset's own template adds nothing
+    exp.seeds, exp.matched_capacity = [1, 2], True
+    the_plan = plan(exp)
+    distills = {s.key: s for s in the_plan.stages if s.kind == "distill"}
+    assert set(distills) == {"gsm8k_small", "gsm8k_small-using"}
+    assert distills["gsm8k_small-using"].config["template"] == "distill_using"
+    assert {k: v for k, v in distills["gsm8k_small-using"].config.items() if k != "template"} == \
+        {k: v for k, v in distills["gsm8k_small"].config.items() if k != "template"}, "same rows, same decoding"
+    assert distills["gsm8k_small"].hash == before["gsm8k_small"]
+    sweep = [m for m in the_plan.models if m.template]
+    assert [m.key for m in sweep] == ["gsm8k_small-sdft-using-s1", "gsm8k_small-sdft-using-s2"]
+    assert all(m.method == "sdft" and m.train.inputs == {"distilled": distills["gsm8k_small-using"]}
+               and m.train.config["mix_ratio"] == 1.0 for m in sweep)
+    vanilla = next(m for m in the_plan.models if m.arm == "gsm8k_small-vanilla")
+    assert vanilla.train.inputs == {"distilled": distills["gsm8k_small"]} and vanilla.template is None
+    record = sweep[0].record(experiment.parent)
+    assert record["template"] == "distill_using" and record["arm"] == "gsm8k_small-sdft-using"
+    assert record["distill_dir"].startswith("stages/distill/gsm8k_small-using-")
+
+
+def test_a_configured_judge_adds_the_alpaca_eval_column(experiment):
+    config = yaml.safe_load(experiment.read_text())
+    config["eval"]["judge_url"] = "http://127.0.0.1:9/v1"
+    experiment.write_text(yaml.safe_dump(config))
+    assert load_experiment(str(experiment)).eval.benchmarks == ["gsm8k", "advbench", "alpaca_eval"]
+
+
 def test_killed_run_resumes_without_redoing_finished_stages(experiment, monkeypatch, capsys):
     calls = {"train": [], "distill": 0}
     real_train, real_distill = pipeline.train, pipeline.distill
