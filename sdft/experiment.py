@@ -51,7 +51,9 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     distill_templates: list[str] = field([], choices=tuple(TEMPLATES),
                                          help="extra distillation templates for the sweep (Table 4: distill_using vs "
                                               "distill_refer): each distils the default-size set again and adds SDFT arms")
-    matched_capacity: bool = field(False, help="also compare at LoRA all-linear r64 (sdft#15)")
+    capacities: list[str] = field(["paper"], choices=("paper", "all-linear-r64"),
+                                  help="LoRA capacities to train at: paper (r8 on q/v) and/or all-linear-r64, the "
+                                       "matched capacity of sdft#15 (mixes and size sweeps run at the first only)")
     distill: DistillOptions = field(DistillOptions, help="distillation options (`sdft distill`)")
     train: TrainOptions = field(TrainOptions, help="training options (`sdft train`)")
     eval: EvalOptions = field(EvalOptions, help="evaluation options (`sdft eval`: benchmarks, limit, judge...)")

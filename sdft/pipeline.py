@@ -33,7 +33,8 @@ from .stages.evaluate import run_eval
 from .stages.train import train
 from .threads import configure_threads, describe
 
-MATCHED_CAPACITY = {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}
+# Training overrides per capacity: the paper's LoRA (the train section as given) and sdft#15's matched capacity.
+CAPACITIES = {"paper": {}, "all-linear-r64": {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}}
 # An action gets its stage directory and {input name: that input stage's directory}.
 Action = Callable[[Path, dict[str, Path]], dict]
 
@@ -105,7 +106,7 @@ def plan(exp: ExperimentConfig) -> Plan:
         stages.append(answers)
     seed_model = _model_run(exp, stages, answers, "seed", "seed", "seed", None, None, None, "paper", None, base_eval, None)
     models = [seed_model]
-    capacities = {"paper": {}} | ({"all-linear-r64": MATCHED_CAPACITY} if exp.matched_capacity else {})
+    capacities = {name: CAPACITIES[name] for name in exp.capacities}
     several_seeds = len(exp.seeds) > 1
     for dataset in exp.datasets:
         name = Path(dataset).stem
@@ -124,7 +125,7 @@ def plan(exp: ExperimentConfig) -> Plan:
             for seed in exp.seeds:  # seed by seed, so a run stopped early has every arm at its first seeds
                 for method, ratio, template in variants:
                     for capacity, overrides in capacities.items():
-                        if capacity != "paper" and (method == "mix" or size != exp.train_size or template):
+                        if capacity != exp.capacities[0] and (method == "mix" or size != exp.train_size or template):
                             continue
                         arm = "-".join(filter(None, [name, method if method != "mix" else f"mix{ratio:g}",
                                                      f"n{size}" if size != exp.train_size else "", _short(template),

@@ -65,7 +65,7 @@ def test_seeds_repeat_each_training_run_on_the_same_data(experiment):
 
 def test_matched_capacity_adds_all_linear_r64_runs(experiment):
     exp = load_experiment(str(experiment))
-    exp.matched_capacity = True
+    exp.capacities = ["paper", "all-linear-r64"]
     wide = [s for s in plan(exp).stages if s.kind == "train" and s.key.endswith("all-linear-r64")]
     assert len(wide) == 2 and all(s.config["lora_r"] == 64 and s.config["target_modules"] == ["all-linear"] for s in wide)
 
@@ -76,7 +76,7 @@ def test_template_sweep_distils_again_and_adds_sdft_arms(experiment):
     exp = load_experiment(str(experiment))
     before = {s.key: s.hash for s in plan(exp).stages}
     exp.distill_templates = ["distill_using", "gsm8k_distill"]  # the dataset's own template adds nothing
-    exp.seeds, exp.matched_capacity = [1, 2], True
+    exp.seeds, exp.capacities = [1, 2], ["paper", "all-linear-r64"]
     the_plan = plan(exp)
     distills = {s.key: s for s in the_plan.stages if s.kind == "distill"}
     assert set(distills) == {"gsm8k_small", "gsm8k_small-using"}
