@@ -18,7 +18,7 @@ from .errors import UserError
 from .data import DATASETS
 from .templates import TEMPLATES
 from .options import (DataDirOption, DistillOptions, EvalOptions, ModelOptions, PromptModeOption,
-                      SeedOption, TrainOptions, check_selection)
+                      OnPolicyOptions, SeedOption, TrainOptions, check_selection)
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 INHERITED = ("model", "dtype", "prompt_mode", "seed", "data_dir")
@@ -45,7 +45,9 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     seeds: list[int] | None = field(None, help="seeds to repeat the experiment with (default: [seed])")
     datasets: list[str] = field(["gsm8k"], help="training sets (registry names or files)")
     train_size: int | None = field(None, check=at_least(1), help="rows per training set (None: the paper's > 10k -> 2000 rule)")
-    methods: list[str] = field(["vanilla", "sdft"], choices=("vanilla", "sdft"), help="methods (use mix_ratios for mixes)")
+    methods: list[str] = field(["vanilla", "sdft"], choices=("vanilla", "sdft", "onpolicy"),
+                               help="methods (use mix_ratios for mixes); onpolicy: on-policy self-distillation "
+                                    "(Shenfeld et al. 2026) with TRL, on vanilla's rows")
     mix_ratios: list[float] = field([], check=each(within(0, 1)), help="extra mix ratios in (0, 1) for the sweep (Fig. 7/8)")
     train_sizes: list[int] = field([], check=each(at_least(1)), help="extra training-set sizes for the sweep (Fig. 5/6)")
     distill_templates: list[str] = field([], choices=tuple(TEMPLATES),
@@ -59,6 +61,7 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     eval: EvalOptions = field(EvalOptions, help="evaluation options (`sdft eval`: benchmarks, limit, judge...)")
     shift: ShiftOptions = field(ShiftOptions, help="distribution shift")
     retention: RetentionOptions = field(RetentionOptions, help="retention of the seed's own answers (log-likelihood)")
+    onpolicy: OnPolicyOptions = field(OnPolicyOptions, help="on-policy self-distillation options (method onpolicy)")
     target_benchmark: str | None = field(None, choices=BENCHMARKS,
                                          help="the benchmark of the task trained for: the x axis of the learning-vs-forgetting plot (default: the benchmark named like the first dataset)")
 

@@ -8,7 +8,8 @@ checkpoint. A stage's action receives its own directory and its inputs' director
 Seeds: each seed in `seeds` is one training run per method (its own stages); the training rows, the distilled targets
 and the evaluation items are the same for every seed (all drawn with the experiment's `seed`), so models compare
 paired by item and seed. When a training set is distilled, vanilla trains on the distilled file's original targets
-(mix ratio 0), i.e. on exactly the rows SDFT trains on.
+(mix ratio 0), i.e. on exactly the rows SDFT trains on; so does `onpolicy` (on-policy self-distillation, TRL), whose
+teacher is shown those targets in the distillation template.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def plan(exp: ExperimentConfig) -> Plan:
                                                      f"n{size}" if size != exp.train_size else "", _short(template),
                                                      capacity if capacity != "paper" else ""]))
                         key = f"{arm}-s{seed}" if several_seeds else arm
-                        train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distilled.get(template), seed)
+                        train_stage = _train_stage(exp, key, dataset, size, ratio, overrides, distilled.get(template), seed, method)
                         stages.append(train_stage)
                         model = _model_run(exp, stages, answers, key, arm, method, name, ratio, size, capacity, seed,
                                            base_eval, train_stage, seed_model)
@@ -155,6 +156,7 @@ def _short(template: str | None) -> str:
 def _model_run(exp, stages, answers, key, arm, method, dataset, ratio, size, capacity, seed, base_eval, train_stage,
                seed_model: ModelRun | None = None) -> ModelRun:
     """The eval stage of one model, with its retention and shift stages when the experiment asks for them."""
+    ratio = None if method == "onpolicy" else ratio  # no distilled targets: not a point of the mix-ratio sweep
     model = ModelRun(key, arm, method, dataset, ratio, size, capacity, seed, _eval_stage(key, base_eval, train_stage),
                      train_stage)
     stages.append(model.eval)
@@ -174,10 +176,13 @@ def _distill_stage(exp: ExperimentConfig, dataset: str, key: str, size: int | No
     return Stage("distill", key, config, {}, lambda directory, inputs: distill(DistillConfig(**config, out=str(directory))))
 
 
-def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed) -> Stage:
+def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed, method) -> Stage:
     """Training at `seed` on the distilled file (its rows, any mix ratio incl. 0 = vanilla) or, when nothing was
-    distilled, on the dataset itself."""
+    distilled, on the dataset itself. `onpolicy` adds its options, its teacher prompt the distillation's template."""
     config = {**section_values(exp.train), **overrides, "seed": seed}
+    if method == "onpolicy":
+        config.update(section_values(exp.onpolicy), method="onpolicy")
+        config["teacher_template"] = config["teacher_template"] or exp.distill.template
     if distill_stage is not None:
         config.update(limit=None, mix_ratio=ratio)  # the distilled file is already the training subset
         inputs = {"distilled": distill_stage}

@@ -102,3 +102,38 @@ def test_num_generations_must_divide_the_batch(tmp_path):
 
     with pytest.raises(UserError, match="num_generations"):
         TrainConfig(data="x", out=str(tmp_path), method="onpolicy", batch_size=8, num_generations=3)
+
+
+def test_an_onpolicy_arm_trains_on_vanillas_rows_with_its_options(tmp_path, tiny_model_dir):
+    from sdft.experiment import ExperimentConfig
+    from sdft.config import build_config
+    from sdft.pipeline import plan
+
+    exp = build_config(ExperimentConfig, values={
+        "name": "t", "out": str(tmp_path), "model": tiny_model_dir, "datasets": ["gsm8k"],
+        "methods": ["vanilla", "sdft", "onpolicy"], "distill": {"template": "gsm8k_distill"},
+        "onpolicy": {"teacher": "ema", "num_generations": 2}, "train": {"batch_size": 4}})
+    the_plan = plan(exp)
+    trains = {s.key: s for s in the_plan.stages if s.kind == "train"}
+    distill = next(s for s in the_plan.stages if s.kind == "distill")
+    onpolicy, vanilla = trains["gsm8k-onpolicy"], trains["gsm8k-vanilla"]
+    assert onpolicy.inputs == vanilla.inputs == {"distilled": distill}
+    assert onpolicy.config["mix_ratio"] == vanilla.config["mix_ratio"] == 0.0, "the originals are the demonstrations"
+    assert onpolicy.config["method"] == "onpolicy" and "method" not in vanilla.config, "vanilla's hash is unchanged"
+    assert onpolicy.config["teacher"] == "ema" and onpolicy.config["num_generations"] == 2
+    assert onpolicy.config["teacher_template"] == "gsm8k_distill", "the teacher sees what the distillation's seed saw"
+    model = next(m for m in the_plan.models if m.method == "onpolicy")
+    assert model.mix_ratio is None and model.train is onpolicy and model.arm == "gsm8k-onpolicy"
+    # without a distilled arm it trains on the dataset's own seeded subset, as vanilla does
+    exp.methods = ["vanilla", "onpolicy"]
+    trains = {s.key: s for s in plan(exp).stages if s.kind == "train"}
+    assert trains["gsm8k-onpolicy"].inputs == {} and trains["gsm8k-onpolicy"].config["data"] == "gsm8k"
+
+
+def test_the_cpu_onpolicy_preset_dry_runs(tmp_path, capsys):
+    from sdft.cli import main
+
+    assert main(["run", "cpu-onpolicy", "--dry-run", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
+    plan_lines = capsys.readouterr().out.splitlines()
+    assert {line.split()[1] for line in plan_lines if line.startswith("train")} == \
+        {"openfunctions-vanilla", "openfunctions-sdft", "openfunctions-onpolicy"}

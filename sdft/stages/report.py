@@ -22,8 +22,8 @@ from matplotlib.figure import Figure as MplFigure
 
 from ..errors import UserError
 
-# Rows of a dataset block: vanilla first, then mixes by ratio, then SDFT (as in the paper's tables).
-_METHOD_ORDER = {"vanilla": 0, "mix": 1, "sdft": 2}
+# Rows of a dataset block: vanilla first, then mixes by ratio, then SDFT (as in the paper's tables), then on-policy.
+_METHOD_ORDER = {"vanilla": 0, "mix": 1, "sdft": 2, "onpolicy": 3}
 _DASH = "—"
 
 
@@ -158,7 +158,8 @@ def _score_tables(run: _Run) -> list[Block]:
         Para("Each cell: mean (Δ vs seed) [95% CI], on 0–100 unless a unit is given. "
              + (f"Means over {len(seeds)} training seeds ({', '.join(map(str, seeds))}) and the items; the interval "
                 "resamples both seeds and items. " if len(seeds) > 1 else "The interval resamples the items. ")
-             + "Methods: vanilla FT, SDFT, and mixes with a fraction r of distilled targets; n= marks a train size "
+             + "Methods: vanilla FT, SDFT, mixes with a fraction r of distilled targets, and onpolicy (on-policy "
+               "self-distillation, Shenfeld et al. 2026); n= marks a train size "
                "other than the group's usual one. forgetting_index = mean of HellaSwag, ARC-Challenge, WinoGrande; "
                "retention = log-probability per token of the seed's own answers."),
     ]
