@@ -137,3 +137,36 @@ def test_the_cpu_onpolicy_preset_dry_runs(tmp_path, capsys):
     plan_lines = capsys.readouterr().out.splitlines()
     assert {line.split()[1] for line in plan_lines if line.startswith("train")} == \
         {"openfunctions-vanilla", "openfunctions-sdft", "openfunctions-onpolicy"}
+
+
+def test_the_report_compares_onpolicy_with_vanilla_and_sdft(tmp_path):
+    """An onpolicy arm flows through summary.json into every table: scores, paired differences against vanilla and
+    SDFT, learning vs forgetting, wall time (its generation included in the training time)."""
+    from sdft.jsonl import write_json, write_jsonl
+    from sdft.stages.report import render_report
+    from sdft.summary import summarize_runs
+
+    benchmarks = ["gsm8k", "hellaswag", "arc_challenge", "winogrande"]
+    correct = {"seed": 10, "vanilla": 16, "sdft": 14, "onpolicy": 15}  # of 20 items, per benchmark alike
+    runs = []
+    for method, right in correct.items():
+        key = "seed" if method == "seed" else f"gsm8k-{method}"
+        run = {"key": key, "arm": key, "method": method, "dataset": None if method == "seed" else "gsm8k",
+               "mix_ratio": {"vanilla": 0.0, "sdft": 1.0}.get(method), "train_size": None, "capacity": "paper",
+               "seed": None if method == "seed" else 42, "eval_dir": f"evals/{key}"}
+        for bench in benchmarks:
+            write_jsonl(tmp_path / run["eval_dir"] / f"{bench}.jsonl",
+                        [{"id": f"q{i}", "score": float(i < right)} for i in range(20)])
+        if method != "seed":
+            run["train_dir"] = f"train/{key}"
+            write_json(tmp_path / run["train_dir"] / "done.json", {"seconds": 60.0 * right})
+        runs.append(run)
+    write_json(tmp_path / "summary.json", {"experiment": "t", "seed_model": "m", "seeds": [42], "target": "gsm8k",
+                                           **summarize_runs(tmp_path, runs, benchmarks)})
+    md = render_report(tmp_path)[0].read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| gsm8k | ")]
+    assert [r.split(" | ")[1] for r in rows[:3]] == ["vanilla", "sdft", "onpolicy"]
+    assert "| 75.0 (+25.0) [" in rows[2]
+    assert "gsm8k-onpolicy − gsm8k-vanilla | gsm8k | −5.0 |" in md and "gsm8k-onpolicy − gsm8k-sdft | gsm8k | +5.0 |" in md
+    assert "| gsm8k-onpolicy | — | 15.0 |" in md, "wall time: no distillation, 15 minutes of training"
+    assert (tmp_path / "figures/learning_vs_forgetting.png").is_file()
