@@ -10,7 +10,7 @@ import pytest
 from sdft.jsonl import write_json, write_jsonl
 from sdft.stages.report import render_report
 from sdft.stats import seeds_by_items_bootstrap, summarize
-from sdft.summary import summarize_runs
+from sdft.summary import distilled_examples, replication, summarize_runs
 
 N = 40
 BENCHMARKS = ["gsm8k", "advbench", "hellaswag", "arc_challenge", "winogrande"]
@@ -30,6 +30,8 @@ CORRECT = {
     "gsm8k-sdft-n20-s2": (21, 35, 30, 20, 24),
     "gsm8k-vanilla-all-linear-r64-s1": (30, 20, 20, 18, 20),
     "gsm8k-vanilla-all-linear-r64-s2": (30, 20, 20, 18, 20),
+    "gsm8k-sdft-using-s1": (21, 33, 30, 20, 24),  # the template sweep (Table 4)
+    "gsm8k-sdft-using-s2": (21, 33, 30, 20, 24),
 }
 SHIFT = {"bleu": 12.34, "rouge_l": 30.0, "sbert_cosine": 0.71, "sbert_values": [0.5, 0.7, 0.93], "l2_total": 1.5,
          "per_layer": {"layers.0": 1.0, "layers.1": 1.118, "embed_tokens": 0.0}}
@@ -48,7 +50,14 @@ def record(key):
     return {"key": key, "arm": arm, "method": "mix" if method.startswith("mix") else method, "dataset": "gsm8k",
             "mix_ratio": {"vanilla": 0.0, "sdft": 1.0}.get(method, 0.5), "train_size": 20 if "n20" in arm else 64,
             "capacity": "all-linear-r64" if "r64" in arm else "paper", "seed": int(seed), "eval_dir": f"evals/{key}",
-            "shift_dir": f"shift/{key}"}
+            "shift_dir": f"shift/{key}", "template": "distill_using" if "using" in arm else None}
+
+
+DISTILLED = [  # rows of a distilled.jsonl, as the distill stage writes them
+    {"id": f"d{i}", "instruction": f"Question {i}?", "original": f"Answer {i}.\nThe answer is {i}",
+     "distilled": f"Rewrite {i}: the answer is {i}", "accepted": ok, "reason": "ok" if ok else "wrong_answer"}
+    for i, ok in enumerate([False, True, False, True, True])
+]
 
 
 @pytest.fixture
@@ -66,13 +75,16 @@ def run_dir(tmp_path):
             sdft = "sdft" in run["key"]
             write_json(tmp_path / run["shift_dir"] / "shift.json",
                        {**SHIFT, "bleu": 40.0 if sdft else 12.34, "l2_total": 0.5 if sdft else 1.5})
+    write_jsonl(tmp_path / "distill/distilled.jsonl", DISTILLED)
     summary = {"experiment": "unit-test", "seed_model": "tiny-seed", "seeds": [1, 2], "target": "gsm8k",
                "provenance": {"git_revision": "abc123", "seed": 0, "config": {"lr": 1e-4}},
                **summarize_runs(tmp_path, runs, BENCHMARKS),
-               "distill": {"gsm8k": {"total": 64, "accepted": 40, "acceptance_rate": 0.625,
-                                     "reasons": {"ok": 40, "wrong_answer": 20, "length": 4}}}}
+               "distill": {"gsm8k": {"template": "gsm8k_distill", "total": 64, "accepted": 40, "acceptance_rate": 0.625,
+                                     "reasons": {"ok": 40, "wrong_answer": 20, "length": 4},
+                                     "examples": distilled_examples(tmp_path / "distill/distilled.jsonl")}}}
+    summary["replication"] = replication(summary["arms"])
     write_json(tmp_path / "summary.json", summary)
-    for folder in ("evals", "shift"):  # the report must need nothing but summary.json
+    for folder in ("evals", "shift", "distill"):  # the report must need nothing but summary.json
         shutil.rmtree(tmp_path / folder)
     return tmp_path
 
@@ -155,8 +167,8 @@ def test_paired_differences_come_from_the_summary(run_dir):
 
 def test_distillation_shift_and_wall_time_tables(run_dir):
     md = render_report(run_dir)[0].read_text()
-    assert table_row(md, "gsm8k", "64", "40", "62.5%") == \
-        "| gsm8k | 64 | 40 | 62.5% | ok: 40, wrong_answer: 20, length: 4 |"
+    assert table_row(md, "gsm8k", "gsm8k_distill", "64", "40", "62.5%") == \
+        "| gsm8k | gsm8k_distill | 64 | 40 | 62.5% | ok: 40, wrong_answer: 20, length: 4 |"
     assert table_row(md, "gsm8k-vanilla", "12.3") == "| gsm8k-vanilla | 12.3 | — | 30.0 | 0.710 | 1.5 |"
     assert table_row(md, "gsm8k-sdft", "40.0") == "| gsm8k-sdft | 40.0 | — | 30.0 | 0.710 | 0.5 |"
     assert '"git_revision": "abc123"' in md
@@ -168,7 +180,8 @@ def test_figures_are_pngs_embedded_in_self_contained_html(run_dir):
     figures = sorted((run_dir / "figures").glob("*.png"))
     names = {f.name for f in figures}
     assert {"mix_gsm8k_paper.png", "size_gsm8k_paper.png", "sbert_similarity.png", "param_shift_per_layer.png",
-            "learning_vs_forgetting.png"} <= names
+            "learning_vs_forgetting.png", "bars_gsm8k_paper.png", "bars_gsm8k_all-linear-r64.png",
+            "shift_mix_gsm8k_paper.png", "shift_size_gsm8k_paper.png"} <= names
     for figure in figures:
         data = figure.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 1000
@@ -195,3 +208,40 @@ def test_missing_pieces_are_left_out(tmp_path):
         assert section not in md
     assert not (tmp_path / "figures").exists()
     assert "data:image/png" not in html_path.read_text()
+
+
+def test_template_sweep_arms_are_rows_and_compared_with_the_own_template(run_dir):
+    """Table 4: the sweep arm is a row of its own and is compared with vanilla and with SDFT on the dataset's
+    template, which stays the SDFT baseline of the other arms."""
+    md = render_report(run_dir)[0].read_text()
+    assert "| 52.5 (+2.5) [" in table_row(md, "gsm8k", "sdft (distill_using)")
+    comparisons = summary_of(run_dir)["comparisons"]
+    assert {c["baseline"] for c in comparisons if c["arm"] == "gsm8k-sdft-using"} == {"gsm8k-vanilla", "gsm8k-sdft"}
+    assert {c["baseline"] for c in comparisons if c["train_size"] == 64 and c["capacity"] == "paper"} == \
+        {"gsm8k-vanilla", "gsm8k-sdft"}
+    assert "| paper | gsm8k | 64 | gsm8k-sdft-using − gsm8k-sdft | gsm8k | −2.5 |" in md
+
+
+def test_distilled_examples_show_kept_and_refused_rewrites(run_dir):
+    """Two kept and one refused rewrite per distillation, in file order, beside the originals (Figs 14–18)."""
+    examples = summary_of(run_dir)["distill"]["gsm8k"]["examples"]
+    assert [(e["id"], e["accepted"]) for e in examples] == [("d0", False), ("d1", True), ("d3", True)]
+    md = render_report(run_dir)[0].read_text()
+    assert table_row(md, "Question 1?") == "| Question 1? | Answer 1. ⏎ The answer is 1 | Rewrite 1: the answer is 1 | kept |"
+    assert table_row(md, "Question 0?").endswith("| refused (wrong_answer) |")
+    assert "Question 2?" not in md
+
+
+def test_replication_table_puts_the_paper_beside_ours(run_dir):
+    """Each reference number of paper_numbers beside our score and interval, computed into the summary."""
+    entries = {(e["arm"], e["benchmark"]): e for e in summary_of(run_dir)["replication"]}
+    seed = entries[("seed", "gsm8k")]
+    assert seed["paper"]["value"] == 29.4 and seed["rerun"]["value"] == 28.81 and seed["ours"]["mean"] == 50.0
+    assert entries[("gsm8k-sdft", "gsm8k")]["paper"]["value"] == 34.4 and entries[("gsm8k-sdft", "gsm8k")]["rerun"] is None
+    assert entries[("seed", "hellaswag")]["reference_metric"] == "acc"  # the reruns' lm-eval metric, not ours
+    assert not any(arm == "gsm8k-sdft-using" for arm, _ in entries), "the references are on the dataset's template"
+    md = render_report(run_dir)[0].read_text()
+    lo, hi = arm(run_dir, "gsm8k-vanilla")["scores"]["gsm8k"]["ci95"]
+    assert table_row(md, "gsm8k-vanilla", "gsm8k") == \
+        f"| gsm8k-vanilla | gsm8k | accuracy | 31.90 | 29.26 | 62.5 [{lo:.1f}, {hi:.1f}] | accuracy | — |"
+    assert "sail-sg/sdft#12" in md and "arXiv 2402.13669" in md

@@ -1,10 +1,12 @@
 """Render an experiment's report from `RUN_DIR/summary.json` alone: `report.md`, a self-contained `report.html` and
 PNG figures. Every number shown is in the summary (`sdft.summary`); this module only lays it out.
 
-The layout follows the paper: score tables per capacity with every arm next to the seed (Tables 1–4; means over seeds
-with seeds × items 95% intervals), paired differences against vanilla and SDFT with p-values, the learning-vs-forgetting
-plot (Biderman et al. 2024), distillation acceptance, mix-ratio and train-size sweeps (Figs 5–8), distribution shift
-(§5, Fig 9), wall time per method, and the run's provenance. Whatever the run lacks is left out rather than failing.
+The layout follows the paper: score tables per capacity with every arm next to the seed (Tables 1–4, template-sweep
+arms included; means over seeds with seeds × items 95% intervals), the replication table (paper, maintainers' rerun,
+ours), per-benchmark bars (Fig. 4), paired differences against vanilla and SDFT with p-values, the learning-vs-
+forgetting plot (Biderman et al. 2024), distillation acceptance and examples (Figs 14–18), score and shift against mix
+ratio and train size (Figs 5–8), distribution shift (§5, Fig 9), wall time per method, and the run's provenance.
+Whatever the run lacks is left out rather than failing.
 """
 
 from __future__ import annotations
@@ -116,7 +118,9 @@ def _default_size(arms: list[dict]) -> int | None:
 
 
 def _method_label(arm: dict) -> str:
-    return f"mix r={arm['mix_ratio']:g}" if arm["method"] == "mix" else arm["method"]
+    """vanilla, sdft, 'mix r=0.5'; a template-sweep arm adds its template: 'sdft (distill_using)'."""
+    label = f"mix r={arm['mix_ratio']:g}" if arm["method"] == "mix" else arm["method"]
+    return label + (f" ({arm['template']})" if arm.get("template") else "")
 
 
 def _label(arm: dict, default_size: int | None) -> str:
@@ -242,31 +246,111 @@ def _distillation(run: _Run) -> list[Block]:
     rows = []
     for dataset, stats in distill.items():
         reasons = sorted((stats.get("reasons") or {}).items(), key=lambda kv: -kv[1])
-        rows.append([dataset, str(stats["total"]), str(stats["accepted"]), f"{100 * stats['acceptance_rate']:.1f}%",
-                     ", ".join(f"{reason}: {count}" for reason, count in reasons)])
-    return [Heading(2, "Distillation"), Table(["Dataset", "Rewrites", "Accepted", "Acceptance", "Outcomes"], rows)]
+        rows.append([dataset, stats.get("template") or _DASH, str(stats["total"]), str(stats["accepted"]),
+                     f"{100 * stats['acceptance_rate']:.1f}%", ", ".join(f"{reason}: {count}" for reason, count in reasons)])
+    return [Heading(2, "Distillation"),
+            Table(["Distillation", "Template", "Rewrites", "Accepted", "Acceptance", "Outcomes"], rows)]
+
+
+def _excerpt(text: str, limit: int = 400) -> str:
+    """One line of at most `limit` characters (line breaks shown as ⏎), for a table cell."""
+    flat = " ⏎ ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    return flat if len(flat) <= limit else flat[:limit - 1] + "…"
+
+
+def _distilled_examples(run: _Run) -> list[Block]:
+    """A few rewrites of each distillation beside their originals, kept or not (paper Figs 14–18)."""
+    blocks: list[Block] = []
+    for dataset, stats in (run.summary.get("distill") or {}).items():
+        rows = [[_excerpt(e["instruction"]), _excerpt(e["original"]), _excerpt(e["distilled"]),
+                 "kept" if e["accepted"] else f"refused ({e.get('reason') or _DASH})"] for e in stats.get("examples") or []]
+        if rows:
+            blocks += [Heading(3, dataset), Table(["Instruction", "Original", "Rewrite", "Selection"], rows)]
+    if not blocks:
+        return []
+    return [Heading(2, "Distilled examples"),
+            Para("The seed's rewrite of a training response beside the original: the first kept and refused rows of "
+                 "each distillation; a refused rewrite is replaced by the original in the training file.")] + blocks
+
+
+def _replication(run: _Run) -> list[Block]:
+    """The paper's number, the maintainers' rerun and ours [95% CI] per arm and benchmark."""
+    entries = run.summary.get("replication") or []
+    if not entries:
+        return []
+
+    def reference(entry):
+        return _DASH if entry is None else f"{entry['value']:.2f}"
+
+    rows = []
+    for e in entries:
+        ours = e.get("ours") or {}
+        ours_text = _DASH if ours.get("mean") is None else f"{ours['mean']:.1f} {_interval(ours, 1)}".strip()
+        as_reference = e.get("ours_reference_metric")
+        rows.append([e["arm"], e["benchmark"], e["reference_metric"] or _DASH, reference(e.get("paper")),
+                     reference(e.get("rerun")), ours_text, e.get("metric") or _DASH,
+                     _DASH if as_reference is None else f"{as_reference:.1f}"])
+    sources = sorted({ref["source"] for e in entries for ref in (e.get("paper"), e.get("rerun")) if ref})
+    return [Heading(2, "Replication"),
+            Para("Our numbers beside the paper's and the maintainers' reruns (Llama-2-7b-chat, points). Ours: mean "
+                 "[95% CI] under our metric; where the reference's metric differs, ours under it too (mean only). "
+                 "Sources: " + "; ".join(sources) + "."),
+            Table(["Model", "Benchmark", "Reference metric", "Paper", "Rerun", "Ours [95% CI]", "Our metric",
+                   "Ours, reference metric"], rows)]
 
 
 def _score_of(arm: dict, measure: str) -> float | None:
     return (arm["scores"].get(measure) or {}).get("mean")
 
 
+def _ratio_arms(arms: list[dict]) -> dict[float, dict]:
+    """A group's arms at its usual train size on the dataset's own template, by mix ratio (0 = vanilla, 1 = SDFT)."""
+    default, by_ratio = _default_size(arms), {}
+    for a in arms:
+        if a.get("train_size") == default and a.get("mix_ratio") is not None and not a.get("template"):
+            by_ratio.setdefault(a["mix_ratio"], a)
+    return dict(sorted(by_ratio.items()))
+
+
+def _size_series(arms: list[dict]) -> dict[str, dict[int, dict]]:
+    """A group's arms by method label and train size, for the labels with two sizes or more."""
+    series: dict[str, dict[int, dict]] = {}
+    for a in arms:
+        if a.get("train_size") is not None:
+            series.setdefault(_method_label(a), {}).setdefault(a["train_size"], a)
+    return {label: dict(sorted(sizes.items())) for label, sizes in series.items() if len(sizes) >= 2}
+
+
+def _panels(run: _Run, name: str, title: str, xlabel: str, panels: dict[str, dict[str, list[tuple]]],
+            caption: str) -> list[Block]:
+    """One subplot per panel (a benchmark, a shift measure), one line per label; nothing when no panel has a point."""
+    panels = {panel: {label: points for label, points in lines.items() if points} for panel, lines in panels.items()}
+    panels = {panel: lines for panel, lines in panels.items() if lines}
+    if not panels:
+        return []
+    fig = MplFigure(figsize=(4 * len(panels), 3.5), layout="constrained")
+    fig.suptitle(title)
+    for i, (panel, lines) in enumerate(panels.items(), 1):
+        ax = fig.add_subplot(1, len(panels), i)
+        for label, points in lines.items():
+            ax.plot(*zip(*points), marker="o", label=label)
+        ax.set(xlabel=xlabel, title=panel)
+        if any(lines):  # a single unnamed line needs no legend
+            ax.legend(fontsize="small")
+    return [Image(run.save(fig, name), caption)]
+
+
 def _mix_sweeps(run: _Run) -> list[Block]:
-    """Score against mix ratio at the usual train size, one line per benchmark (paper Figs 7–8)."""
+    """Score against mix ratio at the usual train size, one line per benchmark (paper Fig. 7)."""
     blocks: list[Block] = []
     for (capacity, dataset), arms in run.groups().items():
-        default = _default_size(arms)
-        by_ratio = {}
-        for a in arms:
-            if a.get("train_size") == default and a.get("mix_ratio") is not None:
-                by_ratio.setdefault(a["mix_ratio"], a)
+        by_ratio = _ratio_arms(arms)
         if len(by_ratio) < 2:
             continue
-        ratios = sorted(by_ratio)
         fig = MplFigure(figsize=(6, 4), layout="constrained")
         ax = fig.add_subplot()
         for measure in run.summary["benchmarks"]:
-            points = [(r, s) for r in ratios if (s := _score_of(by_ratio[r], measure)) is not None]
+            points = [(r, s) for r, arm in by_ratio.items() if (s := _score_of(arm, measure)) is not None]
             if not points:
                 continue
             (line,) = ax.plot(*zip(*points), marker="o", label=measure)
@@ -275,36 +359,77 @@ def _mix_sweeps(run: _Run) -> list[Block]:
                 ax.axhline(seed_score, color=line.get_color(), linestyle=":", linewidth=1)
         ax.set(xlabel="mix ratio r (0 = vanilla, 1 = SDFT)", ylabel="score", title=f"{dataset} ({capacity})")
         ax.legend(fontsize="small")
-        caption = f"Mix-ratio sweep, {dataset}, capacity {capacity}, n={default} (dotted: seed)."
+        caption = f"Mix-ratio sweep, {dataset}, capacity {capacity}, n={_default_size(arms)} (dotted: seed)."
         blocks.append(Image(run.save(fig, f"mix_{dataset}_{capacity}"), caption))
     return blocks
 
 
 def _size_sweeps(run: _Run) -> list[Block]:
-    """Score against train size, one panel per benchmark and one line per method (paper Figs 5–6)."""
+    """Score against train size, one panel per benchmark and one line per method (paper Fig. 5)."""
     blocks: list[Block] = []
-    benchmarks = run.summary["benchmarks"]
     for (capacity, dataset), arms in run.groups().items():
-        series: dict[str, dict[int, dict]] = {}
-        for a in arms:
-            if a.get("train_size") is not None:
-                series.setdefault(_method_label(a), {}).setdefault(a["train_size"], a)
-        series = {label: sizes for label, sizes in series.items() if len(sizes) >= 2}
-        if not series:
-            continue
-        fig = MplFigure(figsize=(4 * len(benchmarks), 3.5), layout="constrained")
-        fig.suptitle(f"{dataset} ({capacity})")
-        for i, measure in enumerate(benchmarks, 1):
-            ax = fig.add_subplot(1, len(benchmarks), i)
-            for label, sizes in series.items():
-                points = [(n, s) for n in sorted(sizes) if (s := _score_of(sizes[n], measure)) is not None]
-                if points:
-                    ax.plot(*zip(*points), marker="o", label=label)
-            ax.set(xlabel="train size", ylabel="score", title=measure)
-            ax.legend(fontsize="small")
-        caption = f"Train-size sweep, {dataset}, capacity {capacity}."
-        blocks.append(Image(run.save(fig, f"size_{dataset}_{capacity}"), caption))
+        series = _size_series(arms)
+        panels = {measure: {label: [(n, s) for n, arm in sizes.items() if (s := _score_of(arm, measure)) is not None]
+                            for label, sizes in series.items()} for measure in run.summary["benchmarks"]}
+        blocks += _panels(run, f"size_{dataset}_{capacity}", f"{dataset} ({capacity})", "train size", panels,
+                          f"Train-size sweep, {dataset}, capacity {capacity}.")
     return blocks
+
+
+# Shift measures plotted against mix ratio and train size (paper Figs 6 and 8), with their axis titles.
+_SHIFT_AXES = {"bleu": "BLEU-4 to the seed", "rouge_l": "ROUGE-L to the seed", "sbert_cosine": "SBERT cosine to the seed",
+               "l2_total": "‖Δθ‖₂"}
+
+
+def _shift_sweeps(run: _Run) -> list[Block]:
+    """Distribution shift from the seed against mix ratio (Fig. 8) and train size (Fig. 6), one panel per measure."""
+    blocks: list[Block] = []
+    for (capacity, dataset), arms in run.groups().items():
+        by_ratio, series = _ratio_arms(arms), _size_series(arms)
+        if len(by_ratio) >= 2:
+            panels = {title: {"": [(r, a["shift"][m]) for r, a in by_ratio.items() if m in (a.get("shift") or {})]}
+                      for m, title in _SHIFT_AXES.items()}
+            blocks += _panels(run, f"shift_mix_{dataset}_{capacity}", f"{dataset} ({capacity})",
+                              "mix ratio r (0 = vanilla, 1 = SDFT)", panels,
+                              f"Shift from the seed against mix ratio, {dataset}, capacity {capacity} (means over seeds).")
+        panels = {title: {label: [(n, a["shift"][m]) for n, a in sizes.items() if m in (a.get("shift") or {})]
+                          for label, sizes in series.items()} for m, title in _SHIFT_AXES.items()}
+        blocks += _panels(run, f"shift_size_{dataset}_{capacity}", f"{dataset} ({capacity})", "train size", panels,
+                          f"Shift from the seed against train size, {dataset}, capacity {capacity} (means over seeds).")
+    return blocks
+
+
+def _benchmark_bars(run: _Run) -> list[Block]:
+    """Seed, vanilla and SDFT (every template) side by side per benchmark with 95% interval bars (paper Fig. 4)."""
+    blocks: list[Block] = []
+    for (capacity, dataset), arms in run.groups().items():
+        default = _default_size(arms)
+        shown = ([("seed", run.seed)] if run.seed else []) + [
+            (_method_label(a), a) for a in arms if a["method"] in ("vanilla", "sdft") and a.get("train_size") == default]
+        benchmarks = [b for b in run.summary["benchmarks"] if any(_score_of(a, b) is not None for _, a in shown)]
+        if len(shown) < 2 or not benchmarks:
+            continue
+        fig = MplFigure(figsize=(max(6.0, 1.2 * len(benchmarks) * len(shown) / 2), 4), layout="constrained")
+        ax = fig.add_subplot()
+        width = 0.8 / len(shown)
+        for i, (label, arm) in enumerate(shown):
+            xs, means, errors = [], [], [[], []]
+            for j, bench in enumerate(benchmarks):
+                score = arm["scores"].get(bench) or {}
+                if score.get("mean") is None:
+                    continue
+                lo, hi = score.get("ci95") or (score["mean"], score["mean"])
+                xs.append(j + (i - (len(shown) - 1) / 2) * width)
+                means.append(score["mean"])
+                errors[0].append(score["mean"] - lo)
+                errors[1].append(hi - score["mean"])
+            ax.bar(xs, means, width, yerr=errors, capsize=2, label=label)
+        ax.set_xticks(range(len(benchmarks)), benchmarks, rotation=30, ha="right")
+        ax.set(ylabel="score", title=f"{dataset} ({capacity}), n={default}")
+        ax.legend(fontsize="small")
+        caption = f"Scores per benchmark, {dataset}, capacity {capacity}; bars are 95% intervals over seeds and items."
+        blocks.append(Image(run.save(fig, f"bars_{dataset}_{capacity}"), caption))
+    return [Heading(2, "Scores per benchmark")] + blocks if blocks else []
 
 
 def _shift(run: _Run) -> list[Block]:
@@ -381,8 +506,9 @@ def _blocks(run: _Run) -> list[Block]:
     blocks: list[Block] = [Heading(1, _title(run))]
     if summary.get("seed_model"):
         blocks.append(Para(f"Seed model: {summary['seed_model']}"))
-    blocks += _score_tables(run) + _extras(run) + _comparisons(run) + _learning_vs_forgetting(run) + _distillation(run)
-    sweeps = _mix_sweeps(run) + _size_sweeps(run)
+    blocks += _score_tables(run) + _replication(run) + _benchmark_bars(run) + _extras(run) + _comparisons(run)
+    blocks += _learning_vs_forgetting(run) + _distillation(run) + _distilled_examples(run)
+    sweeps = _mix_sweeps(run) + _size_sweeps(run) + _shift_sweeps(run)
     if sweeps:
         blocks += [Heading(2, "Sweeps")] + sweeps
     blocks += _shift(run) + _wall_time(run)
