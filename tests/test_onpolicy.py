@@ -136,7 +136,7 @@ def test_the_cpu_onpolicy_preset_dry_runs(tmp_path, capsys):
     assert main(["run", "cpu-onpolicy", "--dry-run", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
     plan_lines = capsys.readouterr().out.splitlines()
     assert {line.split()[1] for line in plan_lines if line.startswith("train")} == \
-        {"openfunctions-vanilla", "openfunctions-sdft", "openfunctions-onpolicy"}
+        {f"openfunctions-{method}-all-linear-r64" for method in ("vanilla", "sdft", "onpolicy")}
 
 
 def test_the_report_compares_onpolicy_with_vanilla_and_sdft(tmp_path):
