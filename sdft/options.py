@@ -187,7 +187,8 @@ class TrainConfig(TrainOptions, OnPolicyOptions):
     data: str = field(help="distilled.jsonl from `sdft distill`, or any dataset (registry name, file, hub id) for vanilla")
     out: str = field(help="output directory (adapter, logs, checkpoints)")
     mix_ratio: float | None = field(None, check=within(0, 1),
-                                    help="fraction of rows trained on distilled targets (1 = SDFT, 0 = vanilla; default 1 for distilled data)")
+                                    help="fraction of rows trained on distilled targets (1 = SDFT, 0 = vanilla; default 1 for distilled "
+                                         "data, 0 with --method onpolicy: its teacher is shown the originals)")
 
     def __post_init__(self):
         super().__post_init__()

@@ -25,42 +25,44 @@ def _distilled_gsm8k(tmp_path, n=4):
 
 def _config(tmp_path, model, **overrides):
     data, _ = _distilled_gsm8k(tmp_path)
-    values = dict(data=str(data), out=str(tmp_path / "out"), model=model, method="onpolicy", mix_ratio=0.0,
+    values = dict(data=str(data), out=str(tmp_path / "out"), model=model, method="onpolicy",
                   max_steps=2, batch_size=2, micro_batch_size=2, learning_rate=1e-2, save_steps=1, logging_steps=1,
                   max_completion_length=6, distillation_topk=5)
     return TrainConfig(**{**values, **overrides})
 
 
-def _spy_teacher_inputs(monkeypatch) -> list:
-    """Record the teacher's (prompt + sampled answer) token ids of every batch TRL distils on."""
+def _spy_teacher_inputs(monkeypatch) -> tuple[list, list]:
+    """Record the teacher's (prompt + sampled answer) token ids of every batch TRL distils on, and the bf16 setting."""
     from trl.experimental.sdft.sdft_trainer import SDFTTrainer
 
-    seen, original = [], SDFTTrainer._compute_teacher_student_logits
+    seen, bf16, original = [], [], SDFTTrainer._compute_teacher_student_logits
 
     def spy(self, model, teacher_model, inputs):
+        bf16[:] = [self.args.bf16]
         for ids, mask in zip(inputs["teacher_input_ids"], inputs["teacher_attention_mask"]):
             seen.append(ids[mask.bool()].tolist())
         return original(self, model, teacher_model, inputs)
 
     monkeypatch.setattr(SDFTTrainer, "_compute_teacher_student_logits", spy)
-    return seen
+    return seen, bf16
 
 
 def test_onpolicy_trains_an_adapter_against_the_distillation_prompt(tmp_path, tiny_model_dir, embedded_tokenizer,
                                                                      monkeypatch):
     from safetensors.torch import load_file
 
-    seen = _spy_teacher_inputs(monkeypatch)
-    metrics = train(_config(tmp_path, tiny_model_dir))
+    seen, seen_bf16 = _spy_teacher_inputs(monkeypatch)
+    metrics = train(_config(tmp_path, tiny_model_dir, bf16=True))
     _, rows = _distilled_gsm8k(tmp_path)
-    # the teacher's prompt is exactly what `sdft distill` gives the seed: gsm8k_distill with the target as reference
-    # (mix ratio 0: the original), its assistant prefix included, one BOS at most
+    # the teacher's prompt is exactly what `sdft distill` gives the seed: gsm8k_distill with the original answer as
+    # reference (on-policy's default mix ratio is 0, not SDFT's 1), its assistant prefix included, one BOS at most
     expected = [embedded_tokenizer(render("gsm8k_distill", r, embedded_tokenizer))["input_ids"] for r in rows]
     assert seen and all(any(ids[:len(e)] == e for e in expected) for ids in seen)
     assert "Great! Let's think step by step. " in render("gsm8k_distill", rows[0], embedded_tokenizer)
 
     out = tmp_path / "out"
-    assert metrics["method"] == "onpolicy" and metrics["examples"] == 4
+    assert metrics["method"] == "onpolicy" and metrics["examples"] == 4 and metrics["distilled_targets"] == 0
+    assert seen_bf16 == [False], "asked for bf16, a CPU run still samples and trains in fp32"
     state = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())
     assert state["global_step"] == 2 and any("loss" in log for log in state["log_history"])
     assert any("sdft/distillation_loss" in log for log in state["log_history"]), "TRL's own metrics are logged"

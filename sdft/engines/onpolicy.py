@@ -53,13 +53,17 @@ def _trainer_class():
 def train_onpolicy(model, tokenizer, rows: list[OnPolicyRow], out_dir: Path, settings: TrainerSettings, peft_config,
                    options, max_prompt_length: int, before_train=None):
     """Run TRL's SDFTTrainer (resuming from the last checkpoint in out_dir); `options` is an `OnPolicyOptions`.
-    Generation is TRL's transformers `generate` on the training device in the weights' dtype (no vLLM)."""
+    Generation is TRL's transformers `generate` on the training device (no vLLM), in fp32 on a CPU."""
     from datasets import Dataset
     from trl.experimental.sdft import SDFTConfig
 
     mode = options.distillation_mode
+    arguments = trainer_arguments(settings, out_dir, model)
+    if arguments["use_cpu"]:
+        # bf16 autocast wraps the model's forward, so generation would sample in bf16 too: on a CPU keep all fp32
+        arguments["bf16"] = False
     args = SDFTConfig(
-        **trainer_arguments(settings, out_dir, model),
+        **arguments,
         gradient_checkpointing=False,  # TRL's default; sdft's supervised training does not checkpoint either
         teacher_model_kind=options.teacher,
         distillation_mode=mode,

@@ -40,7 +40,8 @@ def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str
         rows = read_jsonl(path)
         if rows and all("target" in r and "original" in r for r in rows):
             template = config.template or rows[0].get("train_template", "alpaca")
-            ratio = 1.0 if config.mix_ratio is None else config.mix_ratio
+            default = 0.0 if config.method == "onpolicy" else 1.0  # on-policy: the originals are the demonstrations
+            ratio = default if config.mix_ratio is None else config.mix_ratio
             return mixed_targets(subsample(rows, config.seed, config.limit), ratio, config.seed), template, \
                 DATASETS.get(_stats_dataset(path))
     if config.mix_ratio not in (None, 0.0):
