@@ -51,7 +51,7 @@ def _trainer_class():
 
 
 def train_onpolicy(model, tokenizer, rows: list[OnPolicyRow], out_dir: Path, settings: TrainerSettings, peft_config,
-                   options, max_prompt_length: int, before_train=None):
+                   options, max_prompt_length: int):
     """Run TRL's SDFTTrainer (resuming from the last checkpoint in out_dir); `options` is an `OnPolicyOptions`.
     Generation is TRL's transformers `generate` on the training device (no vLLM), in fp32 on a CPU."""
     from datasets import Dataset
@@ -78,4 +78,4 @@ def train_onpolicy(model, tokenizer, rows: list[OnPolicyRow], out_dir: Path, set
     dataset = Dataset.from_list([{"prompt": r.prompt, "privileged_context": r.teacher_prompt} for r in rows])
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                peft_config=peft_config)
-    return trainer, run_training(trainer, out_dir, before_train)
+    return trainer, run_training(trainer, out_dir)
