@@ -257,3 +257,21 @@ def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedde
         DistillConfig(dataset=str(data), out=str(tmp_path), task="math", selection="ast_contains")
     with pytest.raises(UserError, match="unknown value 'exact'"):
         DistillConfig(dataset=str(data), out=str(tmp_path), selection="exact")
+
+
+def test_paper_presets_sweep_what_the_paper_swept():
+    """Mix ratio and train size (Figs 5–8) on GSM8K and Alpaca, the distillation template (Table 4) on OpenFunctions
+    and Alpaca, and sdft#15's matched capacity on GSM8K, whose rerun numbers the replication table shows."""
+    from sdft.experiment import load_experiment
+    from sdft.paper_numbers import references
+    from sdft.pipeline import plan
+
+    for name in ("paper-gsm8k", "paper-alpaca"):
+        experiment = load_experiment(name)
+        assert len(experiment.mix_ratios) >= 3 and len(experiment.train_sizes) >= 2, name
+        assert experiment.train_size and experiment.train_size > max(experiment.train_sizes), name
+    assert load_experiment("paper-openfunctions").distill_templates == ["distill_using"]
+    assert load_experiment("paper-alpaca").distill_templates == ["distill_refer"]
+    arms = {(m.dataset, m.method, m.capacity) for m in plan(load_experiment("paper-gsm8k")).models}
+    assert {("gsm8k", "vanilla", "all-linear-r64"), ("gsm8k", "sdft", "all-linear-r64")} <= arms
+    assert all(references(*arm) for arm in arms if arm[1] in ("seed", "vanilla", "sdft"))
