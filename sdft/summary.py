@@ -9,6 +9,10 @@ by item, and for each arm against vanilla (and against SDFT) the difference pair
   Less and Forgets Less"), when all three were evaluated;
 - retention: the mean log-probability per token a model assigns to the seed's own answers (`stages.retention`), in
   nats per token (scale 1), when the experiment asks for it.
+
+Arms of a template sweep (`template` set) are compared with vanilla and with SDFT on the dataset's own template. Each
+distillation's entry carries a few kept and refused rewrites beside their originals; for the paper's seed model, the
+replication entries put `paper_numbers`' references beside our scores.
 """
 
 from __future__ import annotations
