@@ -20,9 +20,9 @@ if [ ! -d "$WORK/src" ]; then
   mkdir -p "$WORK/src"
   tar -xzf "$WORK/llama_cpp_python-$VERSION.tar.gz" -C "$WORK/src" --strip-components=1
 fi
-# AVX-512 parts only where this CPU has them (an AVX2-only EPYC dies on them with SIGILL); AMX always off.
-has() { grep -qw "$1" /proc/cpuinfo && echo ON || echo OFF; }
-FLAGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=$(has avx512f) -DGGML_AVX512_VNNI=$(has avx512_vnni) -DGGML_AVX512_BF16=$(has avx512_bf16) -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+# shellcheck source=../scripts/llama_cpp_flags.sh
+source "$(dirname "$0")/../scripts/llama_cpp_flags.sh"
+FLAGS="$(llama_cpp_cmake_flags)"
 # shellcheck disable=SC2086
 cmake -S "$WORK/src/vendor/llama.cpp" -B "$WORK/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
   -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF $FLAGS
