@@ -74,6 +74,26 @@ def test_onpolicy_trains_an_adapter_against_the_distillation_prompt(tmp_path, ti
     assert lora_b and any(w.abs().sum() > 0 for w in lora_b), "LoRA B starts at zero: training moved it"
 
 
+def test_a_prompt_is_tokenized_as_sdft_train_does_one_bos_at_most(embedded_tokenizer):
+    """TRL adds the tokenizer's special tokens to a text prompt; a chat template (or raw mode) that already starts
+    with BOS would get two, unlike the supervised training's prompt."""
+    import copy
+    from types import SimpleNamespace
+
+    from sdft.engines.onpolicy import _trainer_class
+    from sdft.engines.training import tokenize_example
+
+    tokenizer = copy.deepcopy(embedded_tokenizer)
+    tokenizer.add_bos_token = True  # as Llama's tokenizers do
+    bos = tokenizer.bos_token_id
+    trainer = SimpleNamespace(_tokenizer=tokenizer, max_prompt_length=None)
+    with_bos, without = tokenizer.bos_token + "Question", "Question"
+    assert tokenizer(with_bos)["input_ids"][:2] == [bos, bos], "the double BOS this guards against"
+    ids = _trainer_class()._tokenize_prompts(trainer, [with_bos, without])
+    assert ids[0] == ids[1] == tokenizer(without)["input_ids"] and ids[0].count(bos) == 1
+    assert ids[0] == tokenize_example(tokenizer, with_bos, "a", 64).input_ids[:len(ids[0])]
+
+
 def test_killed_onpolicy_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     from trl.experimental.sdft.sdft_trainer import SDFTTrainer
 
