@@ -97,6 +97,8 @@ def test_a_prompt_is_tokenized_as_sdft_train_does_one_bos_at_most(embedded_token
 def test_killed_onpolicy_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):
     from trl.experimental.sdft.sdft_trainer import SDFTTrainer
 
+    from sdft.cli import main
+
     config = _config(tmp_path, tiny_model_dir, max_steps=3)
     original_step, calls = SDFTTrainer.training_step, []
 
@@ -113,10 +115,15 @@ def test_killed_onpolicy_run_resumes_from_its_checkpoint(tmp_path, tiny_model_di
 
     calls.clear()
     monkeypatch.setattr(SDFTTrainer, "training_step", lambda self, *a, **k: calls.append(1) or original_step(self, *a, **k))
-    train(config)
+    flags = [f"--{name.replace('_', '-')}={getattr(config, name)}" for name in (
+        "data", "out", "model", "method", "max_steps", "batch_size", "micro_batch_size", "learning_rate", "save_steps",
+        "logging_steps", "max_completion_length", "distillation_topk")]
+    assert main(["train", *flags]) == 0  # the rerun, as `sdft train --method onpolicy`
     assert len(calls) == 1, "resumed at step 2 of 3"
     state = json.loads((tmp_path / "out/checkpoints/checkpoint-3/trainer_state.json").read_text())
     assert state["global_step"] == 3 and (tmp_path / "out/adapter_config.json").is_file()
+    run = json.loads((tmp_path / "out/run.json").read_text())
+    assert run["config"]["method"] == "onpolicy" and run["config"]["teacher"] == "base" and "trl" in run["versions"]
 
 
 def test_num_generations_must_divide_the_batch(tmp_path):
