@@ -198,14 +198,14 @@ def distilled_examples(path: Path, accepted: int = 2, rejected: int = 1) -> list
     return picked
 
 
-def replication(arms: list[dict]) -> list[dict]:
-    """Per arm and benchmark the paper's number, the maintainers' rerun and ours with its 95% interval (and ours under
-    the reference's metric where that differs), for every arm `paper_numbers` has numbers of (template-sweep arms
-    left out: the references are on the dataset's own template)."""
+def replication(arms: list[dict], benchmarks: list[str]) -> list[dict]:
+    """Per arm and evaluated benchmark the paper's number, the maintainers' rerun and ours with its 95% interval (and
+    ours under the reference's metric where that differs), for every arm `paper_numbers` has numbers of (template-sweep
+    arms left out: the references are on the dataset's own template)."""
     out = []
     for arm in arms:
         refs = {} if arm.get("template") else references(arm.get("dataset"), arm["method"], arm.get("capacity") or "paper")
-        for bench in dict.fromkeys(b for column in refs.values() for b in column):
+        for bench in [b for b in benchmarks if any(b in column for column in refs.values())]:
             found = {column: refs.get(column, {}).get(bench) for column in ("paper", "rerun")}
             metric = next(r.metric for r in found.values() if r)
             out.append({"arm": arm["arm"], "benchmark": bench, "metric": arm["metrics"].get(bench),
@@ -231,8 +231,8 @@ def build_summary(exp, the_plan, run_dir: Path) -> dict:
                "default_train_size": exp.train_size, "seeds": list(exp.seeds), "target": target,
                **summarize_runs(run_dir, runs, benchmarks, bool(exp.retention.prompts)), "distill": distill_stats}
     if is_paper_model(exp.model):  # the reference numbers are Llama-2-7b-chat's
-        summary["replication"] = replication([a for a in summary["arms"]
-                                              if a.get("train_size") in (None, exp.train_size)])
+        summary["replication"] = replication([a for a in summary["arms"] if a.get("train_size") in (None, exp.train_size)],
+                                             benchmarks)
     return summary
 
 

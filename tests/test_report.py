@@ -82,7 +82,7 @@ def run_dir(tmp_path):
                "distill": {"gsm8k": {"template": "gsm8k_distill", "total": 64, "accepted": 40, "acceptance_rate": 0.625,
                                      "reasons": {"ok": 40, "wrong_answer": 20, "length": 4},
                                      "examples": distilled_examples(tmp_path / "distill/distilled.jsonl")}}}
-    summary["replication"] = replication(summary["arms"])
+    summary["replication"] = replication(summary["arms"], BENCHMARKS)
     write_json(tmp_path / "summary.json", summary)
     for folder in ("evals", "shift", "distill"):  # the report must need nothing but summary.json
         shutil.rmtree(tmp_path / folder)
@@ -240,6 +240,7 @@ def test_replication_table_puts_the_paper_beside_ours(run_dir):
     assert entries[("gsm8k-sdft", "gsm8k")]["paper"]["value"] == 34.4 and entries[("gsm8k-sdft", "gsm8k")]["rerun"] is None
     assert entries[("seed", "hellaswag")]["reference_metric"] == "acc"  # the reruns' lm-eval metric, not ours
     assert not any(arm == "gsm8k-sdft-using" for arm, _ in entries), "the references are on the dataset's template"
+    assert {bench for _, bench in entries} <= set(BENCHMARKS), "only what the run evaluated"
     md = render_report(run_dir)[0].read_text()
     lo, hi = arm(run_dir, "gsm8k-vanilla")["scores"]["gsm8k"]["ci95"]
     assert table_row(md, "gsm8k-vanilla", "gsm8k") == \
