@@ -400,12 +400,13 @@ def _shift_sweeps(run: _Run) -> list[Block]:
 
 
 def _benchmark_bars(run: _Run) -> list[Block]:
-    """Seed, vanilla and SDFT (every template) side by side per benchmark with 95% interval bars (paper Fig. 4)."""
+    """Seed, vanilla and SDFT (every template; any other method but mixes) side by side per benchmark with 95%
+    interval bars (paper Fig. 4)."""
     blocks: list[Block] = []
     for (capacity, dataset), arms in run.groups().items():
         default = _default_size(arms)
         shown = ([("seed", run.seed)] if run.seed else []) + [
-            (_method_label(a), a) for a in arms if a["method"] in ("vanilla", "sdft") and a.get("train_size") == default]
+            (_method_label(a), a) for a in arms if a["method"] != "mix" and a.get("train_size") == default]
         benchmarks = [b for b in run.summary["benchmarks"] if any(_score_of(a, b) is not None for _, a in shown)]
         if len(shown) < 2 or not benchmarks:
             continue
