@@ -1,7 +1,7 @@
 """Model loading: a hub id, a local HF folder, a .gguf file, or the embedded SmolLM2-135M-Instruct.
 
 A GGUF loads through transformers as a dequantised model that can be neither trained nor saved, so it is converted once
-into a plain HF folder in the cache (fresh model from its config + its state dict) and reloaded from there (DESIGN §5).
+into a plain HF folder in the cache (fresh model from its config + its state dict) and reloaded from there (docs/design.md §5).
 """
 
 from __future__ import annotations
