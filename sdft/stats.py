@@ -68,16 +68,16 @@ def paired_bootstrap(a: dict[str, float], b: dict[str, float], n_boot: int = 100
     if not ids:
         return {"diff": None, "ci95": [None, None], "p_value": None, "n": 0}
     d = np.array([b[i] - a[i] for i in ids], dtype=float)
-    boot = _bootstrap_means(d, n_boot, np.random.default_rng(seed))
+    (lo, hi), p_value = _interval_and_p(_bootstrap_means(d, n_boot, np.random.default_rng(seed)))
+    return {"diff": 100 * float(d.mean()), "ci95": [100 * lo, 100 * hi], "p_value": p_value, "n": len(ids)}
+
+
+def _interval_and_p(boot: np.ndarray) -> tuple[tuple[float, float], float]:
+    """95% percentile interval of bootstrap means, and the two-sided p against 0 read off the same draws."""
     lo, hi = np.percentile(boot, [2.5, 97.5])
-    tail_low = (1 + np.count_nonzero(boot <= 0)) / (1 + n_boot)
-    tail_high = (1 + np.count_nonzero(boot >= 0)) / (1 + n_boot)
-    return {
-        "diff": 100 * float(d.mean()),
-        "ci95": [100 * float(lo), 100 * float(hi)],
-        "p_value": float(min(1.0, 2 * min(tail_low, tail_high))),
-        "n": len(ids),
-    }
+    tail_low = (1 + np.count_nonzero(boot <= 0)) / (1 + len(boot))
+    tail_high = (1 + np.count_nonzero(boot >= 0)) / (1 + len(boot))
+    return (float(lo), float(hi)), float(min(1.0, 2 * min(tail_low, tail_high)))
 
 
 def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 4000, seed: int = 0,
@@ -90,7 +90,7 @@ def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 400
     index. Each resample draws seeds with replacement (one draw shared by all components, as a seed is one training
     run) and, independently per component, items with replacement: the interval covers both the variation between
     training runs and the sampling of benchmark items. With one seed it is the ordinary item bootstrap.
-    `p_value` is read off the same distribution as in `paired_bootstrap`.
+    `p_value` is read off the same distribution (`_interval_and_p`).
     """
     components = [np.asarray(c, dtype=float) for c in components]
     if not components or any(c.ndim != 2 or c.size == 0 for c in components):
@@ -110,9 +110,6 @@ def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 400
             total += c[seeds[:, :, None], items[:, None, :]].mean(axis=(1, 2))
         boot[start:start + size] = total / len(components)
     mean = float(np.mean([c.mean() for c in components]))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    tail_low = (1 + np.count_nonzero(boot <= 0)) / (1 + n_boot)
-    tail_high = (1 + np.count_nonzero(boot >= 0)) / (1 + n_boot)
-    return {"mean": scale * mean, "ci95": [scale * float(lo), scale * float(hi)],
-            "p_value": float(min(1.0, 2 * min(tail_low, tail_high))), "seeds": n_seeds,
+    (lo, hi), p_value = _interval_and_p(boot)
+    return {"mean": scale * mean, "ci95": [scale * lo, scale * hi], "p_value": p_value, "seeds": n_seeds,
             "items": int(sum(c.shape[1] for c in components))}
