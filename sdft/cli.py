@@ -27,7 +27,7 @@ def _commands():
         "score": ("re-score saved predictions for one benchmark", ScoreConfig, "stages.evaluate:score", ()),
         "run": ("run an experiment config end to end (cached stages) and write the report", RunConfig, "pipeline:run", ("experiment",)),
         "report": ("re-render report.md / report.html from a run directory", ReportConfig, "pipeline:report", ("run_dir",)),
-        "demo": ("the main job on the embedded model: distill GSM8K, train vanilla + SDFT, compare with the seed", DemoConfig, "pipeline:demo", ()),
+        "demo": ("the main job on the embedded model: distil OpenFunctions rows, train vanilla + SDFT, compare with the seed on the task, IFEval and retention", DemoConfig, "pipeline:demo", ()),
     }
 
 
