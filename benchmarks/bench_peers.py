@@ -13,6 +13,7 @@ a missing one is reported as null.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -91,19 +92,24 @@ def ctranslate2_tokens(generator, tokenizer, prompts: list[str], new_tokens: int
     return sum(len([t for t in r.sequences_ids[0] if t != eos]) for r in results)
 
 
+def fastest(settings, rate) -> tuple:
+    """(the setting `rate` measured fastest, every setting's rate): a peer is benchmarked at its best configuration,
+    picked on a short trial."""
+    trial = {setting: rate(setting) for setting in settings}
+    return max(trial, key=trial.get), trial
+
+
 def bench_ctranslate2(tokenizer, prompts: list[str], new_tokens: int, threads: int, compute_types) -> dict | None:
     """CTranslate2 at its fastest compute type, picked on a quarter of the prompts at a quarter of the length."""
-    trial = {}
-    for compute_type in compute_types:
-        generator = ctranslate2_generator(compute_type, threads)
-        if generator is None:
-            return None
-        trial[compute_type] = timed(ctranslate2_tokens, generator, tokenizer, prompts[: max(8, len(prompts) // 4)],
-                                    max(16, new_tokens // 4))["tok_s"]
-    best = max(trial, key=trial.get)
-    generator = ctranslate2_generator(best, threads)
-    return {**timed(ctranslate2_tokens, generator, tokenizer, prompts, new_tokens), "compute_type": best,
-            "compute_type_trial_tok_s": trial}
+    if importlib.util.find_spec("ctranslate2") is None:
+        return None
+
+    def run(compute_type, some_prompts, tokens):
+        return timed(ctranslate2_tokens, ctranslate2_generator(compute_type, threads), tokenizer, some_prompts, tokens)
+
+    best, trial = fastest(compute_types,
+                          lambda c: run(c, prompts[: max(8, len(prompts) // 4)], max(16, new_tokens // 4))["tok_s"])
+    return {**run(best, prompts, new_tokens), "compute_type": best, "compute_type_trial_tok_s": trial}
 
 
 class LlamaServer:
@@ -153,20 +159,18 @@ def bench_llama_server(prompts: list[str], new_tokens: int, threads: int, slot_c
     binary = llama_server_binary()
     if binary is None:
         return None
-    trial = {}
-    for slots in slot_counts:
+
+    def run(slots, some_prompts, tokens):
         server = LlamaServer(binary, slots, threads)
         try:
-            trial[slots] = timed(server.tokens, prompts[: max(slots, len(prompts) // 4)], max(16, new_tokens // 4))["tok_s"]
+            return timed(server.tokens, some_prompts, tokens)
         finally:
             server.close()
-    best = max(trial, key=trial.get)
-    server = LlamaServer(binary, best, threads)
-    try:
-        return {**timed(server.tokens, prompts, new_tokens), "slots": best, "slot_trial_tok_s": trial,
-                "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
-    finally:
-        server.close()
+
+    best, trial = fastest(slot_counts,
+                          lambda n: run(n, prompts[: max(n, len(prompts) // 4)], max(16, new_tokens // 4))["tok_s"])
+    return {**run(best, prompts, new_tokens), "slots": best, "slot_trial_tok_s": trial,
+            "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
 
 
 def linear_flops_per_token(model) -> int:
