@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdft.engines import generation
-from sdft.engines.generation import HFEngine, LeanLlamaStepper, generate_rows, plan_batches, shared_prefixes
+from sdft.engines.generation import HFEngine, LeanLlamaStepper, generate_rows, plan_batches, ragged_attention, shared_prefixes
 from sdft.options import DecodingOptions
 from sdft.templates import render
 
@@ -56,11 +56,13 @@ def complete(model, tokenizer, prompts, decode_rows: int = 96, **decoding) -> di
     return {i: c for batch in engine.complete(prompts, DecodingOptions(**decoding).decoding()) for i, c in batch}
 
 
-@pytest.mark.parametrize("lean", [True, False], ids=["lean", "hf-fallback"])
-def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, lean):
+@pytest.mark.parametrize("path", ["lean", "lean-matmul-attention", "hf-fallback"])
+def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, path):
     model, tokenizer = tiny
-    if not lean:
+    if path == "hf-fallback":
         monkeypatch.setattr(LeanLlamaStepper, "supports", classmethod(lambda cls, m: False))
+    if path == "lean-matmul-attention":  # where the ragged kernel cannot be built
+        monkeypatch.setattr(ragged_attention, "usable", lambda keys: False)
     prompts = PROMPTS + [render("alpaca", {"instruction": "Name a colour."}, tokenizer)]
     out = complete(model, tokenizer, prompts, max_new_tokens=24, decode_rows=4)
     for i, prompt in enumerate(prompts):
@@ -258,3 +260,21 @@ def test_embedded_model_agrees_with_generate(shared_data):
     agree = sum(out[i].text == tokenizer.decode(reference(model, tokenizer, p, 48), skip_special_tokens=True)
                 for i, p in enumerate(prompts))
     assert agree >= 0.95 * len(prompts)
+
+
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
+def test_ragged_attention_equals_padded_matmul_attention():
+    """Each slot attends to its own columns only, whatever lies past them (garbage, NaN) and however wide the cache."""
+    torch.manual_seed(0)
+    slots, kv_heads, group, dim, width = 5, 3, 3, 64, 96
+    q = torch.randn(slots, kv_heads, group, dim)
+    keys, values = torch.randn(slots, kv_heads, width, dim), torch.randn(slots, kv_heads, width, dim)
+    lengths = torch.tensor([1, 17, 64, 70, 80])
+    beyond = torch.arange(width)[None] >= lengths[:, None]
+    keys[beyond[:, None].expand(-1, kv_heads, -1)] = float("nan")
+    values[beyond[:, None].expand(-1, kv_heads, -1)] = float("nan")
+    out = ragged_attention.decode_attention(q, keys[:, :, :80], values[:, :, :80], lengths, 0.125)  # a strided view
+    for s in range(slots):
+        n = int(lengths[s])
+        scores = q[s] @ keys[s, :, :n].transpose(-1, -2) * 0.125
+        torch.testing.assert_close(out[s], scores.softmax(-1) @ values[s, :, :n], rtol=1e-5, atol=1e-5)

@@ -8,6 +8,8 @@ from typing import Iterable
 
 import torch
 
+from . import ragged_attention
+
 
 class PackedLinear:
     """A frozen linear layer. On CPU its weight is reordered once into oneDNN's blocked layout and multiplied by
@@ -171,19 +173,23 @@ class LeanLlamaStepper:
         rows = torch.arange(self.slots, device=device)
         self._fit(int(self.lengths.max()) + 1)
         group, width = self.heads // self.kv_heads, self.keys[0].shape[2]
-        beyond = torch.arange(width, device=device)[None, :] > self.lengths[:, None]
-        bias = torch.zeros(beyond.shape, device=device).masked_fill_(beyond, float("-inf"))[:, None, None, :]
+        ragged = ragged_attention.usable(self.keys[0])
+        if not ragged:
+            beyond = torch.arange(width, device=device)[None, :] > self.lengths[:, None]
+            bias = torch.zeros(beyond.shape, device=device).masked_fill_(beyond, float("-inf"))[:, None, None, :]
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             keys, values = self.keys[layer_index], self.values[layer_index]
             keys[rows, :, self.lengths] = k[:, :, 0]
             values[rows, :, self.lengths] = v[:, :, 0]
-            # Eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype.
             # q (slots, heads, 1, head_dim) -> (slots, kv_heads, group, head_dim); keys/values (slots, kv_heads, width,
             # head_dim); scores (slots, kv_heads, group, width)
             folded = q.reshape(self.slots, self.kv_heads, group, self.head_dim)
-            scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
-            out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
+            if ragged:  # reads each slot's own columns only
+                out = ragged_attention.decode_attention(folded, keys, values, self.lengths + 1, scale)
+            else:  # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
+                scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
+                out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
             return out.reshape(self.slots, 1, self.heads * self.head_dim)
 
         tokens_in = torch.tensor([t or 0 for t in tokens], device=device)[:, None]

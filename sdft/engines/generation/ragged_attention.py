@@ -1,0 +1,50 @@
+"""Decoding attention that reads only each slot's own cache columns: a small C++ kernel built once per machine with
+torch's extension builder (g++ and ninja), cached under the sdft cache directory. Where it cannot be built (no
+compiler) or is turned off (`SDFT_RAGGED_ATTENTION=0`), the stepper keeps its matmul attention over the padded cache.
+
+Decoding attention on CPU is bound by reading the KV cache; with continuous batching the slots' lengths spread out, so
+the padded read is often a third or more wasted."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ...paths import cache_dir
+
+SOURCE = Path(__file__).with_suffix(".cpp")
+log = logging.getLogger(__name__)
+
+
+@functools.cache
+def kernel():
+    """The compiled extension, or None where it cannot be built here (the reason is logged once)."""
+    if os.environ.get("SDFT_RAGGED_ATTENTION", "1") == "0":
+        return None
+    from torch.utils.cpp_extension import load
+
+    build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}"
+    build.mkdir(parents=True, exist_ok=True)
+    try:
+        return load("sdft_ragged_attention", [str(SOURCE)], build_directory=str(build), verbose=False,
+                    extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
+    except Exception as error:  # no compiler / ninja: the matmul attention is the same arithmetic, only slower
+        log.warning("ragged decoding attention not built (%s); using matmul attention", str(error).splitlines()[0])
+        return None
+
+
+def usable(keys: torch.Tensor) -> bool:
+    return keys.device.type == "cpu" and keys.dtype == torch.float32 and kernel() is not None
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v over columns < lengths[slot] of each slot: q (slots, kv_heads, group, head_dim), keys and
+    values (slots, kv_heads, width, head_dim) -> (slots, kv_heads, group, head_dim)."""
+    ext = kernel()
+    probs = ext.ragged_scores(q.contiguous(), keys, lengths, scale).softmax(-1)
+    return ext.ragged_mix(probs, values, lengths)
