@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from sdft.engines.dtype_probe import matmul_seconds
-from sdft.engines.generation import HFEngine
+from sdft.engines.generation import HFEngine, shared_prefixes
 from sdft.engines.models import embedded_gguf_path, load_model, resolve_model
 from sdft.jsonl import read_jsonl
 from sdft.options import DecodingOptions
@@ -173,9 +173,12 @@ def bench_llama_server(prompts: list[str], new_tokens: int, threads: int, slot_c
             "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
 
 
-def linear_flops_per_token(model) -> int:
-    """2 × the weights a token passes through: every Linear (the LM head included), embeddings excluded."""
-    return 2 * sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+def linear_flops_per_token(model, head: bool = True) -> int:
+    """2 × the weights a token passes through: every Linear, the LM head only with `head` (a position whose logits are
+    used), embeddings excluded."""
+    lm_head = model.get_output_embeddings()
+    return 2 * sum(m.weight.numel() for m in model.modules()
+                   if isinstance(m, torch.nn.Linear) and (head or m is not lm_head))
 
 
 def attention_flops(model, prompt_lens: list[int], new_tokens: list[int]) -> int:
@@ -188,14 +191,21 @@ def attention_flops(model, prompt_lens: list[int], new_tokens: list[int]) -> int
 
 def peak_matmul_gflops(dtype: torch.dtype, hidden: int, intermediate: int) -> float:
     """The best rate of the model's MLP matmul at prefill-sized row counts: what the arithmetic could run at."""
-    return max(2 * rows * hidden * intermediate / matmul_seconds(dtype, rows, hidden, intermediate, budget=0.3) / 1e9
+    return max(2 * rows * hidden * intermediate / matmul_seconds(dtype, rows, hidden, intermediate, budget=1.0) / 1e9
                for rows in (512, 2048))
 
 
 def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], dtype: torch.dtype) -> dict:
-    """Tokens/s the workload would reach if every FLOP it needs ran at the measured peak matmul rate."""
-    prompt_lens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    flops = linear_flops_per_token(model) * (sum(prompt_lens) + sum(generated)) + attention_flops(model, prompt_lens, generated)
+    """Tokens/s the workload would reach if every FLOP it needs ran at the measured peak matmul rate. Needed: each
+    prompt token through the layers (a prefix every prompt shares, the template's opening, once), the LM head at a
+    prompt's last position and at each generated token, and attention over the causal context."""
+    ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    prompt_lens = [len(i) for i in ids]
+    shared = sum(len(prefix) * (sum(1 for i in ids if tuple(i[: len(prefix)]) == prefix) - 1)
+                 for prefix in shared_prefixes(ids))
+    body, full = linear_flops_per_token(model, head=False), linear_flops_per_token(model)
+    flops = (body * (sum(prompt_lens) - shared - len(ids)) + full * (len(ids) + sum(generated))
+             + attention_flops(model, prompt_lens, generated))
     rate = peak_matmul_gflops(dtype, model.config.hidden_size, model.config.intermediate_size)
     return {"dtype": str(dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
             "gflop_per_useful_token": round(flops / sum(generated) / 1e9, 3),

@@ -6,7 +6,7 @@ checkpointing, entropy/accuracy metrics...), which is what a user who picked TRL
 what an expert would (`trl_tuned_options`). The compute bound is the FLOPs per token at the measured peak matmul rate. Useful tokens/s counts the
 non-padding tokens fed per second over the timed steps (the first step is warm-up and not timed).
 
-    python benchmarks/bench_training.py [--steps 6] [--examples 256]
+    python benchmarks/bench_training.py [--steps 6] [--trl-defaults-steps 2] [--examples 256]
 """
 
 from __future__ import annotations
@@ -64,16 +64,25 @@ def _rows(n: int) -> list[dict]:
     return load_dataset("gsm8k", limit=n, seed=0).examples
 
 
+def _examples(rows) -> list:
+    """The rows as sdft trains on them: GSM8K prompt template, response labels, cut at MAX_LENGTH."""
+    from sdft.engines.models import load_tokenizer
+    from sdft.engines.training import tokenize_example
+    from sdft.templates import render
+
+    tokenizer = load_tokenizer("smollm2-135m-instruct")
+    return [tokenize_example(tokenizer, render("gsm8k", r, tokenizer), r["response"], MAX_LENGTH) for r in rows]
+
+
 def bench_sdft(rows, steps: int, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from sdft.engines.models import load_tokenizer, resolve_model
-    from sdft.engines.training import TrainerSettings, tokenize_example, train_model
-    from sdft.templates import render
+    from sdft.engines.training import TrainerSettings, train_model
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
-    examples = [tokenize_example(tokenizer, render("gsm8k", r, tokenizer), r["response"], MAX_LENGTH) for r in rows]
+    examples = _examples(rows)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct")), LoraConfig(**LORA))
     clock, counters = _step_clock(), []
 
@@ -122,19 +131,24 @@ def bench_trl(rows, steps: int, out: Path, **options) -> dict:
     return _throughput(clock, counter)
 
 
-def compute_bound() -> dict:
-    """Tokens/s if LoRA training's FLOPs ran at the measured peak matmul rate: per token a forward (2 × the Linear
-    weights, LM head included) and the backward to the inputs (as much again); frozen weights get no gradient, LoRA's
-    own are negligible. Attention is left out (short sequences), so the bound is slightly generous."""
+def compute_bound(rows) -> dict:
+    """Tokens/s if LoRA training's FLOPs ran at the measured peak matmul rate: per token a forward through the layers'
+    Linear weights and the backward to their inputs (as much again; frozen weights get no gradient, LoRA's own are
+    negligible), and the same for the LM head at the positions that carry a loss (the response). Attention is left out
+    (short sequences), so the bound is slightly generous."""
     from transformers import AutoModelForCausalLM
 
     from bench_peers import linear_flops_per_token, peak_matmul_gflops
     from sdft.engines.models import resolve_model
-    from sdft.engines.training import use_bf16
+    from sdft.engines.training import IGNORE_INDEX, use_bf16
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
     dtype = torch.bfloat16 if use_bf16(None, model) else torch.float32
-    flops = 2 * linear_flops_per_token(model)
+    examples = _examples(rows)
+    tokens = sum(len(e.input_ids) for e in examples)
+    trained = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples)
+    body = linear_flops_per_token(model, head=False)
+    flops = 2 * (body * tokens + (linear_flops_per_token(model) - body) * trained) / tokens
     rate = peak_matmul_gflops(dtype, model.config.hidden_size, model.config.intermediate_size)
     return {"dtype": str(dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
             "gflop_per_token": round(flops / 1e9, 3), "tokens_per_s": round(rate * 1e9 / flops, 1)}
@@ -143,11 +157,11 @@ def compute_bound() -> dict:
 def run(args) -> dict:
     rows = _rows(args.examples)
     with tempfile.TemporaryDirectory() as tmp:
-        trl = bench_trl(rows, args.steps, Path(tmp) / "trl")
+        trl = bench_trl(rows, min(args.steps, args.trl_defaults_steps), Path(tmp) / "trl")
         tuned_options = trl_tuned_options()
         tuned = bench_trl(rows, args.steps, Path(tmp) / "trl_tuned", **tuned_options)
         ours = bench_sdft(rows, args.steps, Path(tmp) / "sdft")
-    bound = compute_bound()
+    bound = compute_bound(rows)
     return {"train_speedup_vs_trl": ours["tokens_per_s"] / trl["tokens_per_s"],
             "train_compute_bound": {**bound, "sdft_share": round(ours["tokens_per_s"] / bound["tokens_per_s"], 3)},
             "train_speedup_vs_trl_tuned": ours["tokens_per_s"] / tuned["tokens_per_s"],
@@ -159,6 +173,8 @@ def run(args) -> dict:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per trainer (after one warm-up step)")
+    p.add_argument("--trl-defaults-steps", type=int, default=2,
+                   help="timed steps for TRL at its defaults: 30x slower where bf16 is slow, and steady from step to step")
     p.add_argument("--examples", type=int, default=256)
     return p
 
