@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sdft.engines import generation
-from sdft.engines.generation import HFEngine, LeanLlamaStepper, generate_rows, plan_batches, ragged_attention, shared_prefixes
+from sdft.engines.generation import HFEngine, LeanLlamaStepper, generate_rows, plan_batches, ragged_attention, scheduler, shared_prefixes
 from sdft.options import DecodingOptions
 from sdft.templates import render
 
@@ -23,12 +23,12 @@ PROMPTS = [
 ]
 
 
-def tiny_model(config_class, model_class, tokenizer):
+def tiny_model(config_class, model_class, tokenizer, init: float = 0.3):
     """A tiny random model with weights large enough that its next token depends on the whole context (at the usual
     0.02 init it mostly repeats its last input token), so a wrong cache or mask changes the output."""
     torch.manual_seed(0)
     config = config_class(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, tie_word_embeddings=True,
+                          num_attention_heads=4, num_key_value_heads=2, initializer_range=init, tie_word_embeddings=True,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                           bos_token_id=tokenizer.bos_token_id)
     return model_class(config).eval()
@@ -278,3 +278,41 @@ def test_ragged_attention_equals_padded_matmul_attention():
         n = int(lengths[s])
         scores = q[s] @ keys[s, :, :n].transpose(-1, -2) * 0.125
         torch.testing.assert_close(out[s], scores.softmax(-1) @ values[s, :, :n], rtol=1e-5, atol=1e-5)
+
+
+def test_lookup_draft_and_kept_tokens():
+    history = [5, 6, 7, 8, 9, 1, 6, 7]
+    assert scheduler.lookup_draft(history, 3) == [8, 9, 1]  # the trigram ends 6 7: what followed 6 7 before
+    assert scheduler.lookup_draft([1, 2, 3], 2) == []  # 3 never occurred before
+    assert scheduler.lookup_draft([4, 1, 4], 5) == [1, 4]  # a unigram match, cut at the history's end
+    assert scheduler._kept([10, 11, 12, 13], [11, 12, 99, 7]) == [11, 12, 99]  # 13 rejected: the model chose 99
+    assert scheduler._kept([10, 11], [42, 11]) == [42]  # the first draft token already wrong
+    assert scheduler._kept([10], [3, 4, 5]) == [3]  # no draft: one token, as a plain step
+
+
+def test_speculation_keeps_greedy_output_in_fewer_forwards(embedded_tokenizer, monkeypatch):
+    """Prompt-lookup drafts checked in one forward: the same tokens as plain greedy decoding and as `model.generate`,
+    with some drafts accepted (lengths advance past them) and some rejected (their K/V masked, then overwritten)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = embedded_tokenizer
+    model = tiny_model(LlamaConfig, LlamaForCausalLM, tokenizer, init=0.1)  # repeats itself now and then: drafts hit
+    prompts = [p + " " + p for p in PROMPTS]
+    drafted, accepted, verify = [], [], LeanLlamaStepper.verify
+
+    def counting_verify(self, fed):
+        logits = verify(self, fed)
+        for tokens, greedy in zip(fed, logits.argmax(-1).tolist()):
+            if tokens:
+                drafted.append(len(tokens) - 1)
+                accepted.append(len(scheduler._kept(tokens, greedy)) - 1)
+        return logits
+
+    monkeypatch.setattr(LeanLlamaStepper, "verify", counting_verify)
+    speculated = complete(model, tokenizer, prompts, max_new_tokens=32, decode_rows=4)
+    monkeypatch.setattr(scheduler, "SPECULATION_TOKENS", 0)
+    plain = complete(model, tokenizer, prompts, max_new_tokens=32, decode_rows=4)
+    assert 0 < sum(accepted) < sum(drafted)
+    for i, prompt in enumerate(prompts):
+        assert (speculated[i].text, speculated[i].n_tokens) == (plain[i].text, plain[i].n_tokens)
+        assert speculated[i].text == tokenizer.decode(reference(model, tokenizer, prompt, 32), skip_special_tokens=True)

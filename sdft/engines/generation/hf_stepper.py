@@ -10,6 +10,7 @@ class HFStepper:
     batch at a time: rows are admitted only into an empty stepper."""
 
     refills = False
+    speculates = False
 
     def __init__(self, model, pad_id: int, slots: int):
         self.model = model

@@ -40,6 +40,7 @@ class Stepper(Protocol):
 
     slots: int  # rows held
     refills: bool  # rows may be admitted into free slots while others decode (else only into an empty stepper)
+    speculates: bool  # has `verify` and `advance`: several fed tokens per slot in one forward
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
         """Prefill prompts (token ids) into these free slots; their next-token logits, (len(slots), vocab)."""
@@ -47,6 +48,14 @@ class Stepper(Protocol):
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
         """Feed one token per slot (None: idle slot); next-token logits of every slot, (slots, vocab)."""
+        ...
+
+    def verify(self, fed: list[list[int] | None]) -> torch.Tensor:
+        """Feed each slot its last token and a draft; logits at every fed position, (slots, fed width, vocab)."""
+        ...
+
+    def advance(self, counts: list[int]) -> None:
+        """Move each slot past the first `counts` tokens it was fed by `verify`."""
         ...
 
     def select(self, keep: list[int]) -> None:

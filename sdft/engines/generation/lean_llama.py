@@ -57,6 +57,7 @@ class LeanLlamaStepper:
     GROWTH = 32  # cache columns added or dropped at a time
     PREFILL_TOKENS = 2048  # padded prompt tokens per prefill forward
     refills = True
+    speculates = True
 
     @classmethod
     def supports(cls, model) -> bool:
@@ -196,6 +197,37 @@ class LeanLlamaStepper:
         hidden = self._forward(tokens_in, self.lengths[:, None], attend)
         self.lengths = torch.where(active, self.lengths + 1, 0)
         return self._logits(hidden[:, -1])
+
+    def verify(self, fed: list[list[int] | None]) -> torch.Tensor:
+        """Feed each slot its last token and a draft of the tokens after it, all in one forward (speculative decoding);
+        logits at every fed position, (slots, fed width, vocab). Lengths stay as they were: `advance` moves each slot
+        past what was accepted, and K/V written beyond that is masked out until overwritten."""
+        device = self.lengths.device
+        width = max(len(tokens) for tokens in fed if tokens)
+        inputs = torch.tensor([(tokens or []) + [0] * (width - len(tokens or [])) for tokens in fed], device=device)
+        columns = self.lengths[:, None] + torch.arange(width, device=device)  # (slots, width): each fed token's column
+        self._fit(int(columns.max()) + 1)
+        rows, group, cache_width = torch.arange(self.slots, device=device)[:, None], self.heads // self.kv_heads, self.keys[0].shape[2]
+        # fed token j of a slot sees its cache up to its own column: (slots, 1, 1, width, cache columns)
+        hidden_columns = torch.arange(cache_width, device=device)[None, None, :] > columns[:, :, None]
+        bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
+
+        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            keys, values = self.keys[layer_index], self.values[layer_index]
+            keys[rows, :, columns] = k.transpose(1, 2)
+            values[rows, :, columns] = v.transpose(1, 2)
+            # q (slots, heads, width, head_dim) -> (slots, kv_heads, group x width, head_dim), as in `step`
+            folded = q.reshape(self.slots, self.kv_heads, group * width, self.head_dim)
+            scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
+            scores = scores.view(self.slots, self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
+            out = torch.matmul(scores.to(values.dtype).view(self.slots, self.kv_heads, group * width, cache_width), values)
+            return out.view(self.slots, self.heads, width, self.head_dim).transpose(1, 2).flatten(2)
+
+        return self._logits(self._forward(inputs, columns, attend))
+
+    def advance(self, counts: list[int]) -> None:
+        """Move each slot past the `counts` fed tokens `verify` kept."""
+        self.lengths = self.lengths + torch.tensor(counts, device=self.lengths.device)
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.lengths.device)

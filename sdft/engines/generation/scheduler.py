@@ -1,6 +1,11 @@
 """The continuous-batching scheduler (`HFEngine`): rows are taken longest-first into a stepper's slots, each finished
 row's slot refilled at once with the next waiting prompt; sampling and stop/length bookkeeping per row.
 
+Greedy decoding speculates once few rows are left (the drain at the end of a call, or a small call): each row's next
+tokens are drafted by prompt lookup and checked in one forward; what the model would have chosen anyway is kept, so the
+output is the same, in fewer forwards. Rewrites copy much of the reference answer they are shown, so drafts are often
+right.
+
 Sampling draws each row's noise from a generator seeded by (seed, prompt), so a row's sample does not depend on which
 other rows share its batch.
 """
@@ -21,6 +26,10 @@ from .interfaces import Completion, Stepper
 from .lean_llama import LeanLlamaStepper
 
 TOKEN_BUDGET = 65536  # rows x (longest prompt + max_new_tokens) at most: bounds the KV cache
+# Greedy speculation by prompt lookup runs while the rows and their drafts are at most SPECULATION_TOKENS per forward:
+# a forward that small costs about the reading of the weights whatever its row count, so a draft comes almost free.
+SPECULATION_TOKENS = 32
+MAX_DRAFT = 6
 
 
 def plan_batches(lengths: Sequence[int], rows: int, max_new_tokens: int, token_budget: int = TOKEN_BUDGET) -> list[list[int]]:
@@ -108,6 +117,7 @@ class HFEngine:
         held: list[_Row | None] = [None] * stepper.slots  # the row decoding in each slot
         while pending or any(held):
             free = [s for s, row in enumerate(held) if row is None]
+            fed = None
             if pending and free and (stepper.refills or len(free) == len(held)):
                 active = free[: len(pending)]
                 for s in active:
@@ -120,19 +130,44 @@ class HFEngine:
                     keep = [s for s, row in enumerate(held) if row is not None]
                     stepper.select(keep)
                     held = [held[s] for s in keep]
-                logits = stepper.step([row.tokens[-1] if row else None for row in held])
+                fed = self._drafts(held, token_ids) if stepper.speculates and not sampled and not pending else None
+                if fed is None:
+                    logits = stepper.step([row.tokens[-1] if row else None for row in held])
+                else:
+                    logits = stepper.verify(fed)
                 active = [s for s, row in enumerate(held) if row is not None]
                 logits = logits[torch.tensor(active, device=logits.device)] if len(active) < len(held) else logits
             rows = [held[s] for s in active]
-            chosen = _choose(logits.float(), decoding, [row.generator for row in rows] if sampled else None)
+            if fed is None:
+                generators = [row.generator for row in rows] if sampled else None
+                chosen = [[token] for token in _choose(logits.float(), decoding, generators).tolist()]
+            else:
+                chosen = [_kept(fed[s], greedy) for s, greedy in zip(active, logits.argmax(-1).tolist())]
+                counts = [0] * len(held)
+                for s, tokens in zip(active, chosen):
+                    counts[s] = len(tokens)  # the fed last token and the accepted draft now sit in the cache
+                stepper.advance(counts)
             finished = []
-            for s, row, token in zip(active, rows, chosen.tolist()):
-                reason = self._advance(row, token, decoding)
-                if reason:
-                    finished.append((row.index, self._finish(row.tokens, reason, row.prompt_tokens, decoding.stop)))
-                    held[s] = None
+            for s, row, tokens in zip(active, rows, chosen):
+                for token in tokens:
+                    reason = self._advance(row, token, decoding)
+                    if reason:
+                        finished.append((row.index, self._finish(row.tokens, reason, row.prompt_tokens, decoding.stop)))
+                        held[s] = None
+                        break
             if finished:
                 yield finished
+
+    @staticmethod
+    def _drafts(held: list[_Row | None], token_ids: list[list[int]]) -> list[list[int] | None] | None:
+        """Each held row's last token and its prompt-lookup draft, when the rows are few enough to speculate and some
+        row has a draft; else None (a plain step)."""
+        rows = sum(row is not None for row in held)
+        size = min(MAX_DRAFT, SPECULATION_TOKENS // max(rows, 1) - 1)
+        if size < 1:
+            return None
+        fed = [[row.tokens[-1], *lookup_draft(token_ids[row.index] + row.tokens, size)] if row else None for row in held]
+        return fed if any(tokens and len(tokens) > 1 for tokens in fed) else None
 
     def _advance(self, row: _Row, token: int, decoding: DecodingOptions) -> str | None:
         """Append the chosen token; the finish reason when the row is done."""
@@ -154,6 +189,28 @@ class HFEngine:
                 text = text[: text.index(stop)]
                 reason = "stop"
         return Completion(text=text, finish_reason=reason, n_tokens=len(tokens), prompt_tokens=prompt_tokens)
+
+
+def lookup_draft(history: list[int], size: int, longest: int = 3) -> list[int]:
+    """Prompt lookup: the `size` tokens that followed the latest earlier occurrence of the history's last n tokens, n
+    from `longest` down to 1; [] when none occurs."""
+    for n in range(min(longest, len(history) - 1), 0, -1):
+        tail = history[-n:]
+        for start in range(len(history) - n - 1, -1, -1):
+            if history[start : start + n] == tail:
+                return history[start + n : start + n + size]
+    return []
+
+
+def _kept(fed: list[int], greedy: list[int]) -> list[int]:
+    """The tokens a verify forward yields for one row: its greedy choice after each fed token, as long as the draft
+    agreed with the choice before."""
+    kept = []
+    for j, token in enumerate(greedy[: len(fed)]):
+        kept.append(token)
+        if j + 1 == len(fed) or fed[j + 1] != token:
+            break
+    return kept
 
 
 def _row_generator(seed: int, prompt: str) -> torch.Generator:
