@@ -8,8 +8,10 @@ the padded read is often a third or more wasted."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
+import platform
 from pathlib import Path
 
 import torch
@@ -27,7 +29,8 @@ def kernel():
         return None
     from torch.utils.cpp_extension import load
 
-    build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}"
+    # -march=native: one build per CPU flag set (a cache folder may be shared by machines that differ)
+    build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}-{_cpu_flags()}"
     build.mkdir(parents=True, exist_ok=True)
     try:
         return load("sdft_ragged_attention", [str(SOURCE)], build_directory=str(build), verbose=False,
@@ -35,6 +38,13 @@ def kernel():
     except Exception as error:  # no compiler / ninja: the matmul attention is the same arithmetic, only slower
         log.warning("ragged decoding attention not built (%s); using matmul attention", str(error).splitlines()[0])
         return None
+
+
+def _cpu_flags() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else platform.processor()
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), text)
+    return hashlib.sha256(flags.encode()).hexdigest()[:8]
 
 
 def usable(keys: torch.Tensor) -> bool:
