@@ -171,30 +171,8 @@ class LeanLlamaStepper:
         """Next-token logits for every slot, each token written at its slot's own length; idle slots (None) reset."""
         device = self.lengths.device
         active = torch.tensor([t is not None for t in tokens], device=device)
-        rows = torch.arange(self.slots, device=device)
-        self._fit(int(self.lengths.max()) + 1)
-        group, width = self.heads // self.kv_heads, self.keys[0].shape[2]
-        ragged = ragged_attention.usable(self.keys[0])
-        if not ragged:
-            beyond = torch.arange(width, device=device)[None, :] > self.lengths[:, None]
-            bias = torch.zeros(beyond.shape, device=device).masked_fill_(beyond, float("-inf"))[:, None, None, :]
-
-        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            keys, values = self.keys[layer_index], self.values[layer_index]
-            keys[rows, :, self.lengths] = k[:, :, 0]
-            values[rows, :, self.lengths] = v[:, :, 0]
-            # q (slots, heads, 1, head_dim) -> (slots, kv_heads, group, head_dim); keys/values (slots, kv_heads, width,
-            # head_dim); scores (slots, kv_heads, group, width)
-            folded = q.reshape(self.slots, self.kv_heads, group, self.head_dim)
-            if ragged:  # reads each slot's own columns only
-                out = ragged_attention.decode_attention(folded, keys, values, self.lengths + 1, scale)
-            else:  # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
-                scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale).add_(bias)
-                out = torch.matmul(scores.softmax(-1).to(values.dtype), values)
-            return out.reshape(self.slots, 1, self.heads * self.head_dim)
-
         tokens_in = torch.tensor([t or 0 for t in tokens], device=device)[:, None]
-        hidden = self._forward(tokens_in, self.lengths[:, None], attend)
+        hidden = self._decode(tokens_in, self.lengths[:, None])
         self.lengths = torch.where(active, self.lengths + 1, 0)
         return self._logits(hidden[:, -1])
 
@@ -205,25 +183,35 @@ class LeanLlamaStepper:
         device = self.lengths.device
         width = max(len(tokens) for tokens in fed if tokens)
         inputs = torch.tensor([(tokens or []) + [0] * (width - len(tokens or [])) for tokens in fed], device=device)
-        columns = self.lengths[:, None] + torch.arange(width, device=device)  # (slots, width): each fed token's column
+        return self._logits(self._decode(inputs, self.lengths[:, None] + torch.arange(width, device=device)))
+
+    def _decode(self, inputs: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+        """Hidden states of tokens fed to every slot, (slots, width): each written to the slot's cache at its column and
+        attending to the cache up to that column."""
+        device, (slots, width) = self.lengths.device, inputs.shape
         self._fit(int(columns.max()) + 1)
-        rows, group, cache_width = torch.arange(self.slots, device=device)[:, None], self.heads // self.kv_heads, self.keys[0].shape[2]
-        # fed token j of a slot sees its cache up to its own column: (slots, 1, 1, width, cache columns)
-        hidden_columns = torch.arange(cache_width, device=device)[None, None, :] > columns[:, :, None]
-        bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
+        rows, group, cache_width = torch.arange(slots, device=device)[:, None], self.heads // self.kv_heads, self.keys[0].shape[2]
+        ragged = width == 1 and ragged_attention.usable(self.keys[0])
+        if not ragged:  # fed token j of a slot sees its cache up to its own column: (slots, 1, 1, width, cache columns)
+            hidden_columns = torch.arange(cache_width, device=device)[None, None, :] > columns[:, :, None]
+            bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             keys, values = self.keys[layer_index], self.values[layer_index]
             keys[rows, :, columns] = k.transpose(1, 2)
             values[rows, :, columns] = v.transpose(1, 2)
-            # q (slots, heads, width, head_dim) -> (slots, kv_heads, group x width, head_dim), as in `step`
-            folded = q.reshape(self.slots, self.kv_heads, group * width, self.head_dim)
-            scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
-            scores = scores.view(self.slots, self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
-            out = torch.matmul(scores.to(values.dtype).view(self.slots, self.kv_heads, group * width, cache_width), values)
-            return out.view(self.slots, self.heads, width, self.head_dim).transpose(1, 2).flatten(2)
+            # q (slots, heads, width, head_dim) -> (slots, kv_heads, group x width, head_dim), each KV head's query
+            # heads folded into the query axis; keys/values (slots, kv_heads, cache columns, head_dim)
+            folded = q.reshape(slots, self.kv_heads, group * width, self.head_dim)
+            if ragged:  # one token a slot: reads each slot's own columns only
+                out = ragged_attention.decode_attention(folded, keys, values, columns[:, 0] + 1, scale)
+            else:  # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
+                scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
+                scores = scores.view(slots, self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
+                out = torch.matmul(scores.to(values.dtype).view(slots, self.kv_heads, group * width, cache_width), values)
+            return out.view(slots, self.heads, width, self.head_dim).transpose(1, 2).flatten(2)
 
-        return self._logits(self._forward(inputs, columns, attend))
+        return self._forward(inputs, columns, attend)
 
     def advance(self, counts: list[int]) -> None:
         """Move each slot past the `counts` fed tokens `verify` kept."""
