@@ -74,7 +74,7 @@ def _examples(rows) -> list:
     return [tokenize_example(tokenizer, render("gsm8k", r, tokenizer), r["response"], MAX_LENGTH) for r in rows]
 
 
-def bench_sdft(rows, steps: int, out: Path) -> dict:
+def bench_sdft(examples, steps: int, out: Path) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -82,7 +82,6 @@ def bench_sdft(rows, steps: int, out: Path) -> dict:
     from sdft.engines.training import TrainerSettings, train_model
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
-    examples = _examples(rows)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct")), LoraConfig(**LORA))
     clock, counters = _step_clock(), []
 
@@ -131,7 +130,7 @@ def bench_trl(rows, steps: int, out: Path, **options) -> dict:
     return _throughput(clock, counter)
 
 
-def compute_bound(rows) -> dict:
+def compute_bound(examples) -> dict:
     """Tokens/s if LoRA training's FLOPs ran at the measured peak matmul rate: per token a forward through the layers'
     Linear weights and the backward to their inputs (as much again; frozen weights get no gradient, LoRA's own are
     negligible), and the same for the LM head at the positions that carry a loss (the response). Attention is left out
@@ -144,7 +143,6 @@ def compute_bound(rows) -> dict:
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
     dtype = torch.bfloat16 if use_bf16(None, model) else torch.float32
-    examples = _examples(rows)
     tokens = sum(len(e.input_ids) for e in examples)
     trained = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples)
     body = linear_flops_per_token(model, head=False)
@@ -160,8 +158,9 @@ def run(args) -> dict:
         trl = bench_trl(rows, min(args.steps, args.trl_defaults_steps), Path(tmp) / "trl")
         tuned_options = trl_tuned_options()
         tuned = bench_trl(rows, args.steps, Path(tmp) / "trl_tuned", **tuned_options)
-        ours = bench_sdft(rows, args.steps, Path(tmp) / "sdft")
-    bound = compute_bound(rows)
+        examples = _examples(rows)
+        ours = bench_sdft(examples, args.steps, Path(tmp) / "sdft")
+    bound = compute_bound(examples)
     return {"train_speedup_vs_trl": ours["tokens_per_s"] / trl["tokens_per_s"],
             "train_compute_bound": {**bound, "sdft_share": round(ours["tokens_per_s"] / bound["tokens_per_s"], 3)},
             "train_speedup_vs_trl_tuned": ours["tokens_per_s"] / tuned["tokens_per_s"],
