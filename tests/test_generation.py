@@ -264,20 +264,24 @@ def test_embedded_model_agrees_with_generate(shared_data):
 
 @pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
 def test_ragged_attention_equals_padded_matmul_attention():
-    """Each slot attends to its own columns only, whatever lies past them (garbage, NaN) and however wide the cache."""
+    """Each query attends to its own first columns of its row's slot only, whatever lies past them (garbage, NaN) and
+    however wide the cache; slots not fed are not read (NaN throughout)."""
     torch.manual_seed(0)
-    slots, kv_heads, group, dim, width = 5, 3, 3, 64, 96
-    q = torch.randn(slots, kv_heads, group, dim)
+    slots, kv_heads, queries, dim, width = 5, 3, 4, 64, 96
     keys, values = torch.randn(slots, kv_heads, width, dim), torch.randn(slots, kv_heads, width, dim)
-    lengths = torch.tensor([1, 17, 64, 70, 80])
-    beyond = torch.arange(width)[None] >= lengths[:, None]
-    keys[beyond[:, None].expand(-1, kv_heads, -1)] = float("nan")
-    values[beyond[:, None].expand(-1, kv_heads, -1)] = float("nan")
-    out = ragged_attention.decode_attention(q, keys[:, :, :80], values[:, :, :80], lengths, 0.125)  # a strided view
-    for s in range(slots):
-        n = int(lengths[s])
-        scores = q[s] @ keys[s, :, :n].transpose(-1, -2) * 0.125
-        torch.testing.assert_close(out[s], scores.softmax(-1) @ values[s, :, :n], rtol=1e-5, atol=1e-5)
+    fed = torch.tensor([3, 0, 4])  # out of order; slots 1 and 2 idle
+    lengths = torch.tensor([[1, 2, 1, 2], [17, 18, 19, 17], [64, 70, 80, 64]])  # per query, e.g. a verify's fed tokens
+    ends = torch.zeros(slots, dtype=torch.long).index_put_((fed,), lengths.max(1).values)
+    beyond = torch.arange(width)[None] >= ends[:, None]
+    for cache in (keys, values):
+        cache[beyond[:, None].expand(-1, kv_heads, -1)] = float("nan")
+    q = torch.randn(len(fed), kv_heads, queries, dim)
+    out = ragged_attention.decode_attention(q, keys[:, :, :80], values[:, :, :80], fed, lengths, 0.125)  # strided view
+    for row, slot in enumerate(fed.tolist()):
+        for m in range(queries):
+            n = int(lengths[row, m])
+            scores = q[row, :, m : m + 1] @ keys[slot, :, :n].transpose(-1, -2) * 0.125
+            torch.testing.assert_close(out[row, :, m : m + 1], scores.softmax(-1) @ values[slot, :, :n], rtol=1e-5, atol=1e-5)
 
 
 def test_lookup_draft_and_kept_tokens():
@@ -302,10 +306,9 @@ def test_speculation_keeps_greedy_output_in_fewer_forwards(embedded_tokenizer, m
 
     def counting_verify(self, fed):
         logits = verify(self, fed)
-        for tokens, greedy in zip(fed, logits.argmax(-1).tolist()):
-            if tokens:
-                drafted.append(len(tokens) - 1)
-                accepted.append(len(scheduler._kept(tokens, greedy)) - 1)
+        for tokens, greedy in zip([tokens for tokens in fed if tokens], logits.argmax(-1).tolist()):
+            drafted.append(len(tokens) - 1)
+            accepted.append(len(scheduler._kept(tokens, greedy)) - 1)
         return logits
 
     monkeypatch.setattr(LeanLlamaStepper, "verify", counting_verify)

@@ -11,6 +11,7 @@ class HFStepper:
 
     refills = False
     speculates = False
+    compacts = True
 
     def __init__(self, model, pad_id: int, slots: int):
         self.model = model
@@ -35,10 +36,11 @@ class HFStepper:
                           use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
-        """Next-token logits for every held row; finished rows (None) get a dummy token until the next select."""
+        """Next-token logits of the rows fed a token; finished rows (None) run on a dummy token until the next select."""
         self.attention = torch.cat([self.attention, self.attention.new_ones((len(tokens), 1))], dim=1)
         self.positions = self.positions + 1
-        return self._forward(torch.tensor([t or 0 for t in tokens], device=self.attention.device)[:, None])
+        logits = self._forward(torch.tensor([t or 0 for t in tokens], device=self.attention.device)[:, None])
+        return logits[[s for s, t in enumerate(tokens) if t is not None]]
 
     def select(self, keep: list[int]) -> None:
         index = torch.tensor(keep, device=self.attention.device)

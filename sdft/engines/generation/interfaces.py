@@ -36,22 +36,23 @@ class Engine(Protocol):
 
 
 class Stepper(Protocol):
-    """A forward over `slots` rows, each with its own KV cache length. Logits are (rows, vocab), one row per slot asked."""
+    """A forward over `slots` rows, each with its own KV cache length. Logits come back for the slots fed, in order."""
 
     slots: int  # rows held
     refills: bool  # rows may be admitted into free slots while others decode (else only into an empty stepper)
     speculates: bool  # has `verify` and `advance`: several fed tokens per slot in one forward
+    compacts: bool  # finished slots still cost work until dropped by `select`
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
         """Prefill prompts (token ids) into these free slots; their next-token logits, (len(slots), vocab)."""
         ...
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
-        """Feed one token per slot (None: idle slot); next-token logits of every slot, (slots, vocab)."""
+        """Feed one token per slot (None: idle slot); next-token logits of the fed slots, (fed slots, vocab)."""
         ...
 
     def verify(self, fed: list[list[int] | None]) -> torch.Tensor:
-        """Feed each slot its last token and a draft; logits at every fed position, (slots, fed width, vocab)."""
+        """Feed each slot its last token and a draft (None: idle); logits at every fed position, (fed slots, width, vocab)."""
         ...
 
     def advance(self, counts: list[int]) -> None:

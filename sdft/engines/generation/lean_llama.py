@@ -51,7 +51,11 @@ class LeanLlamaStepper:
     per-step work: Q/K/V and gate/up each run as one matmul, the KV cache is written in place, and decoding attends with
     two plain matmuls per layer over a contiguous cache, each KV head's query heads folded into the query axis (on CPU,
     SDPA's flash kernel and the copies a sliced cache forces cost several times more for one query per row).
-    Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode."""
+    Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode.
+
+    With the ragged kernel (fp32 on CPU) decoding runs the fed slots only and reads only their own columns, so the
+    cache is allocated once at the width a row may need and never copied: a finished row's slot just waits for the next
+    prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
 
     MODEL_TYPES = ("llama", "qwen2")
     GROWTH = 32  # cache columns added or dropped at a time
@@ -65,7 +69,7 @@ class LeanLlamaStepper:
         full_attention = all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
 
-    def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = ()):
+    def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = (), columns: int = 0):
         config = model.config
         self.model = model
         self.slots = slots
@@ -80,6 +84,9 @@ class LeanLlamaStepper:
         self.keys = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
         self.values = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=model.device)  # cache columns filled, per slot
+        self.ragged = ragged_attention.usable(self.keys[0])
+        self.compacts = not self.ragged  # whether dropping finished slots (`select`) saves work
+        self.reserve = columns if self.ragged else 0  # cache columns a row may need, allocated at once
 
     @staticmethod
     def _fused(layer) -> _LayerWeights:
@@ -91,7 +98,7 @@ class LeanLlamaStepper:
     def _fit(self, width: int, keep: torch.Tensor | None = None) -> None:
         """Resize the caches to hold `width` columns (in GROWTH steps, so this copy is rare), keeping only the `keep`
         slots when given. Columns past a row's length are masked; zeros there, since NaN garbage leaks through 0 * NaN."""
-        allocated = self.keys[0].shape[2]
+        allocated, width = self.keys[0].shape[2], max(width, self.reserve)
         if keep is None and width <= allocated <= width + 2 * self.GROWTH:
             return
         new_width = -(-width // self.GROWTH) * self.GROWTH
@@ -168,50 +175,54 @@ class LeanLlamaStepper:
         return self._logits(hidden[torch.arange(len(slots), device=device), lengths - shared - 1])
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
-        """Next-token logits for every slot, each token written at its slot's own length; idle slots (None) reset."""
-        device = self.lengths.device
-        active = torch.tensor([t is not None for t in tokens], device=device)
-        tokens_in = torch.tensor([t or 0 for t in tokens], device=device)[:, None]
-        hidden = self._decode(tokens_in, self.lengths[:, None])
+        """Next-token logits of the slots fed a token, each written at its slot's own length; idle slots (None) reset."""
+        active = torch.tensor([t is not None for t in tokens], device=self.lengths.device)
+        hidden = self._decode([None if t is None else [t] for t in tokens])
         self.lengths = torch.where(active, self.lengths + 1, 0)
         return self._logits(hidden[:, -1])
 
     def verify(self, fed: list[list[int] | None]) -> torch.Tensor:
         """Feed each slot its last token and a draft of the tokens after it, all in one forward (speculative decoding);
-        logits at every fed position, (slots, fed width, vocab). Lengths stay as they were: `advance` moves each slot
-        past what was accepted, and K/V written beyond that is masked out until overwritten."""
-        device = self.lengths.device
-        width = max(len(tokens) for tokens in fed if tokens)
-        inputs = torch.tensor([(tokens or []) + [0] * (width - len(tokens or [])) for tokens in fed], device=device)
-        return self._logits(self._decode(inputs, self.lengths[:, None] + torch.arange(width, device=device)))
+        logits at every fed position of the fed slots, (fed slots, fed width, vocab). Lengths stay as they were:
+        `advance` moves each slot past what was accepted, and K/V written beyond that is masked out until overwritten."""
+        return self._logits(self._decode(fed))
 
-    def _decode(self, inputs: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
-        """Hidden states of tokens fed to every slot, (slots, width): each written to the slot's cache at its column and
-        attending to the cache up to that column."""
-        device, (slots, width) = self.lengths.device, inputs.shape
+    def _decode(self, inputs: list[list[int] | None]) -> torch.Tensor:
+        """Hidden states at the tokens fed to each slot (None: idle), (fed slots, width): each written to its slot's
+        cache from the slot's length on and attending to the cache up to itself. The kernel runs the fed slots only;
+        the matmul attention runs every slot (an idle one fed padding): its cache cannot be read row by row uncopied."""
+        device = self.lengths.device
+        fed = [s for s, tokens in enumerate(inputs) if tokens]
+        rows = fed if self.ragged else list(range(self.slots))
+        width, group = max(len(inputs[s]) for s in fed), self.heads // self.kv_heads
+        index = torch.tensor(rows, device=device)
+        ids = torch.tensor([(inputs[s] or []) + [0] * (width - len(inputs[s] or [])) for s in rows], device=device)
+        columns = self.lengths[index][:, None] + torch.arange(width, device=device)  # (rows, width)
         self._fit(int(columns.max()) + 1)
-        rows, group, cache_width = torch.arange(slots, device=device)[:, None], self.heads // self.kv_heads, self.keys[0].shape[2]
-        ragged = width == 1 and ragged_attention.usable(self.keys[0])
-        if not ragged:  # fed token j of a slot sees its cache up to its own column: (slots, 1, 1, width, cache columns)
-            hidden_columns = torch.arange(cache_width, device=device)[None, None, :] > columns[:, :, None]
+        if self.ragged:  # query g * width + j of a row (query head g of a KV head, fed token j) sees j's columns
+            lengths = (columns + 1).repeat(1, group)
+        else:  # fed token j of a slot sees its cache up to its own column: (rows, 1, 1, width, cache columns)
+            hidden_columns = torch.arange(self.keys[0].shape[2], device=device)[None, None, :] > columns[:, :, None]
             bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             keys, values = self.keys[layer_index], self.values[layer_index]
-            keys[rows, :, columns] = k.transpose(1, 2)
-            values[rows, :, columns] = v.transpose(1, 2)
-            # q (slots, heads, width, head_dim) -> (slots, kv_heads, group x width, head_dim), each KV head's query
+            keys[index[:, None], :, columns] = k.transpose(1, 2)
+            values[index[:, None], :, columns] = v.transpose(1, 2)
+            # q (rows, heads, width, head_dim) -> (rows, kv_heads, group x width, head_dim), each KV head's query
             # heads folded into the query axis; keys/values (slots, kv_heads, cache columns, head_dim)
-            folded = q.reshape(slots, self.kv_heads, group * width, self.head_dim)
-            if ragged:  # one token a slot: reads each slot's own columns only
-                out = ragged_attention.decode_attention(folded, keys, values, columns[:, 0] + 1, scale)
+            folded = q.reshape(len(rows), self.kv_heads, group * width, self.head_dim)
+            if self.ragged:
+                out = ragged_attention.decode_attention(folded, keys, values, index, lengths, scale)
             else:  # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
+                cache_width = keys.shape[2]
                 scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
-                scores = scores.view(slots, self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
-                out = torch.matmul(scores.to(values.dtype).view(slots, self.kv_heads, group * width, cache_width), values)
-            return out.view(slots, self.heads, width, self.head_dim).transpose(1, 2).flatten(2)
+                scores = scores.view(len(rows), self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
+                out = torch.matmul(scores.to(values.dtype).view(len(rows), self.kv_heads, group * width, cache_width), values)
+            return out.view(len(rows), self.heads, width, self.head_dim).transpose(1, 2).flatten(2)
 
-        return self._forward(inputs, columns, attend)
+        hidden = self._forward(ids, columns, attend)
+        return hidden if self.ragged else hidden[torch.tensor(fed, device=device)]
 
     def advance(self, counts: list[int]) -> None:
         """Move each slot past the `counts` fed tokens `verify` kept."""

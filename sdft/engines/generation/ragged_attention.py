@@ -3,7 +3,7 @@ torch's extension builder (g++ and ninja), cached under the sdft cache directory
 compiler) or is turned off (`SDFT_RAGGED_ATTENTION=0`), the stepper keeps its matmul attention over the padded cache.
 
 Decoding attention on CPU is bound by reading the KV cache; with continuous batching the slots' lengths spread out, so
-the padded read is often a third or more wasted."""
+the padded read is often a third or more wasted, and a slot left idle (its row finished) is not read at all."""
 
 from __future__ import annotations
 
@@ -51,10 +51,11 @@ def usable(keys: torch.Tensor) -> bool:
     return keys.device.type == "cpu" and keys.dtype == torch.float32 and kernel() is not None
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v over columns < lengths[slot] of each slot: q (slots, kv_heads, group, head_dim), keys and
-    values (slots, kv_heads, width, head_dim) -> (slots, kv_heads, group, head_dim)."""
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(q kᵀ · scale) v, each query over its own first `lengths` columns of its row's slot: q (rows, kv_heads,
+    queries, head_dim), keys and values (slots, kv_heads, width, head_dim), slots (rows), lengths (rows, queries)
+    -> (rows, kv_heads, queries, head_dim). Slots not named are not read."""
     ext = kernel()
-    probs = ext.ragged_scores(q.contiguous(), keys, lengths, scale).softmax(-1)
-    return ext.ragged_mix(probs, values, lengths)
+    probs = ext.ragged_scores(q.contiguous(), keys, slots, lengths, scale).softmax(-1)
+    return ext.ragged_mix(probs, values, slots, lengths)

@@ -101,7 +101,8 @@ class HFEngine:
             order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
             row_tokens = len(token_ids[order[0]]) + decoding.max_new_tokens  # cache columns a row may need at most
             slots = max(1, min(self.decode_rows, self.token_budget // row_tokens, len(order)))
-            stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]))
+            stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]),
+                                       columns=row_tokens + MAX_DRAFT)  # a verify writes its draft past the row's end
             yield from self._generate(stepper, order, token_ids, prompts, decoding)
             return
         for batch in plan_batches(lengths, self.decode_rows, decoding.max_new_tokens, self.token_budget):
@@ -125,7 +126,7 @@ class HFEngine:
                     held[s] = _Row(i, len(token_ids[i]), _row_generator(decoding.seed, prompts[i]) if sampled else None)
                 logits = stepper.admit(active, [token_ids[held[s].index] for s in active])
             else:
-                if not pending and len(free) >= max(1, len(held) // 8):
+                if stepper.compacts and not pending and len(free) >= max(1, len(held) // 8):
                     # Drop finished slots once they are an eighth of the batch: the cache copy costs about a step.
                     keep = [s for s, row in enumerate(held) if row is not None]
                     stepper.select(keep)
@@ -135,8 +136,7 @@ class HFEngine:
                     logits = stepper.step([row.tokens[-1] if row else None for row in held])
                 else:
                     logits = stepper.verify(fed)
-                active = [s for s, row in enumerate(held) if row is not None]
-                logits = logits[torch.tensor(active, device=logits.device)] if len(active) < len(held) else logits
+                active = [s for s, row in enumerate(held) if row is not None]  # the slots fed, whose logits came back
             rows = [held[s] for s in active]
             if fed is None:
                 generators = [row.generator for row in rows] if sampled else None
