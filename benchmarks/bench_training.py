@@ -6,7 +6,10 @@ checkpointing, entropy/accuracy metrics...), which is what a user who picked TRL
 what an expert would (`trl_tuned_options`). The compute bound is the FLOPs per token at the measured peak matmul rate. Useful tokens/s counts the
 non-padding tokens fed per second over the timed steps (the first step is warm-up and not timed).
 
-    python benchmarks/bench_training.py [--steps 6] [--trl-defaults-steps 2] [--examples 256]
+Each trainer runs in a fresh process (one trainer's leftover heap must not slow the next), sdft and tuned TRL in
+alternating rounds; each rate is the median of its rounds, so a slow spell of this shared machine hits both alike.
+
+    python benchmarks/bench_training.py [--steps 6] [--rounds 3] [--trl-defaults-steps 2] [--examples 256]
 """
 
 from __future__ import annotations
@@ -14,6 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -55,7 +61,8 @@ def _throughput(clock, counter) -> dict:
     timed = clock.ends[1:]
     seconds = timed[-1] - clock.ends[0]
     tokens = sum(counter.tokens[1 : len(clock.ends)])
-    return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed), "steps_timed": len(timed)}
+    return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed), "steps_timed": len(timed),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
 def _rows(n: int) -> list[dict]:
@@ -152,21 +159,41 @@ def compute_bound(examples) -> dict:
             "gflop_per_token": round(flops / 1e9, 3), "tokens_per_s": round(rate * 1e9 / flops, 1)}
 
 
+TRAINERS = {"sdft": lambda rows, steps, out: bench_sdft(_examples(rows), steps, out),
+            "trl_defaults": lambda rows, steps, out: bench_trl(rows, steps, out),
+            "trl_tuned": lambda rows, steps, out: bench_trl(rows, steps, out, **trl_tuned_options())}
+
+
+def in_fresh_process(trainer: str, steps: int, examples: int) -> dict:
+    """One trainer's throughput, measured in a new Python process (this script with --trainer)."""
+    command = [sys.executable, __file__, "--trainer", trainer, "--steps", str(steps), "--examples", str(examples)]
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def median_round(rounds: list[dict]) -> dict:
+    """The round with the median rate, and every round's rate."""
+    middle = sorted(rounds, key=lambda r: r["tokens_per_s"])[(len(rounds) - 1) // 2]
+    return {**middle, "rounds_tokens_per_s": [round(r["tokens_per_s"], 1) for r in rounds],
+            "median_tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds)}
+
+
 def run(args) -> dict:
-    rows = _rows(args.examples)
-    with tempfile.TemporaryDirectory() as tmp:
-        trl = bench_trl(rows, min(args.steps, args.trl_defaults_steps), Path(tmp) / "trl")
-        tuned_options = trl_tuned_options()
-        tuned = bench_trl(rows, args.steps, Path(tmp) / "trl_tuned", **tuned_options)
-        examples = _examples(rows)
-        ours = bench_sdft(examples, args.steps, Path(tmp) / "sdft")
-    bound = compute_bound(examples)
-    return {"train_speedup_vs_trl": ours["tokens_per_s"] / trl["tokens_per_s"],
-            "train_compute_bound": {**bound, "sdft_share": round(ours["tokens_per_s"] / bound["tokens_per_s"], 3)},
-            "train_speedup_vs_trl_tuned": ours["tokens_per_s"] / tuned["tokens_per_s"],
-            "train_sdft": ours, "train_trl_defaults": trl, "train_trl_tuned": {**tuned, "options": tuned_options},
-            "train_setup": {"examples": len(rows), "batch": BATCH, "max_length": MAX_LENGTH, "lora": LORA},
-            "train_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "machine": machine_info()}
+    trl = in_fresh_process("trl_defaults", min(args.steps, args.trl_defaults_steps), args.examples)
+    rounds: dict[str, list[dict]] = {"sdft": [], "trl_tuned": []}
+    for _ in range(args.rounds):
+        for trainer, results in rounds.items():
+            results.append(in_fresh_process(trainer, args.steps, args.examples))
+    ours, tuned = median_round(rounds["sdft"]), median_round(rounds["trl_tuned"])
+    rate = ours["median_tokens_per_s"]
+    bound = compute_bound(_examples(_rows(args.examples)))
+    return {"train_speedup_vs_trl": rate / trl["tokens_per_s"],
+            "train_compute_bound": {**bound, "sdft_share": round(rate / bound["tokens_per_s"], 3)},
+            "train_speedup_vs_trl_tuned": rate / tuned["median_tokens_per_s"],
+            "train_sdft": ours, "train_trl_defaults": trl, "train_trl_tuned": {**tuned, "options": trl_tuned_options()},
+            "train_setup": {"examples": args.examples, "batch": BATCH, "max_length": MAX_LENGTH, "lora": LORA,
+                            "rounds": args.rounds, "process": "each trainer in a fresh process; sdft and tuned TRL alternate"},
+            "train_peak_rss_mb": ours["peak_rss_mb"], "machine": machine_info()}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -175,8 +202,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trl-defaults-steps", type=int, default=2,
                    help="timed steps for TRL at its defaults: 30x slower where bf16 is slow, and steady from step to step")
     p.add_argument("--examples", type=int, default=256)
+    p.add_argument("--rounds", type=int, default=3, help="alternating sdft / tuned TRL runs; the median is reported")
+    p.add_argument("--trainer", choices=sorted(TRAINERS), help="time this one trainer here and print its JSON line")
     return p
 
 
 if __name__ == "__main__":
-    print(json.dumps(run(parser().parse_args()), indent=2))
+    arguments = parser().parse_args()
+    if arguments.trainer:
+        with tempfile.TemporaryDirectory() as tmp:
+            print(json.dumps(TRAINERS[arguments.trainer](_rows(arguments.examples), arguments.steps, Path(tmp))))
+    else:
+        print(json.dumps(run(arguments), indent=2))

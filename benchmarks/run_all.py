@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
         results |= bench_generation.run(bench_generation.parse_args(["--quick"] * args.quick + ["--quality"] * args.quality))
     if not args.no_peers:
         results |= bench_peers.run(bench_peers.parse_args(["--quick"] * args.quick))
-    results |= bench_training.run(bench_training.parser().parse_args(["--steps", "3"] if args.quick else []))
+    results |= bench_training.run(bench_training.parser().parse_args(["--steps", "3", "--rounds", "1"] if args.quick else []))
     if RESULTS.is_file() and (args.no_baselines or args.no_peers):  # a skipped part keeps its earlier figures, marked
         earlier = json.loads(RESULTS.read_text())
         kept = sorted(k for k in earlier if k not in results and k != "kept_from_earlier_run")
