@@ -62,7 +62,16 @@ def _throughput(clock, counter) -> dict:
     seconds = timed[-1] - clock.ends[0]
     tokens = sum(counter.tokens[1 : len(clock.ends)])
     return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed), "steps_timed": len(timed),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+            "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> int:
+    """This process's peak resident memory. Not ru_maxrss alone: Linux carries it over from the parent across exec,
+    so a fresh process started by a large one (run_all after generation) would report the parent's peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        return next(int(line.split()[1]) // 1024 for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _rows(n: int) -> list[dict]:
