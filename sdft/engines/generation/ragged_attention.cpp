@@ -28,7 +28,8 @@ void check(const torch::Tensor& q, const torch::Tensor& cache, const torch::Tens
   TORCH_CHECK(q.is_contiguous() && cache.stride(3) == 1 && q.scalar_type() == torch::kFloat &&
               cache.scalar_type() == torch::kFloat && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
               lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
-              lengths.size(1) == q.size(2) && lengths.max().item<int64_t>() <= cache.size(2));
+              lengths.size(1) == q.size(2) && lengths.max().item<int64_t>() <= cache.size(2) &&
+              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < cache.size(0));  // raw reads below
 }
 
 // q (rows, kv_heads, queries, head_dim) contiguous; keys (slots, kv_heads, width, head_dim) with unit last stride;
