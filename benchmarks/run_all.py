@@ -3,6 +3,9 @@ write benchmarks/results/latest.json.
 
     python benchmarks/run_all.py [--quick] [--quality] [--no-peers]
 
+Each part runs in a fresh Python process, as each trainer does in bench_training: a part's leftover heap and threads
+(llama.cpp in-process, TRL) must not slow the next one.
+
 Peers (llama.cpp's llama-server, CTranslate2) are optional: `pip install -r benchmarks/requirements.txt` and
 `benchmarks/build_llama_server.sh`; a missing one is reported as null.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +25,22 @@ import bench_training
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
+PARTS = {"generation": lambda argv: bench_generation.run(bench_generation.parse_args(argv)),
+         "peers": lambda argv: bench_peers.run(bench_peers.parse_args(argv)),
+         "training": lambda argv: bench_training.run(bench_training.parser().parse_args(argv))}
+
+
+def in_fresh_process(part: str, argv: list[str]) -> dict:
+    """One part's results, measured in a new Python process (this script with --part)."""
+    done = subprocess.run([sys.executable, __file__, "--part", part, *argv], check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--part"]:  # run_all's own child process: `--part NAME` then that part's own arguments
+        print(json.dumps(PARTS[argv[1]](argv[2:])))
+        return {argv[1]: True}
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller generation and training runs")
     parser.add_argument("--quality", action="store_true", help="also GSM8K distillation acceptance, greedy bf16 vs fp32")
@@ -30,10 +49,10 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     results = {}
     if not args.no_baselines:
-        results |= bench_generation.run(bench_generation.parse_args(["--quick"] * args.quick + ["--quality"] * args.quality))
+        results |= in_fresh_process("generation", ["--quick"] * args.quick + ["--quality"] * args.quality)
     if not args.no_peers:
-        results |= bench_peers.run(bench_peers.parse_args(["--quick"] * args.quick))
-    results |= bench_training.run(bench_training.parser().parse_args(["--steps", "3", "--rounds", "1"] if args.quick else []))
+        results |= in_fresh_process("peers", ["--quick"] * args.quick)
+    results |= in_fresh_process("training", ["--steps", "3", "--rounds", "1"] if args.quick else [])
     if RESULTS.is_file() and (args.no_baselines or args.no_peers):  # a skipped part keeps its earlier figures, marked
         earlier = json.loads(RESULTS.read_text())
         kept = sorted(k for k in earlier if k not in results and k != "kept_from_earlier_run")

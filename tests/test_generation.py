@@ -284,6 +284,19 @@ def test_ragged_attention_equals_padded_matmul_attention():
             torch.testing.assert_close(out[row, :, m : m + 1], scores.softmax(-1) @ values[slot, :, :n], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
+def test_ragged_attention_refuses_reads_out_of_the_cache():
+    """The kernel reads raw pointers: a slot id past the cache's slots or a length past its columns is an error, not
+    a read out of bounds."""
+    keys, values = torch.zeros(2, 1, 8, 4), torch.zeros(2, 1, 8, 4)
+    q = torch.zeros(1, 1, 1, 4)
+    with pytest.raises(RuntimeError):
+        ragged_attention.decode_attention(q, keys, values, torch.tensor([2]), torch.tensor([[3]]), 1.0)
+    with pytest.raises(RuntimeError):
+        ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[9]]), 1.0)
+    assert ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[8]]), 1.0).shape == q.shape
+
+
 def test_lookup_draft_and_kept_tokens():
     history = [5, 6, 7, 8, 9, 1, 6, 7]
     assert scheduler.lookup_draft(history, 3) == [8, 9, 1]  # the trigram ends 6 7: what followed 6 7 before

@@ -24,12 +24,15 @@ void for_each_row_head(const torch::Tensor& slots, int64_t heads, const torch::T
   });
 }
 
-void check(const torch::Tensor& q, const torch::Tensor& cache, const torch::Tensor& slots, const torch::Tensor& lengths) {
+// The longest column count any query attends, after checking the arguments (the kernels read raw pointers).
+int64_t check(const torch::Tensor& q, const torch::Tensor& cache, const torch::Tensor& slots, const torch::Tensor& lengths) {
   TORCH_CHECK(q.is_contiguous() && cache.stride(3) == 1 && q.scalar_type() == torch::kFloat &&
               cache.scalar_type() == torch::kFloat && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
               lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
-              lengths.size(1) == q.size(2) && lengths.max().item<int64_t>() <= cache.size(2) &&
-              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < cache.size(0));  // raw reads below
+              lengths.size(1) == q.size(2) && slots.numel() > 0 && lengths.numel() > 0);
+  const int64_t longest = lengths.max().item<int64_t>();
+  TORCH_CHECK(longest <= cache.size(2) && slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < cache.size(0));
+  return longest;
 }
 
 // q (rows, kv_heads, queries, head_dim) contiguous; keys (slots, kv_heads, width, head_dim) with unit last stride;
@@ -37,9 +40,8 @@ void check(const torch::Tensor& q, const torch::Tensor& cache, const torch::Tens
 // scale * q.k for column j < its length, -inf beyond: (rows, kv_heads, queries, longest length).
 torch::Tensor ragged_scores(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& slots,
                             const torch::Tensor& lengths, double scale) {
-  check(q, keys, slots, lengths);
+  const int64_t width = check(q, keys, slots, lengths);
   const int64_t rows = q.size(0), heads = q.size(1), queries = q.size(2), dim = q.size(3);
-  const int64_t width = lengths.numel() ? lengths.max().item<int64_t>() : 0;
   auto scores = torch::empty({rows, heads, queries, width}, q.options());
   const float* qp = q.data_ptr<float>();
   const float* kp = keys.data_ptr<float>();
