@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -95,6 +96,13 @@ def load_llamacpp():
     except ImportError:
         return None
     return Llama(model_path=str(embedded_gguf_path()), n_ctx=2048, n_threads=2, verbose=False)
+
+
+def fresh_process_json(command: list[str]) -> dict:
+    """The JSON object a benchmark child process prints as its last stdout line: each part and each trainer is
+    measured in a new process, so one's leftover heap and threads do not slow the next."""
+    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def machine_info() -> dict:

@@ -18,14 +18,13 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-from bench_generation import machine_info  # same folder: one description of the machine
+from bench_generation import fresh_process_json, machine_info  # same folder: shared benchmark helpers
 
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 BATCH, MAX_LENGTH = 8, 256
@@ -175,9 +174,8 @@ TRAINERS = {"sdft": lambda rows, steps, out: bench_sdft(_examples(rows), steps, 
 
 def in_fresh_process(trainer: str, steps: int, examples: int) -> dict:
     """One trainer's throughput, measured in a new Python process (this script with --trainer)."""
-    command = [sys.executable, __file__, "--trainer", trainer, "--steps", str(steps), "--examples", str(examples)]
-    done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return fresh_process_json([sys.executable, __file__, "--trainer", trainer, "--steps", str(steps),
+                               "--examples", str(examples)])
 
 
 def median_round(rounds: list[dict]) -> dict:

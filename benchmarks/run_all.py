@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -32,8 +31,7 @@ PARTS = {"generation": lambda argv: bench_generation.run(bench_generation.parse_
 
 def in_fresh_process(part: str, argv: list[str]) -> dict:
     """One part's results, measured in a new Python process (this script with --part)."""
-    done = subprocess.run([sys.executable, __file__, "--part", part, *argv], check=True, stdout=subprocess.PIPE, text=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return bench_generation.fresh_process_json([sys.executable, __file__, "--part", part, *argv])
 
 
 def main(argv: list[str] | None = None) -> dict:
