@@ -105,6 +105,16 @@ def fresh_process_json(command: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def peak_rss_mb() -> int:
+    """This process's peak resident memory. Not ru_maxrss alone: Linux carries it over from the parent across exec,
+    so a fresh process started by a large one (a part or a trainer started by run_all) would report the parent's
+    peak."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        return next(int(line.split()[1]) // 1024 for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+
+
 def machine_info() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
@@ -163,7 +173,7 @@ def run(args: argparse.Namespace) -> dict:
         "tok_s": rates,
         "gen_speedup_vs_hf_bs1": round(rates["sdft"] / rates["hf_bs1_fp32"], 2),
         "gen_speedup_vs_llamacpp": round(rates["sdft"] / rates["llamacpp"], 2) if rates["llamacpp"] else None,
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "peak_rss_mib": peak_rss_mb(),
         "machine": machine_info(),
     }
     if args.quality:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from bench_generation import fresh_process_json, machine_info  # same folder: shared benchmark helpers
+from bench_generation import fresh_process_json, machine_info, peak_rss_mb  # same folder: shared benchmark helpers
 
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 BATCH, MAX_LENGTH = 8, 256
@@ -62,15 +61,6 @@ def _throughput(clock, counter) -> dict:
     tokens = sum(counter.tokens[1 : len(clock.ends)])
     return {"tokens_per_s": tokens / seconds, "s_per_step": seconds / len(timed), "steps_timed": len(timed),
             "peak_rss_mb": peak_rss_mb()}
-
-
-def peak_rss_mb() -> int:
-    """This process's peak resident memory. Not ru_maxrss alone: Linux carries it over from the parent across exec,
-    so a fresh process started by a large one (run_all after generation) would report the parent's peak."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        return next(int(line.split()[1]) // 1024 for line in status.read_text().splitlines() if line.startswith("VmHWM:"))
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def _rows(n: int) -> list[dict]:
