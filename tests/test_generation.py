@@ -319,9 +319,10 @@ def test_speculation_keeps_greedy_output_in_fewer_forwards(embedded_tokenizer, m
 
     def counting_verify(self, fed):
         logits = verify(self, fed)
-        for tokens, greedy in zip([tokens for tokens in fed if tokens], logits.argmax(-1).tolist()):
+        greedy = iter(logits.argmax(-1).tolist())  # fed tokens slot by slot
+        for tokens in filter(None, fed):
             drafted.append(len(tokens) - 1)
-            accepted.append(len(scheduler._kept(tokens, greedy)) - 1)
+            accepted.append(len(scheduler._kept(tokens, [next(greedy) for _ in tokens])) - 1)
         return logits
 
     monkeypatch.setattr(LeanLlamaStepper, "verify", counting_verify)

@@ -52,7 +52,7 @@ class Stepper(Protocol):
         ...
 
     def verify(self, fed: list[list[int] | None]) -> torch.Tensor:
-        """Feed each slot its last token and a draft (None: idle); logits at every fed position, (fed slots, width, vocab)."""
+        """Feed each slot its last token and a draft (None: idle); logits at every fed token, slot by slot, (fed tokens, vocab)."""
         ...
 
     def advance(self, counts: list[int]) -> None:

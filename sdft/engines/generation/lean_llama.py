@@ -177,41 +177,53 @@ class LeanLlamaStepper:
     def step(self, tokens: list[int | None]) -> torch.Tensor:
         """Next-token logits of the slots fed a token, each written at its slot's own length; idle slots (None) reset."""
         active = torch.tensor([t is not None for t in tokens], device=self.lengths.device)
-        hidden = self._decode([None if t is None else [t] for t in tokens])
+        logits = self.verify([None if t is None else [t] for t in tokens])
         self.lengths = torch.where(active, self.lengths + 1, 0)
-        return self._logits(hidden[:, -1])
+        return logits
 
     def verify(self, fed: list[list[int] | None]) -> torch.Tensor:
         """Feed each slot its last token and a draft of the tokens after it, all in one forward (speculative decoding);
-        logits at every fed position of the fed slots, (fed slots, fed width, vocab). Lengths stay as they were:
-        `advance` moves each slot past what was accepted, and K/V written beyond that is masked out until overwritten."""
+        logits at every fed token, slot by slot, (fed tokens, vocab). Lengths stay as they were: `advance` moves each
+        slot past what was accepted, and K/V written beyond that is masked out until overwritten."""
         return self._logits(self._decode(fed))
 
     def _decode(self, inputs: list[list[int] | None]) -> torch.Tensor:
-        """Hidden states at the tokens fed to each slot (None: idle), (fed slots, width): each written to its slot's
-        cache from the slot's length on and attending to the cache up to itself. The kernel runs the fed slots only;
-        the matmul attention runs every slot (an idle one fed padding): its cache cannot be read row by row uncopied."""
+        """Hidden states of the tokens fed to each slot (None: idle), (fed tokens, hidden): each written to its slot's
+        cache from the slot's length on and attending to the cache up to itself. The linears run the fed tokens only,
+        packed one after another, so a slot fed one token beside slots fed drafts costs no padding; attention sees them
+        padded per slot (a padded query attends nothing). The kernel runs the fed slots only; the matmul attention runs
+        every slot: its cache cannot be read row by row uncopied."""
         device = self.lengths.device
         fed = [s for s, tokens in enumerate(inputs) if tokens]
         rows = fed if self.ragged else list(range(self.slots))
         width, group = max(len(inputs[s]) for s in fed), self.heads // self.kv_heads
+        # each fed token's attention row (its slot's place in `rows`), offset among its slot's tokens, slot and column
+        row_of = {s: r for r, s in enumerate(rows)}
+        row = torch.tensor([row_of[s] for s in fed for _ in inputs[s]], device=device)
+        offset = torch.tensor([j for s in fed for j in range(len(inputs[s]))], device=device)
         index = torch.tensor(rows, device=device)
-        ids = torch.tensor([(inputs[s] or []) + [0] * (width - len(inputs[s] or [])) for s in rows], device=device)
-        columns = self.lengths[index][:, None] + torch.arange(width, device=device)  # (rows, width)
-        self._fit(int(columns.max()) + 1)
+        slot = index[row]
+        column = self.lengths[slot] + offset
+        ids = torch.tensor([[t for s in fed for t in inputs[s]]], device=device)
+        self._fit(int(column.max()) + 1)
+        columns = self.lengths[index][:, None] + torch.arange(width, device=device)  # (rows, width): padded too
         if self.ragged:  # query g * width + j of a row (query head g of a KV head, fed token j) sees j's columns
-            lengths = (columns + 1).repeat(1, group)
+            seen = torch.zeros((len(rows), width), dtype=torch.long, device=device).index_put_((row, offset), column + 1)
+            lengths = seen.repeat(1, group)  # 0 for padding: a query the kernel skips
         else:  # fed token j of a slot sees its cache up to its own column: (rows, 1, 1, width, cache columns)
             hidden_columns = torch.arange(self.keys[0].shape[2], device=device)[None, None, :] > columns[:, :, None]
             bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
 
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            # q (1, heads, tokens, head_dim), k and v (1, kv_heads, tokens, head_dim): the fed tokens one after another
             keys, values = self.keys[layer_index], self.values[layer_index]
-            keys[index[:, None], :, columns] = k.transpose(1, 2)
-            values[index[:, None], :, columns] = v.transpose(1, 2)
-            # q (rows, heads, width, head_dim) -> (rows, kv_heads, group x width, head_dim), each KV head's query
-            # heads folded into the query axis; keys/values (slots, kv_heads, cache columns, head_dim)
-            folded = q.reshape(len(rows), self.kv_heads, group * width, self.head_dim)
+            keys[slot, :, column] = k[0].transpose(0, 1)
+            values[slot, :, column] = v[0].transpose(0, 1)
+            # padded per row, then each KV head's query heads folded into the query axis:
+            # (rows, kv_heads, group x width, head_dim); keys/values (slots, kv_heads, cache columns, head_dim)
+            padded = q.new_zeros((len(rows), self.heads, width, self.head_dim))
+            padded[row, :, offset] = q[0].transpose(0, 1)
+            folded = padded.view(len(rows), self.kv_heads, group * width, self.head_dim)
             if self.ragged:
                 out = ragged_attention.decode_attention(folded, keys, values, index, lengths, scale)
             else:  # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
@@ -219,10 +231,9 @@ class LeanLlamaStepper:
                 scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
                 scores = scores.view(len(rows), self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
                 out = torch.matmul(scores.to(values.dtype).view(len(rows), self.kv_heads, group * width, cache_width), values)
-            return out.view(len(rows), self.heads, width, self.head_dim).transpose(1, 2).flatten(2)
+            return out.view(len(rows), self.heads, width, self.head_dim)[row, :, offset].flatten(1)[None]
 
-        hidden = self._forward(ids, columns, attend)
-        return hidden if self.ragged else hidden[torch.tensor(fed, device=device)]
+        return self._forward(ids, column[None], attend)[0]
 
     def advance(self, counts: list[int]) -> None:
         """Move each slot past the `counts` fed tokens `verify` kept."""

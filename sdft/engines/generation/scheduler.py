@@ -131,7 +131,7 @@ class HFEngine:
                     keep = [s for s, row in enumerate(held) if row is not None]
                     stepper.select(keep)
                     held = [held[s] for s in keep]
-                fed = self._drafts(held, token_ids) if stepper.speculates and not sampled and not pending else None
+                fed = self._drafts(held, token_ids) if stepper.speculates and not sampled else None
                 if fed is None:
                     logits = stepper.step([row.tokens[-1] if row else None for row in held])
                 else:
@@ -142,7 +142,8 @@ class HFEngine:
                 generators = [row.generator for row in rows] if sampled else None
                 chosen = [[token] for token in _choose(logits.float(), decoding, generators).tolist()]
             else:
-                chosen = [_kept(fed[s], greedy) for s, greedy in zip(active, logits.argmax(-1).tolist())]
+                greedy = iter(logits.argmax(-1).tolist())  # fed tokens slot by slot
+                chosen = [_kept(fed[s], [next(greedy) for _ in fed[s]]) for s in active]
                 counts = [0] * len(held)
                 for s, tokens in zip(active, chosen):
                     counts[s] = len(tokens)  # the fed last token and the accepted draft now sit in the cache
