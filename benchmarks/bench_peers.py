@@ -195,10 +195,21 @@ def peak_matmul_gflops(dtype: torch.dtype, hidden: int, intermediate: int) -> fl
                for rows in (512, 2048))
 
 
-def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], dtype: torch.dtype) -> dict:
-    """Tokens/s the workload would reach if every FLOP it needs ran at the measured peak matmul rate. Needed: each
-    prompt token through the layers (a prefix every prompt shares, the template's opening, once), the LM head at a
-    prompt's last position and at each generated token, and attention over the causal context."""
+def sampled_around(work, sample, samples: list[float]):
+    """work(), with `sample()` (a peak matmul rate) taken right before and right after it into `samples`. This
+    machine's speed drifts by up to 2x within minutes, so a bound is taken at the moments the work it bounds ran, not
+    at a sample minutes away."""
+    samples.append(sample())
+    result = work()
+    samples.append(sample())
+    return result
+
+
+def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], peak_samples: list[float]) -> dict:
+    """Tokens/s the workload would reach if every FLOP it needs ran at the peak matmul rate (the best of the samples
+    taken around sdft's run). Needed: each prompt token through the layers (a prefix every prompt shares, the
+    template's opening, once), the LM head at a prompt's last position and at each generated token, and attention over
+    the causal context."""
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     prompt_lens = [len(i) for i in ids]
     shared = sum(len(prefix) * (sum(1 for i in ids if tuple(i[: len(prefix)]) == prefix) - 1)
@@ -206,8 +217,9 @@ def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], dt
     body, full = linear_flops_per_token(model, head=False), linear_flops_per_token(model)
     flops = (body * (sum(prompt_lens) - shared - len(ids)) + full * (len(ids) + sum(generated))
              + attention_flops(model, prompt_lens, generated))
-    rate = peak_matmul_gflops(dtype, model.config.hidden_size, model.config.intermediate_size)
-    return {"dtype": str(dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
+    rate = max(peak_samples)
+    return {"dtype": str(model.dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
+            "peak_samples_gflops": [round(sample, 1) for sample in peak_samples],
             "gflop_per_useful_token": round(flops / sum(generated) / 1e9, 3),
             "tok_s": round(sum(generated) / (flops / (rate * 1e9)), 1)}
 
@@ -217,7 +229,10 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
     prompts = gsm8k_prompts(tokenizer, args.prompts)
     generated: list[int] = []
-    sdft = {"auto": {**timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens, generated),
+    samples: list[float] = []
+    sdft = {"auto": {**sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens, generated),
+                                      lambda: peak_matmul_gflops(model.dtype, model.config.hidden_size,
+                                                                 model.config.intermediate_size), samples),
                      "dtype": str(model.dtype).removeprefix("torch.")}}
     model_fp32 = model
     if model.dtype != torch.float32:
@@ -225,7 +240,7 @@ def run(args: argparse.Namespace) -> dict:
         sdft["fp32"] = timed(sdft_tokens, HFEngine(model_fp32, tokenizer), prompts, args.new_tokens)
     else:
         sdft["fp32"] = {**sdft["auto"], "note": "auto chose fp32 on this machine: the same run"}
-    bound = compute_bound(model, tokenizer, prompts, generated, model.dtype)
+    bound = compute_bound(model, tokenizer, prompts, generated, samples)
     peers: dict[str, dict | None] = {}
     peers["llama_server"] = bench_llama_server(prompts, args.new_tokens, threads,
                                                SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)

@@ -15,6 +15,7 @@ alternating rounds; each rate is the median of its rounds, so a slow spell of th
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import torch
 from bench_generation import fresh_process_json, machine_info, peak_rss_mb  # same folder: shared benchmark helpers
+from bench_peers import sampled_around
 
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 BATCH, MAX_LENGTH = 8, 256
@@ -135,25 +137,43 @@ def bench_trl(rows, steps: int, out: Path, **options) -> dict:
     return _throughput(clock, counter)
 
 
-def compute_bound(examples) -> dict:
-    """Tokens/s if LoRA training's FLOPs ran at the measured peak matmul rate: per token a forward through the layers'
-    Linear weights and the backward to their inputs (as much again; frozen weights get no gradient, LoRA's own are
-    negligible), and the same for the LM head at the positions that carry a loss (the response). Attention is left out
-    (short sequences), so the bound is slightly generous."""
+def bound_model():
+    """The embedded model as training loads it, for the bound's FLOPs and dtype."""
     from transformers import AutoModelForCausalLM
 
-    from bench_peers import linear_flops_per_token, peak_matmul_gflops
     from sdft.engines.models import resolve_model
-    from sdft.engines.training import IGNORE_INDEX, use_bf16
 
-    model = AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
-    dtype = torch.bfloat16 if use_bf16(None, model) else torch.float32
+    return AutoModelForCausalLM.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+def training_dtype(model) -> torch.dtype:
+    from sdft.engines.training import use_bf16
+
+    return torch.bfloat16 if use_bf16(None, model) else torch.float32
+
+
+def peak_sample(model) -> float:
+    """One sample of the peak matmul rate in training's dtype at the model's MLP shape."""
+    from bench_peers import peak_matmul_gflops
+
+    return peak_matmul_gflops(training_dtype(model), model.config.hidden_size, model.config.intermediate_size)
+
+
+def compute_bound(examples, model, peak_samples: list[float]) -> dict:
+    """Tokens/s if LoRA training's FLOPs ran at the peak matmul rate (the best of the samples taken around sdft's
+    rounds): per token a forward through the layers' Linear weights and the backward to their inputs (as much again;
+    frozen weights get no gradient, LoRA's own are negligible), and the same for the LM head at the positions that
+    carry a loss (the response). Attention is left out (short sequences), so the bound is slightly generous."""
+    from bench_peers import linear_flops_per_token
+    from sdft.engines.training import IGNORE_INDEX
+
     tokens = sum(len(e.input_ids) for e in examples)
     trained = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples)
     body = linear_flops_per_token(model, head=False)
     flops = 2 * (body * tokens + (linear_flops_per_token(model) - body) * trained) / tokens
-    rate = peak_matmul_gflops(dtype, model.config.hidden_size, model.config.intermediate_size)
-    return {"dtype": str(dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
+    rate = max(peak_samples)
+    return {"dtype": str(training_dtype(model)).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
+            "peak_samples_gflops": [round(sample, 1) for sample in peak_samples],
             "gflop_per_token": round(flops / 1e9, 3), "tokens_per_s": round(rate * 1e9 / flops, 1)}
 
 
@@ -179,12 +199,14 @@ def median_round(rounds: list[dict]) -> dict:
 def run(args) -> dict:
     trl = in_fresh_process("trl_defaults", min(args.steps, args.trl_defaults_steps), args.examples)
     rounds: dict[str, list[dict]] = {"sdft": [], "trl_tuned": []}
+    model, samples = bound_model(), []
     for _ in range(args.rounds):
         for trainer, results in rounds.items():
-            results.append(in_fresh_process(trainer, args.steps, args.examples))
+            work = functools.partial(in_fresh_process, trainer, args.steps, args.examples)
+            results.append(sampled_around(work, lambda: peak_sample(model), samples) if trainer == "sdft" else work())
     ours, tuned = median_round(rounds["sdft"]), median_round(rounds["trl_tuned"])
     rate = ours["tokens_per_s"]
-    bound = compute_bound(_examples(_rows(args.examples)))
+    bound = compute_bound(_examples(_rows(args.examples)), model, samples)
     # sdft and tuned TRL run back to back within a round, so a round's ratio is the one least moved by this machine's
     # slow spells; shown beside the ratio of the medians (the headline)
     paired = [round(a["tokens_per_s"] / b["tokens_per_s"], 2) for a, b in zip(rounds["sdft"], rounds["trl_tuned"])]

@@ -35,10 +35,12 @@ def in_fresh_process(part: str, argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    """The run's results (those of one part in run_all's own child process: `--part NAME` then the part's arguments)."""
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--part"]:  # run_all's own child process: `--part NAME` then that part's own arguments
-        print(json.dumps(PARTS[argv[1]](argv[2:])))
-        return {argv[1]: True}
+    if argv[:1] == ["--part"]:
+        results = PARTS[argv[1]](argv[2:])
+        print(json.dumps(results))
+        return results
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller generation and training runs")
     parser.add_argument("--quality", action="store_true", help="also GSM8K distillation acceptance, greedy bf16 vs fp32")
@@ -55,32 +57,10 @@ def main(argv: list[str] | None = None) -> dict:
         earlier = json.loads(RESULTS.read_text())
         kept = sorted(k for k in earlier if k not in results and k != "kept_from_earlier_run")
         results = {**{k: earlier[k] for k in kept}, **results, "kept_from_earlier_run": kept}
-    results = at_one_peak(results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(ratios(results), indent=2))
     print(f"written: {RESULTS}")
-    return results
-
-
-BOUNDS = {"gen_compute_bound": ("tok_s", lambda r: r["sdft_gen"]["auto"]["tok_s"]),
-          "train_compute_bound": ("tokens_per_s", lambda r: r["train_sdft"]["tokens_per_s"])}
-
-
-def at_one_peak(results: dict) -> dict:
-    """Both compute bounds at the best matmul rate measured in the run. Each part samples the peak for a second or two,
-    and a sample caught in one of this shared machine's slow spells (85 against 186 GFLOP/s within one run) would
-    halve its bound; a part's own sample is kept as `own_peak_matmul_gflops`."""
-    present = [key for key in BOUNDS if key in results]
-    if not present:
-        return results
-    peak = max(results[key].get("own_peak_matmul_gflops", results[key]["peak_matmul_gflops"]) for key in present)
-    for key in present:
-        (rate_key, sdft_rate), bound = BOUNDS[key], results[key]
-        own = bound.get("own_peak_matmul_gflops", bound["peak_matmul_gflops"])
-        tokens_per_s = round(bound[rate_key] * peak / bound["peak_matmul_gflops"], 1)
-        results[key] = {**bound, "own_peak_matmul_gflops": own, "peak_matmul_gflops": peak, rate_key: tokens_per_s,
-                        "sdft_share": round(sdft_rate(results) / tokens_per_s, 3)}
     return results
 
 
@@ -95,4 +75,4 @@ def ratios(results: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if main() else 1)
+    main()

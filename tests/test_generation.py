@@ -270,7 +270,9 @@ def test_ragged_attention_equals_padded_matmul_attention():
     slots, kv_heads, queries, dim, width = 5, 3, 4, 64, 96
     keys, values = torch.randn(slots, kv_heads, width, dim), torch.randn(slots, kv_heads, width, dim)
     fed = torch.tensor([3, 0, 4])  # out of order; slots 1 and 2 idle
-    lengths = torch.tensor([[1, 2, 1, 2], [17, 18, 19, 17], [64, 70, 80, 64]])  # per query, e.g. a verify's fed tokens
+    # per query, e.g. a verify's fed tokens; 0 is a padding query (a slot fed fewer tokens than another): it attends
+    # nothing and comes out zero
+    lengths = torch.tensor([[1, 2, 0, 2], [17, 18, 19, 0], [64, 70, 80, 64]])
     ends = torch.zeros(slots, dtype=torch.long).index_put_((fed,), lengths.max(1).values)
     beyond = torch.arange(width)[None] >= ends[:, None]
     for cache in (keys, values):
@@ -280,6 +282,9 @@ def test_ragged_attention_equals_padded_matmul_attention():
     for row, slot in enumerate(fed.tolist()):
         for m in range(queries):
             n = int(lengths[row, m])
+            if n == 0:
+                assert not out[row, :, m].any()
+                continue
             scores = q[row, :, m : m + 1] @ keys[slot, :, :n].transpose(-1, -2) * 0.125
             torch.testing.assert_close(out[row, :, m : m + 1], scores.softmax(-1) @ values[slot, :, :n], rtol=1e-5, atol=1e-5)
 

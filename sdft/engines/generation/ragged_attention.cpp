@@ -38,9 +38,8 @@ int64_t check(const torch::Tensor& q, const torch::Tensor& cache, const torch::T
 // q (rows, kv_heads, queries, head_dim) contiguous; keys (slots, kv_heads, width, head_dim) with unit last stride;
 // slots (rows) the cache slot of each row; lengths (rows, queries) the columns each query attends. Returns
 // scale * q.k for column j < its length, -inf beyond: (rows, kv_heads, queries, longest length).
-torch::Tensor ragged_scores(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& slots,
-                            const torch::Tensor& lengths, double scale) {
-  const int64_t width = check(q, keys, slots, lengths);
+static torch::Tensor ragged_scores(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& slots,
+                                   const torch::Tensor& lengths, double scale, int64_t width) {
   const int64_t rows = q.size(0), heads = q.size(1), queries = q.size(2), dim = q.size(3);
   auto scores = torch::empty({rows, heads, queries, width}, q.options());
   const float* qp = q.data_ptr<float>();
@@ -72,9 +71,8 @@ torch::Tensor ragged_scores(const torch::Tensor& q, const torch::Tensor& keys, c
 
 // probs (rows, kv_heads, queries, longest length) contiguous, zero past each query's length; values, slots and
 // lengths as for ragged_scores. Returns probs @ values over each query's own columns: (rows, kv_heads, queries, head_dim).
-torch::Tensor ragged_mix(const torch::Tensor& probs, const torch::Tensor& values, const torch::Tensor& slots,
-                         const torch::Tensor& lengths) {
-  check(probs, values, slots, lengths);
+static torch::Tensor ragged_mix(const torch::Tensor& probs, const torch::Tensor& values, const torch::Tensor& slots,
+                                const torch::Tensor& lengths) {
   const int64_t rows = probs.size(0), heads = probs.size(1), queries = probs.size(2), width = probs.size(3);
   const int64_t dim = values.size(3);
   auto out = torch::zeros({rows, heads, queries, dim}, probs.options());
@@ -101,7 +99,15 @@ torch::Tensor ragged_mix(const torch::Tensor& probs, const torch::Tensor& values
   return out;
 }
 
+// softmax(scale * q.k) @ v, each query over its own first columns of its row's slot, the arguments checked once:
+// (rows, kv_heads, queries, head_dim). The softmax is torch's (vectorised exp).
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                               const torch::Tensor& slots, const torch::Tensor& lengths, double scale) {
+  const int64_t longest = check(q, keys, slots, lengths);
+  TORCH_CHECK(values.sizes() == keys.sizes() && values.stride(3) == 1 && values.scalar_type() == torch::kFloat);
+  return ragged_mix(ragged_scores(q, keys, slots, lengths, scale, longest).softmax(-1), values, slots, lengths);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("ragged_scores", &ragged_scores, "q.k over each query's own cache columns, -inf beyond");
-  m.def("ragged_mix", &ragged_mix, "probs @ values over each query's own cache columns");
+  m.def("decode_attention", &decode_attention, "softmax(q.k * scale) @ v over each query's own cache columns");
 }

@@ -56,6 +56,4 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     """softmax(q kᵀ · scale) v, each query over its own first `lengths` columns of its row's slot: q (rows, kv_heads,
     queries, head_dim), keys and values (slots, kv_heads, width, head_dim), slots (rows), lengths (rows, queries)
     -> (rows, kv_heads, queries, head_dim). Slots not named are not read."""
-    ext = kernel()
-    probs = ext.ragged_scores(q.contiguous(), keys, slots, lengths, scale).softmax(-1)
-    return ext.ragged_mix(probs, values, slots, lengths)
+    return kernel().decode_attention(q.contiguous(), keys, values, slots, lengths, scale)
