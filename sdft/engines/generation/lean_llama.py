@@ -206,11 +206,11 @@ class LeanLlamaStepper:
         column = self.lengths[slot] + offset
         ids = torch.tensor([[t for s in fed for t in inputs[s]]], device=device)
         self._fit(int(column.max()) + 1)
-        columns = self.lengths[index][:, None] + torch.arange(width, device=device)  # (rows, width): padded too
         if self.ragged:  # query g * width + j of a row (query head g of a KV head, fed token j) sees j's columns
             seen = torch.zeros((len(rows), width), dtype=torch.long, device=device).index_put_((row, offset), column + 1)
             lengths = seen.repeat(1, group)  # 0 for padding: a query the kernel skips
         else:  # fed token j of a slot sees its cache up to its own column: (rows, 1, 1, width, cache columns)
+            columns = self.lengths[index][:, None] + torch.arange(width, device=device)  # (rows, width): padded too
             hidden_columns = torch.arange(self.keys[0].shape[2], device=device)[None, None, :] > columns[:, :, None]
             bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
 
