@@ -47,21 +47,28 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-peers", action="store_true", help="skip llama-server / CTranslate2 / generate_batch")
     parser.add_argument("--no-baselines", action="store_true", help="skip the HF generate / in-process llama.cpp runs")
     args = parser.parse_args(argv)
+    planned = [("generation", ["--quick"] * args.quick + ["--quality"] * args.quality)] * (not args.no_baselines)
+    planned += [("peers", ["--quick"] * args.quick)] * (not args.no_peers)
+    planned += [("training", ["--steps", "3", "--rounds", "1"] if args.quick else [])]
+    earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results = {}
-    if not args.no_baselines:
-        results |= in_fresh_process("generation", ["--quick"] * args.quick + ["--quality"] * args.quality)
-    if not args.no_peers:
-        results |= in_fresh_process("peers", ["--quick"] * args.quick)
-    results |= in_fresh_process("training", ["--steps", "3", "--rounds", "1"] if args.quick else [])
-    if RESULTS.is_file() and (args.no_baselines or args.no_peers):  # a skipped part keeps its earlier figures, marked
-        earlier = json.loads(RESULTS.read_text())
-        kept = sorted(k for k in earlier if k not in results and k != "kept_from_earlier_run")
-        results = {**{k: earlier[k] for k in kept}, **results, "kept_from_earlier_run": kept}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    for part, part_argv in planned:
+        results |= in_fresh_process(part, part_argv)
+        write(results, earlier)  # a run stopped in a later part keeps this one's figures
     print(json.dumps(ratios(results), indent=2))
     print(f"written: {RESULTS}")
     return results
+
+
+def write(results: dict, earlier: dict) -> None:
+    """latest.json: this run's figures so far, and the earlier run's for every key not measured yet (listed in
+    `kept_from_earlier_run`), so the file always holds one complete, labelled set."""
+    kept = sorted(k for k in earlier if k not in results and k != "kept_from_earlier_run")
+    merged = {**{k: earlier[k] for k in kept}, **results} | ({"kept_from_earlier_run": kept} if kept else {})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    temporary = RESULTS.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(merged, indent=2) + "\n")
+    temporary.replace(RESULTS)  # never a half-written file
 
 
 def ratios(results: dict) -> dict:
