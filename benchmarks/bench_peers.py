@@ -2,12 +2,13 @@
 own `llama-server` (continuous batching, at its best slot count), CTranslate2's `generate_batch`, transformers' own
 continuous batching (`generate_batch`), plus the machine's compute bound for the workload and sdft's share of it.
 
-128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, one run per engine, the model already loaded;
+128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, the model already loaded; sdft and the fastest
+peer (llama-server) alternate for three rounds and each ratio is the median of the rounds' own; the slower peers run once;
 useful tokens are generated tokens up to (not including) EOS. sdft runs with `--dtype auto` and, where auto is not fp32,
 with fp32 too. Peers are optional (`pip install -r benchmarks/requirements.txt`, `benchmarks/build_llama_server.sh`);
 a missing one is reported as null.
 
-    python benchmarks/bench_peers.py [--prompts 128] [--new-tokens 256] [--hf-prompts 32] [--quick]
+    python benchmarks/bench_peers.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32] [--quick]
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib.util
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -26,21 +28,26 @@ from pathlib import Path
 
 import torch
 
+from sdft.checks import math_check
 from sdft.engines.dtype_probe import matmul_seconds
 from sdft.engines.generation import HFEngine, shared_prefixes
 from sdft.engines.models import embedded_gguf_path, load_model, resolve_model
 from sdft.jsonl import read_jsonl
 from sdft.options import DecodingOptions
 from sdft.paths import cache_dir, data_dir
+from sdft.stats import paired_bootstrap
 from sdft.templates import render
 
 MODEL = "smollm2-135m-instruct"
 SLOT_COUNTS = (16, 32, 64)
 
 
+def gsm8k_rows(n: int) -> list[dict]:
+    return read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_train.jsonl")[:n]
+
+
 def gsm8k_prompts(tokenizer, n: int) -> list[str]:
-    rows = read_jsonl(data_dir() / "gsm8k" / "sdft_gsm8k_train.jsonl")[:n]
-    return [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer) for r in rows]
+    return [render("gsm8k_distill", {"instruction": r["question"], "response": r["answer"]}, tokenizer) for r in gsm8k_rows(n)]
 
 
 def timed(fn, *args) -> dict:
@@ -50,12 +57,12 @@ def timed(fn, *args) -> dict:
     return {"tokens": tokens, "seconds": round(seconds, 2), "tok_s": round(tokens / seconds, 1)}
 
 
-def sdft_tokens(engine: HFEngine, prompts: list[str], new_tokens: int, lengths: list[int] | None = None) -> int:
-    """Useful tokens of one engine call; `lengths` receives each prompt's count."""
-    out = {i: c.n_tokens for batch in engine.complete(prompts, DecodingOptions(max_new_tokens=new_tokens)) for i, c in batch}
-    if lengths is not None:
-        lengths[:] = [out[i] for i in range(len(prompts))]
-    return sum(out.values())
+def sdft_tokens(engine: HFEngine, prompts: list[str], new_tokens: int, outputs: list | None = None) -> int:
+    """Useful tokens of one engine call; `outputs` receives each prompt's completion."""
+    out = {i: c for batch in engine.complete(prompts, DecodingOptions(max_new_tokens=new_tokens)) for i, c in batch}
+    if outputs is not None:
+        outputs[:] = [out[i] for i in range(len(prompts))]
+    return sum(c.n_tokens for c in out.values())
 
 
 def transformers_tokens(model, tokenizer, prompts: list[str], new_tokens: int) -> int:
@@ -133,16 +140,22 @@ class LlamaServer:
         self.close()
         raise RuntimeError("llama-server did not come up")
 
-    def complete(self, prompt: str, new_tokens: int) -> int:
+    def complete(self, prompt: str, new_tokens: int) -> tuple[int, str]:
+        """(tokens predicted, text) of one greedy completion."""
         body = json.dumps({"prompt": prompt, "n_predict": new_tokens, "temperature": 0.0, "top_k": 1,
                            "cache_prompt": False}).encode()
         request = urllib.request.Request(self.url + "/completion", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=3600) as r:
-            return int(json.loads(r.read())["tokens_predicted"])
+            reply = json.loads(r.read())
+        return int(reply["tokens_predicted"]), reply["content"]
 
-    def tokens(self, prompts: list[str], new_tokens: int) -> int:
-        with ThreadPoolExecutor(len(prompts)) as pool:  # every request in flight at once, as a dataset job sends them
-            return sum(pool.map(lambda p: self.complete(p, new_tokens), prompts))
+    def tokens(self, prompts: list[str], new_tokens: int, texts: list | None = None) -> int:
+        """Useful tokens of every prompt sent at once, as a dataset job sends them; `texts` receives the outputs."""
+        with ThreadPoolExecutor(len(prompts)) as pool:
+            replies = list(pool.map(lambda p: self.complete(p, new_tokens), prompts))
+        if texts is not None:
+            texts[:] = [text for _, text in replies]
+        return sum(n for n, _ in replies)
 
     def close(self) -> None:
         self.process.terminate()
@@ -154,23 +167,20 @@ def llama_server_binary() -> Path | None:
     return path if path.is_file() else None
 
 
-def bench_llama_server(prompts: list[str], new_tokens: int, threads: int, slot_counts) -> dict | None:
-    """The best slot count, picked on a quarter of the prompts at a quarter of the length, then the full run with it."""
-    binary = llama_server_binary()
-    if binary is None:
+def llama_server_slots(prompts: list[str], new_tokens: int, threads: int, slot_counts) -> tuple[int, dict] | None:
+    """(the fastest slot count, each count's rate), on a quarter of the prompts at a quarter of the length."""
+    if llama_server_binary() is None:
         return None
+    return fastest(slot_counts, lambda n: run_llama_server(n, threads, prompts[: max(n, len(prompts) // 4)],
+                                                           max(16, new_tokens // 4))["tok_s"])
 
-    def run(slots, some_prompts, tokens):
-        server = LlamaServer(binary, slots, threads)
-        try:
-            return timed(server.tokens, some_prompts, tokens)
-        finally:
-            server.close()
 
-    best, trial = fastest(slot_counts,
-                          lambda n: run(n, prompts[: max(n, len(prompts) // 4)], max(16, new_tokens // 4))["tok_s"])
-    return {**run(best, prompts, new_tokens), "slots": best, "slot_trial_tok_s": trial,
-            "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
+def run_llama_server(slots: int, threads: int, prompts: list[str], new_tokens: int, texts: list | None = None) -> dict:
+    server = LlamaServer(llama_server_binary(), slots, threads)
+    try:
+        return timed(server.tokens, prompts, new_tokens, texts)
+    finally:
+        server.close()
 
 
 def linear_flops_per_token(model, head: bool = True) -> int:
@@ -225,47 +235,105 @@ def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], pe
 
 
 def run(args: argparse.Namespace) -> dict:
+    """sdft (as `--dtype auto` picks, and with `quantize: int8`) and the fastest peer (llama-server) alternate for
+    `args.rounds` rounds: this machine's speed drifts by up to 2x within minutes, so each round's ratio compares runs
+    minutes apart and the headline is their median. The slower peers (CTranslate2, transformers) run once. The first
+    round's outputs are scored by the math check distillation applies, so a faster engine's cost in quality shows."""
     threads = torch.get_num_threads()
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
     prompts = gsm8k_prompts(tokenizer, args.prompts)
-    generated: list[int] = []
-    samples: list[float] = []
-    sdft = {"auto": {**sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens, generated),
-                                      lambda: peak_matmul_gflops(model.dtype, model.config.hidden_size,
-                                                                 model.config.intermediate_size), samples),
-                     "dtype": str(model.dtype).removeprefix("torch.")}}
+    slots = llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)
+    int8 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]
+
+    def peak() -> float:
+        return peak_matmul_gflops(model.dtype, model.config.hidden_size, model.config.intermediate_size)
+
+    rounds, texts = [], {}
+    for r in range(args.rounds):
+        outputs = {name: [] for name in ("sdft", "sdft_int8", "llama_server")}
+        samples: list[float] = []
+        ours = sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens,
+                                            outputs["sdft"]), peak, samples)
+        bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
+        quantized = timed(sdft_tokens, HFEngine(int8, tokenizer, quantize="int8"), prompts, args.new_tokens,
+                          outputs["sdft_int8"])
+        server = run_llama_server(slots[0], threads, prompts, args.new_tokens, outputs["llama_server"]) if slots else None
+        rounds.append({"sdft": ours, "sdft_int8": quantized, "llama_server": server,
+                       "bound": {**bound, "sdft_share": round(ours["tok_s"] / bound["tok_s"], 3)}})
+        if r == 0:
+            texts = {name: [getattr(o, "text", o) for o in out] for name, out in outputs.items() if out}
+    ours = median_round([r["sdft"] for r in rounds])
+    sdft = {"auto": {**ours, "dtype": str(model.dtype).removeprefix("torch.")},
+            "int8": {**median_round([r["sdft_int8"] for r in rounds]), "quantize": "int8"}}
     model_fp32 = model
     if model.dtype != torch.float32:
-        model_fp32 = load_model(MODEL, dtype="fp32", device="cpu")[0]
+        model_fp32 = int8
         sdft["fp32"] = timed(sdft_tokens, HFEngine(model_fp32, tokenizer), prompts, args.new_tokens)
     else:
-        sdft["fp32"] = {**sdft["auto"], "note": "auto chose fp32 on this machine: the same run"}
-    bound = compute_bound(model, tokenizer, prompts, generated, samples)
-    peers: dict[str, dict | None] = {}
-    peers["llama_server"] = bench_llama_server(prompts, args.new_tokens, threads,
-                                               SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)
+        sdft["fp32"] = {**sdft["auto"], "note": "auto chose fp32 on this machine: the same runs"}
+    peers: dict[str, dict | None] = {"llama_server": None}
+    if slots:
+        peers["llama_server"] = {**median_round([r["llama_server"] for r in rounds]), "slots": slots[0],
+                                 "slot_trial_tok_s": slots[1],
+                                 "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
     peers["ctranslate2"] = bench_ctranslate2(tokenizer, prompts, args.new_tokens, threads, args.ct2_compute_types)
     hf_prompts = prompts[:: max(1, len(prompts) // args.hf_prompts)][: args.hf_prompts]
     peers["transformers_generate_batch"] = {**timed(transformers_tokens, model_fp32, tokenizer, hf_prompts, args.new_tokens),
                                             "prompts": len(hf_prompts), "dtype": "float32"}
-    ours = sdft["auto"]["tok_s"]
-    rated = {name: p["tok_s"] for name, p in peers.items() if p}
-    return {
-        "peers_setup": {"prompts": len(prompts), "new_tokens": args.new_tokens, "threads": threads,
-                        "workload": "GSM8K distillation prompts, chat template, greedy, one run each"},
+    shares = [r["bound"]["sdft_share"] for r in rounds]
+    middle = min(rounds, key=lambda r: abs(r["bound"]["sdft_share"] - statistics.median(shares)))["bound"]
+    results = {
+        "peers_setup": {"prompts": len(prompts), "new_tokens": args.new_tokens, "threads": threads, "rounds": args.rounds,
+                        "workload": "GSM8K distillation prompts, chat template, greedy; sdft (auto, int8) and "
+                                    "llama-server in alternating rounds, the other peers one run each"},
         "sdft_gen": sdft,
         "peers": peers,
-        "gen_compute_bound": {**bound, "sdft_share": round(ours / bound["tok_s"], 3)},
-        "gen_speedup_vs_peers": {name: round(ours / rate, 2) for name, rate in rated.items()},
-        "gen_speedup_vs_best_peer": round(ours / max(rated.values()), 2) if rated else None,
-        "auto_vs_fp32": round(ours / sdft["fp32"]["tok_s"], 3),
+        "gen_compute_bound": {**middle, "sdft_share": round(statistics.median(shares), 3), "rounds_share": shares},
+        "gen_quality": quality(gsm8k_rows(args.prompts), texts),
+        "auto_vs_fp32": round(ours["tok_s"] / sdft["fp32"]["tok_s"], 3),
     }
+    for engine, key in (("sdft", "gen_speedup"), ("sdft_int8", "gen_int8_speedup")):
+        results |= speedups(engine, key, rounds, peers)
+    return results
+
+
+def speedups(engine: str, key: str, rounds: list[dict], peers: dict) -> dict:
+    """An sdft engine's ratio to each peer and to the best: to llama-server the median of the rounds' own ratios (the
+    two ran side by side), to the peers run once its median rate over theirs."""
+    ours = statistics.median(r[engine]["tok_s"] for r in rounds)
+    ratios = {name: round(ours / p["tok_s"], 2) for name, p in peers.items() if p}
+    paired = None
+    if peers["llama_server"]:
+        paired = [round(r[engine]["tok_s"] / r["llama_server"]["tok_s"], 2) for r in rounds]
+        ratios["llama_server"] = round(statistics.median(paired), 2)
+    best = max((name for name, p in peers.items() if p), key=lambda name: peers[name]["tok_s"], default=None)
+    return {f"{key}_vs_peers": ratios, f"{key}_rounds_vs_llama_server": paired,
+            f"{key}_vs_best_peer": ratios[best] if best else None}
+
+
+def quality(rows: list[dict], texts: dict[str, list[str]]) -> dict:
+    """Each engine's share of rewrites the math check accepts (the model sees the reference answer, so it is well off
+    the floor), the difference to sdft fp32 with a paired bootstrap, and the share of outputs identical to sdft's."""
+    accepted = {name: {str(i): float(math_check(text, row["answer"]).ok) for i, (text, row) in enumerate(zip(out, rows))}
+                for name, out in texts.items()}
+    return {"scorer": "GSM8K distillation rewrites accepted by the math check (first round's outputs)",
+            "accepted_pct": {name: round(100 * sum(a.values()) / len(a), 1) for name, a in accepted.items()},
+            "minus_sdft": {name: paired_bootstrap(accepted["sdft"], a) for name, a in accepted.items() if name != "sdft"},
+            "identical_to_sdft": {name: sum(x.strip() == y.strip() for x, y in zip(texts["sdft"], out)) / len(out)
+                                  for name, out in texts.items() if name != "sdft"}}
+
+
+def median_round(runs: list[dict]) -> dict:
+    """One engine's rounds as one figure: the median rate, each round's rate beside it."""
+    return {"tok_s": round(statistics.median(run["tok_s"] for run in runs), 1),
+            "rounds_tok_s": [run["tok_s"] for run in runs], "tokens": runs[0]["tokens"]}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of sdft and llama-server")
     parser.add_argument("--hf-prompts", type=int, default=32, help="prompts for transformers' generate_batch (slow)")
     parser.add_argument("--ct2-compute-types", nargs="+", default=["int8", "int8_float32", "float32"],
                         help="CTranslate2 compute types to try; the fastest on a short trial runs the benchmark")
@@ -273,7 +341,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="16 prompts, 32 new tokens, one llama-server slot count, one CTranslate2 compute type")
     args = parser.parse_args(argv)
     if args.quick:
-        args.prompts, args.new_tokens, args.hf_prompts = 16, 32, 4
+        args.prompts, args.new_tokens, args.hf_prompts, args.rounds = 16, 32, 4, 1
         args.ct2_compute_types = args.ct2_compute_types[:1]
     return args
 

@@ -1,7 +1,7 @@
 """Run the generation and training throughput benchmarks in one go, print sdft's ratio to every baseline and peer, and
 write benchmarks/results/latest.json.
 
-    python benchmarks/run_all.py [--quick] [--quality] [--no-peers]
+    python benchmarks/run_all.py [--quick] [--quality] [--parts generation peers training]
 
 Each part runs in a fresh Python process, as each trainer does in bench_training: a part's leftover heap and threads
 (llama.cpp in-process, TRL) must not slow the next one.
@@ -44,12 +44,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smaller generation and training runs")
     parser.add_argument("--quality", action="store_true", help="also GSM8K distillation acceptance, greedy bf16 vs fp32")
-    parser.add_argument("--no-peers", action="store_true", help="skip llama-server / CTranslate2 / generate_batch")
-    parser.add_argument("--no-baselines", action="store_true", help="skip the HF generate / in-process llama.cpp runs")
+    parser.add_argument("--parts", nargs="+", choices=list(PARTS), default=list(PARTS),
+                        help="parts to measure (generation: HF generate and in-process llama.cpp baselines; peers: "
+                             "llama-server, CTranslate2, generate_batch; training: TRL); the others keep their figures")
     args = parser.parse_args(argv)
-    planned = [("generation", ["--quick"] * args.quick + ["--quality"] * args.quality)] * (not args.no_baselines)
-    planned += [("peers", ["--quick"] * args.quick)] * (not args.no_peers)
-    planned += [("training", ["--steps", "3", "--rounds", "1"] if args.quick else [])]
+    part_argv = {"generation": ["--quick"] * args.quick + ["--quality"] * args.quality, "peers": ["--quick"] * args.quick,
+                 "training": ["--steps", "3", "--rounds", "1"] if args.quick else []}
+    planned = [(part, part_argv[part]) for part in PARTS if part in args.parts]
     earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results = {}
     for part, part_argv in planned:
@@ -72,8 +73,10 @@ def write(results: dict, earlier: dict) -> None:
 
 
 def ratios(results: dict) -> dict:
-    """sdft ÷ each baseline and peer, and its share of the compute bound."""
+    """sdft ÷ each baseline and peer, its share of the compute bound, and each engine's share of accepted rewrites."""
     shown = {k: v for k, v in results.items() if "speedup" in k or k == "auto_vs_fp32"}
+    if "gen_quality" in results:
+        shown["gen_accepted_pct"] = results["gen_quality"]["accepted_pct"]
     if "gen_compute_bound" in results:
         shown["gen_share_of_compute_bound"] = results["gen_compute_bound"]["sdft_share"]
     if "train_compute_bound" in results:

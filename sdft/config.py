@@ -23,10 +23,13 @@ from .jsonl import read_text
 
 
 def field(default=dataclasses.MISSING, help: str = "", choices: typing.Iterable[str] | None = None,
-          check: Callable[[Any], str | None] | None = None):
+          check: Callable[[Any], str | None] | None = None, omit_default: bool = False):
     """A dataclass field with CLI help text, optional allowed `choices` (for a list: of each element) and a `check`
-    returning what is wrong with a value (None when it is fine). A dataclass class as default builds a fresh instance."""
-    metadata = {"help": help, "choices": None if choices is None else tuple(choices), "check": check}
+    returning what is wrong with a value (None when it is fine). A dataclass class as default builds a fresh instance.
+    `omit_default`: left out of a stage's config (so of its hash) while at its default, so an option added after runs
+    were cached does not re-run their stages."""
+    metadata = {"help": help, "choices": None if choices is None else tuple(choices), "check": check,
+                "omit_default": omit_default}
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=default, metadata=metadata)
     if isinstance(default, (list, dict)):

@@ -101,8 +101,9 @@ def load_experiment(path_or_preset: str, **overrides) -> ExperimentConfig:
 
 
 def section_values(options: Options) -> dict:
-    """A section's options as keyword arguments for its stage's config."""
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    """A section's options as keyword arguments for its stage's config (an `omit_default` option only when set)."""
+    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
+            if not (f.metadata.get("omit_default") and getattr(options, f.name) == f.default)}
 
 
 @dataclass(kw_only=True)

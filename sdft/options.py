@@ -22,6 +22,7 @@ from .templates import PROMPT_MODES
 
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
+QUANTIZATIONS = ("none", "int8")
 DEFAULT_MAX_NEW_TOKENS = 512
 SELECTION_RULES_NAMES = tuple(dict.fromkeys(name for rules in SELECTION_RULES.values() for name in rules))
 TRUNCATIONS = ("total", "split")
@@ -99,6 +100,10 @@ class DecodingOptions(SeedOption):
 class EngineOptions(Options):
     backend: str = field("auto", choices=("auto", "hf", "vllm"), help="generation engine (auto: vLLM on CUDA when installed)")
     decode_rows: int = field(96, check=at_least(1), help="rows decoding at once at most")
+    quantize: str = field("none", choices=QUANTIZATIONS, omit_default=True,
+                          help="int8: generate with int8 weights (per channel) and int8 activations (per row), PyTorch's "
+                               "fbgemm kernels, on the lean CPU engine (Llama/Qwen2, fp32 weights); faster, not exact "
+                               "(README: Throughput)")
 
 
 @dataclass(kw_only=True)

@@ -37,3 +37,15 @@ def test_a_complete_run_labels_nothing_it_measured(tmp_path, monkeypatch):
     run_all.main(["--quick"])
     written = json.loads(results.read_text())
     assert written == {"generation_speedup": 3.0, "peers_speedup": 3.0, "training_speedup": 3.0}
+
+
+def test_parts_not_run_keep_their_earlier_figures(tmp_path, monkeypatch):
+    results = tmp_path / "latest.json"
+    results.write_text(json.dumps({"training_speedup": 1.5, "peers_speedup": 2.0}))
+    monkeypatch.setattr(run_all, "RESULTS", results)
+    ran = []
+    monkeypatch.setattr(run_all, "in_fresh_process", lambda name, argv: ran.append(name) or {f"{name}_speedup": 3.0})
+    run_all.main(["--parts", "peers"])
+    assert ran == ["peers"]
+    assert json.loads(results.read_text()) == {"training_speedup": 1.5, "peers_speedup": 3.0,
+                                               "kept_from_earlier_run": ["training_speedup"]}

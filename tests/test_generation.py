@@ -338,3 +338,36 @@ def test_speculation_keeps_greedy_output_in_fewer_forwards(embedded_tokenizer, m
     for i, prompt in enumerate(prompts):
         assert (speculated[i].text, speculated[i].n_tokens) == (plain[i].text, plain[i].n_tokens)
         assert speculated[i].text == tokenizer.decode(reference(model, tokenizer, prompt, 32), skip_special_tokens=True)
+
+
+def test_int8_linear_is_close_to_fp32_and_each_rows_result_ignores_its_batch():
+    """int8 weights per channel and activations per row: a few percent from fp32, and a row's output is the same
+    alone or beside rows of any scale (continuous batching must not change a row's tokens)."""
+    from sdft.engines.generation.lean_llama import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48)
+    quantized = Int8Linear(linear.weight, linear.bias)
+    x = torch.randn(5, 64)
+    exact = linear(x).detach()
+    out = quantized(x)
+    assert ((out - exact).norm(dim=1) / exact.norm(dim=1)).max() < 0.05
+    beside = torch.cat([x[:1], 100 * torch.randn(7, 64), 1e-3 * torch.randn(3, 64)])
+    assert torch.equal(quantized(beside)[:1], quantized(x[:1]))
+    assert quantized(x.view(5, 1, 64)).shape == (5, 1, 48)
+
+
+def test_int8_engine_is_batch_independent_and_refuses_what_it_cannot_run(tiny):
+    """quantize: int8 decodes each prompt the same alone or in a batch; a bf16 model is refused."""
+    from sdft.errors import UserError
+
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer, 4, quantize="int8")
+    decoding = DecodingOptions(max_new_tokens=16).decoding()
+    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
+    for i, prompt in enumerate(PROMPTS):
+        alone = next(iter(engine.complete([prompt], decoding)))[0][1].text
+        assert alone == together[i], prompt
+    with pytest.raises(UserError, match="quantize: int8"):
+        HFEngine(model.to(torch.bfloat16), tokenizer, 4, quantize="int8")
+    model.to(torch.float32)

@@ -25,7 +25,8 @@ def make_engine(model_spec: str, dtype: str, options: EngineOptions, adapter: st
     """The vLLM engine when asked for (or on 'auto' with vLLM + CUDA present), else the HF engine."""
     from ..models import load_model, merged_model_path
 
-    if options.backend == "vllm" or (options.backend == "auto" and vllm_available()):
+    if options.quantize == "none" and (options.backend == "vllm" or (options.backend == "auto" and vllm_available())):
         return VLLMEngine(merged_model_path(model_spec, adapter), dtype)
-    model, tokenizer = load_model(model_spec, dtype=dtype, adapter=adapter)
-    return HFEngine(model, tokenizer, options.decode_rows)
+    # int8 generation runs on CPU in fp32 (PyTorch's fbgemm kernels), whatever `auto` would pick
+    model, tokenizer = load_model(model_spec, dtype="fp32" if options.quantize == "int8" else dtype, adapter=adapter)
+    return HFEngine(model, tokenizer, options.decode_rows, quantize=options.quantize)

@@ -3,6 +3,7 @@ in-place KV cache per slot and matmul attention; the same arithmetic as HF's for
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -37,6 +38,34 @@ class PackedLinear:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
 
+class Int8Linear(PackedLinear):
+    """A frozen linear layer in int8 (`quantize: int8`): weights quantized per output channel, activations per row,
+    multiplied by PyTorch's fbgemm kernels (CPU, fp32 in and out). fbgemm quantizes a whole batch with one scale, so each
+    row is first divided by its own absolute maximum and a pinned row (+1, -1) fixes that scale at 1/127: a row's result
+    does not depend on the rows decoding beside it, as continuous batching needs."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        weight, self.bias = weight.detach().float(), None if bias is None else bias.detach().float()
+        scales = (weight.abs().amax(1).clamp_min(1e-12) / 127).double()
+        with warnings.catch_warnings():  # quantized tensors are deprecated in favour of torchao; torch 2.13 has them
+            warnings.simplefilter("ignore", UserWarning)
+            quantized = torch.quantize_per_channel(weight, scales, torch.zeros(len(scales), dtype=torch.long), 0, torch.qint8)
+        self.packed = torch.ops.quantized.linear_prepack(quantized, None)
+        self.pin = weight.new_zeros((1, weight.shape[1]))
+        self.pin[0, :2] = torch.tensor([1.0, -1.0])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
+        scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12)
+        out = torch.ops.quantized.linear_dynamic(torch.cat([rows / scale, self.pin]), self.packed, True)[:-1].mul_(scale)
+        if self.bias is not None:
+            out += self.bias
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+
+QUANTIZED_LINEARS = {"none": PackedLinear, "int8": Int8Linear}
+
+
 @dataclass
 class _LayerWeights:
     layer: torch.nn.Module  # norms, activation and attention scaling come from the model's own layer
@@ -69,7 +98,8 @@ class LeanLlamaStepper:
         full_attention = all(t == "full_attention" for t in (getattr(config, "layer_types", None) or ["full_attention"]))
         return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
 
-    def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = (), columns: int = 0):
+    def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = (), columns: int = 0,
+                 quantize: str = "none"):
         config = model.config
         self.model = model
         self.slots = slots
@@ -78,8 +108,9 @@ class LeanLlamaStepper:
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
-        self.layers = [self._fused(layer) for layer in model.model.layers]
-        self.lm_head = PackedLinear.of(model.lm_head)
+        linear = QUANTIZED_LINEARS[quantize]
+        self.layers = [self._fused(layer, linear) for layer in model.model.layers]
+        self.lm_head = linear.of(model.lm_head)
         empty = (slots, self.kv_heads, 0, self.head_dim)  # per layer: (slots, kv_heads, cache columns, head_dim)
         self.keys = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
         self.values = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
@@ -89,11 +120,11 @@ class LeanLlamaStepper:
         self.reserve = columns if self.ragged else 0  # cache columns a row may need, allocated at once
 
     @staticmethod
-    def _fused(layer) -> _LayerWeights:
+    def _fused(layer, linear: type[PackedLinear]) -> _LayerWeights:
         """One layer's linears, Q/K/V and gate/up concatenated; rebuilt per stepper (a fraction of a step), never stale."""
         attn, mlp = layer.self_attn, layer.mlp
-        return _LayerWeights(layer, PackedLinear.of(attn.q_proj, attn.k_proj, attn.v_proj), PackedLinear.of(attn.o_proj),
-                             PackedLinear.of(mlp.gate_proj, mlp.up_proj), PackedLinear.of(mlp.down_proj))
+        return _LayerWeights(layer, linear.of(attn.q_proj, attn.k_proj, attn.v_proj), linear.of(attn.o_proj),
+                             linear.of(mlp.gate_proj, mlp.up_proj), linear.of(mlp.down_proj))
 
     def _fit(self, width: int, keep: torch.Tensor | None = None) -> None:
         """Resize the caches to hold `width` columns (in GROWTH steps, so this copy is rare), keeping only the `keep`

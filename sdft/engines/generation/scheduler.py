@@ -19,6 +19,7 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from ...errors import UserError
 from ...options import DecodingOptions, EngineOptions
 from ..models import needs_bos
 from .hf_stepper import HFStepper
@@ -70,11 +71,19 @@ class HFEngine:
     each finished row's slot is refilled at once with the next waiting prompt, and rows are taken longest-first so rows
     decoding side by side are of similar length. Models without the lean path fall back to fixed batches."""
 
-    def __init__(self, model, tokenizer, decode_rows: int = EngineOptions.decode_rows, token_budget: int = TOKEN_BUDGET):
+    def __init__(self, model, tokenizer, decode_rows: int = EngineOptions.decode_rows, token_budget: int = TOKEN_BUDGET,
+                 quantize: str = EngineOptions.quantize):
         self.model = model
         self.tokenizer = tokenizer
         self.decode_rows = decode_rows  # more keeps CPU matmuls busier; the KV cache grows with it
         self.token_budget = token_budget
+        self.quantize = quantize
+        if quantize != "none":
+            where = (model.device.type == "cpu" and model.dtype == torch.float32 and LeanLlamaStepper.supports(model)
+                     and "fbgemm" in torch.backends.quantized.supported_engines)
+            if not where:
+                raise UserError(f"quantize: {quantize} runs on the lean CPU engine only (a Llama/Qwen2 model, fp32 "
+                                f"weights, fbgemm); this is {model.config.model_type} in {model.dtype} on {model.device}")
         self.tokenizer.padding_side = "left"
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
@@ -102,7 +111,8 @@ class HFEngine:
             row_tokens = len(token_ids[order[0]]) + decoding.max_new_tokens  # cache columns a row may need at most
             slots = max(1, min(self.decode_rows, self.token_budget // row_tokens, len(order)))
             stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]),
-                                       columns=row_tokens + MAX_DRAFT)  # a verify writes its draft past the row's end
+                                       columns=row_tokens + MAX_DRAFT,  # a verify writes its draft past the row's end
+                                       quantize=self.quantize)
             yield from self._generate(stepper, order, token_ids, prompts, decoding)
             return
         for batch in plan_batches(lengths, self.decode_rows, decoding.max_new_tokens, self.token_budget):
