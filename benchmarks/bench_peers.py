@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
     prompts = gsm8k_prompts(tokenizer, args.prompts)
     slots = llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)
-    int8 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]
+    model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]  # int8's too
 
     def peak() -> float:
         return peak_matmul_gflops(model.dtype, model.config.hidden_size, model.config.intermediate_size)
@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> dict:
         ours = sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens,
                                             outputs["sdft"]), peak, samples)
         bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
-        quantized = timed(sdft_tokens, HFEngine(int8, tokenizer, quantize="int8"), prompts, args.new_tokens,
+        quantized = timed(sdft_tokens, HFEngine(model_fp32, tokenizer, quantize="int8"), prompts, args.new_tokens,
                           outputs["sdft_int8"])
         server = run_llama_server(slots[0], threads, prompts, args.new_tokens, outputs["llama_server"]) if slots else None
         rounds.append({"sdft": ours, "sdft_int8": quantized, "llama_server": server,
@@ -265,9 +265,7 @@ def run(args: argparse.Namespace) -> dict:
     ours = median_round([r["sdft"] for r in rounds])
     sdft = {"auto": {**ours, "dtype": str(model.dtype).removeprefix("torch.")},
             "int8": {**median_round([r["sdft_int8"] for r in rounds]), "quantize": "int8"}}
-    model_fp32 = model
     if model.dtype != torch.float32:
-        model_fp32 = int8
         sdft["fp32"] = timed(sdft_tokens, HFEngine(model_fp32, tokenizer), prompts, args.new_tokens)
     else:
         sdft["fp32"] = {**sdft["auto"], "note": "auto chose fp32 on this machine: the same runs"}
