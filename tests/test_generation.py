@@ -263,11 +263,12 @@ def test_embedded_model_agrees_with_generate(shared_data):
 
 
 @pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
-def test_ragged_attention_equals_padded_matmul_attention():
+@pytest.mark.parametrize("dim", [24, 64, 128])  # a head_dim known at build time (64, 128) and one only at run time
+def test_ragged_attention_equals_padded_matmul_attention(dim):
     """Each query attends to its own first columns of its row's slot only, whatever lies past them (garbage, NaN) and
     however wide the cache; slots not fed are not read (NaN throughout)."""
     torch.manual_seed(0)
-    slots, kv_heads, queries, dim, width = 5, 3, 4, 64, 96
+    slots, kv_heads, queries, width = 5, 3, 4, 96
     keys, values = torch.randn(slots, kv_heads, width, dim), torch.randn(slots, kv_heads, width, dim)
     fed = torch.tensor([3, 0, 4])  # out of order; slots 1 and 2 idle
     # per query, e.g. a verify's fed tokens; 0 is a padding query (a slot fed fewer tokens than another): it attends
@@ -293,13 +294,14 @@ def test_ragged_attention_equals_padded_matmul_attention():
 def test_ragged_attention_refuses_reads_out_of_the_cache():
     """The kernel reads raw pointers: a slot id past the cache's slots or a length past its columns is an error, not
     a read out of bounds."""
-    keys, values = torch.zeros(2, 1, 8, 4), torch.zeros(2, 1, 8, 4)
-    q = torch.zeros(1, 1, 1, 4)
+    keys, values = torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8)
+    q = torch.zeros(1, 1, 1, 8)
     with pytest.raises(RuntimeError):
         ragged_attention.decode_attention(q, keys, values, torch.tensor([2]), torch.tensor([[3]]), 1.0)
     with pytest.raises(RuntimeError):
         ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[9]]), 1.0)
     assert ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[8]]), 1.0).shape == q.shape
+    assert not ragged_attention.usable(torch.zeros(2, 1, 8, 12))  # a head_dim it does not vectorise: matmul attention
 
 
 def test_lookup_draft_and_kept_tokens():

@@ -1,111 +1,160 @@
-// Decoding attention over a padded per-slot KV cache that reads only each row's own columns.
-// The matmul path reads every slot's cache up to the longest slot's length; on CPU that read is the cost
-// (memory-bound), so skipping the padding saves about the padded fraction. Rows are the slots fed this forward (the
-// others are not read at all); each row has several queries (a KV head's query heads, times the tokens fed to it),
-// each query its own column count. fp32 only, like the scores HF computes.
+// Decoding attention over a padded per-slot KV cache that reads only each row's own columns, in one pass per
+// (row, KV head): scores, softmax and the weighted sum of values, the scores kept in a small buffer that stays in L1.
+// The matmul path reads every slot's cache up to the longest slot's length; on CPU decoding attention is bound by the
+// cache read, so skipping the padding saves about the padded fraction, and doing the arithmetic in registers (8 columns'
+// dot products at once, reduced together; value rows summed into register accumulators) keeps it under the read.
+// Rows are the slots fed this forward (the others are not read at all); each row has several queries (a KV head's query
+// heads, times the tokens fed to it), each query its own column count. fp32 only, like the scores HF computes.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <limits>
+#include <vector>
 
-// body(i, slot, head, lengths) for every (row, kv_head) pair i, spread over the threads: slot is the row's cache slot,
-// lengths its queries' column counts (each at most the cache width), longest their maximum.
-template <typename Body>
-void for_each_row_head(const torch::Tensor& slots, int64_t heads, const torch::Tensor& lengths, const Body& body) {
-  const int64_t* sp = slots.data_ptr<int64_t>();
-  const int64_t* lp = lengths.data_ptr<int64_t>();
-  const int64_t queries = lengths.size(1);
-  at::parallel_for(0, slots.size(0) * heads, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t* row_lengths = lp + (i / heads) * queries;
-      body(i, sp[i / heads], i % heads, row_lengths, *std::max_element(row_lengths, row_lengths + queries));
+// 8 floats: one AVX register on x86, two NEON registers on ARM; `loose` reads them from any float address.
+typedef float vec8 __attribute__((vector_size(32)));
+typedef float loose8 __attribute__((vector_size(32), aligned(4)));
+typedef int ivec8 __attribute__((vector_size(32)));
+
+static inline vec8 load(const float* p) { return *reinterpret_cast<const loose8*>(p); }
+static inline void store(float* p, vec8 v) { *reinterpret_cast<loose8*>(p) = v; }
+static inline vec8 splat(float x) { return vec8{x, x, x, x, x, x, x, x}; }
+
+// The lane sums of 8 vectors as one vector: out[c] = sum of a[c]'s lanes (three rounds of pairwise shuffles and adds).
+static inline vec8 lane_sums(const vec8* a) {
+  vec8 pairs[4], quads[2];
+  for (int i = 0; i < 4; ++i)
+    pairs[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  for (int i = 0; i < 2; ++i)
+    quads[i] = __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+  return __builtin_shufflevector(quads[0], quads[1], 0, 1, 2, 3, 8, 9, 10, 11) +
+         __builtin_shufflevector(quads[0], quads[1], 4, 5, 6, 7, 12, 13, 14, 15);
+}
+
+// exp of x <= 0, 8 at a time (Cephes' polynomial on x - n ln 2, times 2^n; relative error about 1e-7, like a libm's).
+static inline vec8 exp_nonpositive(vec8 x) {
+  x = x < splat(-87.f) ? splat(-87.f) : x;
+  const vec8 t = x * splat(1.44269504088896341f) - splat(0.5f);
+  ivec8 n = __builtin_convertvector(t, ivec8);  // x log2(e) to the nearest integer: t < 0 truncated toward zero
+  const vec8 nf = __builtin_convertvector(n, vec8);
+  x = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
+  vec8 y = splat(1.9875691500e-4f);
+  y = y * x + splat(1.3981999507e-3f);
+  y = y * x + splat(8.3334519073e-3f);
+  y = y * x + splat(4.1665795894e-2f);
+  y = y * x + splat(1.6666665459e-1f);
+  y = y * x + splat(5.0000001201e-1f);
+  y = y * x * x + x + splat(1.f);
+  const ivec8 two_to_n = (n + 127) << 23;
+  return y * reinterpret_cast<const vec8&>(two_to_n);
+}
+
+// One (row, KV head): queries q (queries x dim), its slot's keys and values (column j at k + j * stride), each query m
+// attending its first length[m] columns (0: a padding query, out zero). DIM = dim when fixed at compile time (the
+// accumulators then live in registers), else 0. `scores` is this thread's scratch.
+template <int64_t DIM>
+static void attend_row_head(const float* q, const float* k, const float* v, int64_t stride, const int64_t* length,
+                            int64_t queries, int64_t dim_at_run, float scale, float* out, std::vector<float>& scores) {
+  const int64_t dim = DIM ? DIM : dim_at_run, chunks = dim / 8;
+  const int64_t longest = *std::max_element(length, length + queries);
+  scores.resize(queries * longest);
+  // scores: 8 columns at a time, each block of keys read from memory once for all the queries (then from L1)
+  int64_t j0 = 0;
+  for (; j0 + 8 <= longest; j0 += 8)
+    for (int64_t m = 0; m < queries; ++m) {
+      if (length[m] <= j0) continue;
+      const float* qm = q + m * dim;
+      vec8 acc[8] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const vec8 qc = load(qm + 8 * c);
+        for (int i = 0; i < 8; ++i) acc[i] += qc * load(k + (j0 + i) * stride + 8 * c);
+      }
+      store(scores.data() + m * longest + j0, lane_sums(acc) * splat(scale));
     }
-  });
+  for (; j0 < longest; ++j0)  // the last columns, fewer than 8
+    for (int64_t m = 0; m < queries; ++m) {
+      if (length[m] <= j0) continue;
+      vec8 acc = {};
+      for (int64_t c = 0; c < chunks; ++c) acc += load(q + m * dim + 8 * c) * load(k + j0 * stride + 8 * c);
+      float sum = 0.f;
+      for (int i = 0; i < 8; ++i) sum += acc[i];
+      scores[m * longest + j0] = sum * scale;
+    }
+  // softmax of each query over its own columns, then the weighted sum of their values
+  for (int64_t m = 0; m < queries; ++m) {
+    float* om = out + m * dim;
+    const int64_t n = length[m];
+    if (n == 0) {
+      std::fill(om, om + dim, 0.f);
+      continue;
+    }
+    float* sm = scores.data() + m * longest;
+    const float top = *std::max_element(sm, sm + n);
+    vec8 total = {};
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) {
+      const vec8 e = exp_nonpositive(load(sm + j) - splat(top));
+      store(sm + j, e);
+      total += e;
+    }
+    float sum = 0.f;
+    for (int i = 0; i < 8; ++i) sum += total[i];
+    if (j < n) {  // the last columns through the same vector exp
+      float tail[8] = {};
+      std::copy(sm + j, sm + n, tail);
+      const vec8 e = exp_nonpositive(load(tail) - splat(top));
+      for (int64_t i = 0; i < n - j; ++i) sum += sm[j + i] = e[i];
+    }
+    vec8 acc[DIM ? DIM / 8 : 32] = {};  // a runtime dim is at most 256 (checked)
+    for (j = 0; j < n; ++j) {
+      const vec8 p = splat(sm[j]);
+      const float* vj = v + j * stride;
+      for (int64_t c = 0; c < chunks; ++c) acc[c] += p * load(vj + 8 * c);
+    }
+    const vec8 inverse = splat(1.f / sum);
+    for (int64_t c = 0; c < chunks; ++c) store(om + 8 * c, acc[c] * inverse);
+  }
 }
 
-// The longest column count any query attends, after checking the arguments (the kernels read raw pointers).
-int64_t check(const torch::Tensor& q, const torch::Tensor& cache, const torch::Tensor& slots, const torch::Tensor& lengths) {
-  TORCH_CHECK(q.is_contiguous() && cache.stride(3) == 1 && q.scalar_type() == torch::kFloat &&
-              cache.scalar_type() == torch::kFloat && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
+// q (rows, kv_heads, queries, head_dim) contiguous; keys, values (slots, kv_heads, width, head_dim), unit last stride,
+// the same strides; slots (rows) the cache slot of each row; lengths (rows, queries) the columns each query attends.
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                               const torch::Tensor& slots, const torch::Tensor& lengths, double scale) {
+  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat && keys.scalar_type() == torch::kFloat &&
+              values.scalar_type() == torch::kFloat && keys.sizes() == values.sizes() && keys.strides() == values.strides() &&
+              keys.stride(3) == 1 && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
               lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
-              lengths.size(1) == q.size(2) && slots.numel() > 0 && lengths.numel() > 0);
-  const int64_t longest = lengths.max().item<int64_t>();
-  TORCH_CHECK(longest <= cache.size(2) && slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < cache.size(0));
-  return longest;
-}
-
-// q (rows, kv_heads, queries, head_dim) contiguous; keys (slots, kv_heads, width, head_dim) with unit last stride;
-// slots (rows) the cache slot of each row; lengths (rows, queries) the columns each query attends. Returns
-// scale * q.k for column j < its length, -inf beyond: (rows, kv_heads, queries, longest length).
-static torch::Tensor ragged_scores(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& slots,
-                                   const torch::Tensor& lengths, double scale, int64_t width) {
+              q.size(0) == slots.size(0) && lengths.size(1) == q.size(2) && q.size(1) == keys.size(1) &&
+              q.size(3) == keys.size(3) && slots.numel() > 0 && lengths.numel() > 0);
   const int64_t rows = q.size(0), heads = q.size(1), queries = q.size(2), dim = q.size(3);
-  auto scores = torch::empty({rows, heads, queries, width}, q.options());
+  TORCH_CHECK(dim % 8 == 0 && dim <= 256, "head_dim must be a multiple of 8, at most 256");
+  TORCH_CHECK(lengths.min().item<int64_t>() >= 0 && lengths.max().item<int64_t>() <= keys.size(2) &&
+              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < keys.size(0));
+  auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
   const float* kp = keys.data_ptr<float>();
-  float* sp = scores.data_ptr<float>();
-  const int64_t k0 = keys.stride(0), k1 = keys.stride(1), k2 = keys.stride(2);
-  const float s = static_cast<float>(scale), minus_inf = -std::numeric_limits<float>::infinity();
-  for_each_row_head(slots, heads, lengths, [&](int64_t i, int64_t slot, int64_t head, const int64_t* length,
-                                               int64_t longest) {
-    const float* qi = qp + i * queries * dim;
-    const float* ki = kp + slot * k0 + head * k1;
-    float* si = sp + i * queries * width;
-    for (int64_t j = 0; j < longest; ++j) {  // each key row is read once for all the row's queries
-      const float* kj = ki + j * k2;
-      for (int64_t m = 0; m < queries; ++m) {
-        if (j >= length[m]) continue;
-        const float* qm = qi + m * dim;
-        float acc = 0.f;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t d = 0; d < dim; ++d) acc += qm[d] * kj[d];
-        si[m * width + j] = acc * s;
-      }
-    }
-    for (int64_t m = 0; m < queries; ++m)
-      for (int64_t j = length[m]; j < width; ++j) si[m * width + j] = minus_inf;
-  });
-  return scores;
-}
-
-// probs (rows, kv_heads, queries, longest length) contiguous, zero past each query's length; values, slots and
-// lengths as for ragged_scores. Returns probs @ values over each query's own columns: (rows, kv_heads, queries, head_dim).
-static torch::Tensor ragged_mix(const torch::Tensor& probs, const torch::Tensor& values, const torch::Tensor& slots,
-                                const torch::Tensor& lengths) {
-  const int64_t rows = probs.size(0), heads = probs.size(1), queries = probs.size(2), width = probs.size(3);
-  const int64_t dim = values.size(3);
-  auto out = torch::zeros({rows, heads, queries, dim}, probs.options());
-  const float* pp = probs.data_ptr<float>();
   const float* vp = values.data_ptr<float>();
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
-  const int64_t v0 = values.stride(0), v1 = values.stride(1), v2 = values.stride(2);
-  for_each_row_head(slots, heads, lengths, [&](int64_t i, int64_t slot, int64_t head, const int64_t* length,
-                                               int64_t longest) {
-    const float* pi = pp + i * queries * width;
-    const float* vi = vp + slot * v0 + head * v1;
-    float* oi = op + i * queries * dim;
-    for (int64_t j = 0; j < longest; ++j) {  // each value row is read once for all the row's queries
-      const float* vj = vi + j * v2;
-      for (int64_t m = 0; m < queries; ++m) {
-        if (j >= length[m]) continue;
-        const float p = pi[m * width + j];
-        float* om = oi + m * dim;
-#pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) om[d] += p * vj[d];
-      }
+  const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
+  const float s = static_cast<float>(scale);
+  at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scores;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t offset = sp[i / heads] * s0 + (i % heads) * s1, at = i * queries * dim;
+      const int64_t* length = lp + (i / heads) * queries;
+      if (dim == 64)
+        attend_row_head<64>(qp + at, kp + offset, vp + offset, s2, length, queries, dim, s, op + at, scores);
+      else if (dim == 128)
+        attend_row_head<128>(qp + at, kp + offset, vp + offset, s2, length, queries, dim, s, op + at, scores);
+      else
+        attend_row_head<0>(qp + at, kp + offset, vp + offset, s2, length, queries, dim, s, op + at, scores);
     }
   });
   return out;
-}
-
-// softmax(scale * q.k) @ v, each query over its own first columns of its row's slot, the arguments checked once:
-// (rows, kv_heads, queries, head_dim). The softmax is torch's (vectorised exp).
-torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
-                               const torch::Tensor& slots, const torch::Tensor& lengths, double scale) {
-  const int64_t longest = check(q, keys, slots, lengths);
-  TORCH_CHECK(values.sizes() == keys.sizes() && values.stride(3) == 1 && values.scalar_type() == torch::kFloat);
-  return ragged_mix(ragged_scores(q, keys, slots, lengths, scale, longest).softmax(-1), values, slots, lengths);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -48,7 +48,10 @@ def _cpu_flags() -> str:
 
 
 def usable(keys: torch.Tensor) -> bool:
-    return keys.device.type == "cpu" and keys.dtype == torch.float32 and kernel() is not None
+    """Whether the kernel serves this cache: fp32 on CPU, a head_dim it vectorises (a multiple of 8, at most 256)."""
+    head_dim = keys.shape[-1]
+    return (keys.device.type == "cpu" and keys.dtype == torch.float32 and head_dim % 8 == 0 and head_dim <= 256
+            and kernel() is not None)
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
