@@ -23,6 +23,7 @@ from .templates import PROMPT_MODES
 EMBEDDED_MODEL = "smollm2-135m-instruct"
 DTYPE_NAMES = ("auto", "fp32", "bf16", "fp16")
 QUANTIZATIONS = ("none", "int8")
+KV_CACHES = ("model", "fp16")
 DEFAULT_MAX_NEW_TOKENS = 512
 SELECTION_RULES_NAMES = tuple(dict.fromkeys(name for rules in SELECTION_RULES.values() for name in rules))
 TRUNCATIONS = ("total", "split")
@@ -104,6 +105,15 @@ class EngineOptions(Options):
                           help="int8: generate with int8 weights (per channel) and int8 activations (per row), PyTorch's "
                                "fbgemm kernels, on the lean CPU engine (Llama/Qwen2, fp32 weights); faster, not exact "
                                "(README: Throughput)")
+    kv_cache: str = field("model", choices=KV_CACHES, omit_default=True,
+                          help="fp16: keep the decoding K/V cache in fp16 on the lean CPU engine (fp32 weights): decoding "
+                               "attention reads half the bytes; faster, not exact (README: Throughput). model: the "
+                               "model's dtype")
+
+    @property
+    def lean_cpu_only(self) -> bool:
+        """Whether these options ask for what only the lean CPU engine does (quantized linears, an fp16 cache)."""
+        return self.quantize != "none" or self.kv_cache != "model"
 
 
 @dataclass(kw_only=True)

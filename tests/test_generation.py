@@ -288,6 +288,11 @@ def test_ragged_attention_equals_padded_matmul_attention(dim):
                 continue
             scores = q[row, :, m : m + 1] @ keys[slot, :, :n].transpose(-1, -2) * 0.125
             torch.testing.assert_close(out[row, :, m : m + 1], scores.softmax(-1) @ values[slot, :, :n], rtol=1e-5, atol=1e-5)
+    # an fp16 cache (kv_cache: fp16) is read as the same numbers widened to fp32
+    keys16, values16 = keys.half(), values.half()
+    torch.testing.assert_close(ragged_attention.decode_attention(q, keys16, values16, fed, lengths, 0.125),
+                               ragged_attention.decode_attention(q, keys16.float(), values16.float(), fed, lengths, 0.125),
+                               rtol=1e-6, atol=1e-6, equal_nan=True)
 
 
 @pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
@@ -373,3 +378,33 @@ def test_int8_engine_is_batch_independent_and_refuses_what_it_cannot_run(tiny):
     with pytest.raises(UserError, match="quantize: int8"):
         HFEngine(model.to(torch.bfloat16), tokenizer, 4, quantize="int8")
     model.to(torch.float32)
+
+
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
+def test_fp16_kv_cache_keeps_prefill_exact_decodes_close_and_refuses_what_it_cannot_run(tiny, monkeypatch):
+    """kv_cache: fp16 stores K/V in fp16: the prompt's own logits are exact (it attends to its fp32 K/V), decoding steps
+    come close to fp32's but not equal (they read the fp16 copy); each prompt decodes the same alone or in a batch;
+    where the kernel cannot serve the cache (a bf16 model, no kernel) the option is refused."""
+    from sdft.errors import UserError
+
+    model, tokenizer = tiny
+    ids = HFEngine(model, tokenizer).encode(PROMPTS)
+    steppers = {kv: LeanLlamaStepper(model, len(ids), columns=64, kv_cache=kv) for kv in ("model", "fp16")}
+    assert steppers["fp16"].keys[0].dtype == torch.float16 and steppers["fp16"].ragged
+    with torch.inference_mode():
+        first = {kv: stepper.admit(list(range(len(ids))), ids) for kv, stepper in steppers.items()}
+        assert torch.equal(first["fp16"], first["model"])
+        tokens = first["model"].argmax(-1).tolist()
+        for _ in range(3):
+            logits = {kv: stepper.step(tokens) for kv, stepper in steppers.items()}
+            gap = (logits["fp16"] - logits["model"]).abs().max() / logits["model"].abs().max()
+            assert 0 < gap < 1e-2
+            tokens = logits["model"].argmax(-1).tolist()
+    engine = HFEngine(model, tokenizer, 4, kv_cache="fp16")
+    decoding = DecodingOptions(max_new_tokens=16).decoding()
+    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
+    for i, prompt in enumerate(PROMPTS):
+        assert next(iter(engine.complete([prompt], decoding)))[0][1].text == together[i], prompt
+    monkeypatch.setattr(ragged_attention, "serves", lambda head_dim: False)
+    with pytest.raises(UserError, match="kv_cache: fp16"):
+        HFEngine(model, tokenizer, 4, kv_cache="fp16")

@@ -175,13 +175,14 @@ def test_sections_inherit_the_top_level_options(experiment):
     assert exp.seeds == [7]
 
 
-def test_an_option_left_at_its_default_since_it_was_added_keeps_cached_stages(experiment):
-    """`quantize` came after runs were cached: at its default it is not in any stage's config (hashes as before);
-    set, it is, and the stages it feeds run again."""
+@pytest.mark.parametrize("option, value", [("quantize", "int8"), ("kv_cache", "fp16")])
+def test_an_option_left_at_its_default_since_it_was_added_keeps_cached_stages(experiment, option, value):
+    """`quantize` and `kv_cache` came after runs were cached: at their defaults they are in no stage's config (hashes
+    as before); set, the option is, and the stages it feeds run again."""
     exp = load_experiment(str(experiment))
     before = {s.key: s.hash for s in plan(exp).stages}
-    assert all("quantize" not in s.config for s in plan(exp).stages)
-    exp.distill.quantize = "int8"
+    assert all(option not in s.config for s in plan(exp).stages)
+    setattr(exp.distill, option, value)
     after = {s.key: s for s in plan(exp).stages}
-    assert after["gsm8k_small"].config["quantize"] == "int8" and after["gsm8k_small"].hash != before["gsm8k_small"]
+    assert after["gsm8k_small"].config[option] == value and after["gsm8k_small"].hash != before["gsm8k_small"]
     assert after["seed"].hash == before["seed"]

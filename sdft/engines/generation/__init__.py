@@ -25,8 +25,8 @@ def make_engine(model_spec: str, dtype: str, options: EngineOptions, adapter: st
     """The vLLM engine when asked for (or on 'auto' with vLLM + CUDA present), else the HF engine."""
     from ..models import load_model, merged_model_path
 
-    if options.quantize == "none" and (options.backend == "vllm" or (options.backend == "auto" and vllm_available())):
+    if not options.lean_cpu_only and (options.backend == "vllm" or (options.backend == "auto" and vllm_available())):
         return VLLMEngine(merged_model_path(model_spec, adapter), dtype)
-    # int8 generation runs on CPU in fp32 (PyTorch's fbgemm kernels), whatever `auto` would pick
-    model, tokenizer = load_model(model_spec, dtype="fp32" if options.quantize == "int8" else dtype, adapter=adapter)
-    return HFEngine(model, tokenizer, options.decode_rows, quantize=options.quantize)
+    # int8 linears and the fp16 cache run on CPU beside fp32 weights (fbgemm, the ragged kernel), whatever `auto` picks
+    model, tokenizer = load_model(model_spec, dtype="fp32" if options.lean_cpu_only else dtype, adapter=adapter)
+    return HFEngine(model, tokenizer, options.decode_rows, quantize=options.quantize, kv_cache=options.kv_cache)

@@ -82,7 +82,10 @@ class LeanLlamaStepper:
     SDPA's flash kernel and the copies a sliced cache forces cost several times more for one query per row).
     Each slot keeps its own length, so a new row can be prefilled into any free slot while the others decode.
 
-    With the ragged kernel (fp32 on CPU) decoding runs the fed slots only and reads only their own columns, so the
+    The cache is in the model's dtype, or in fp16 (`kv_cache: fp16`, the ragged kernel only: decoding attention reads
+    half the bytes; the prompt attends to its own K/V at full precision, later tokens to the fp16 copy).
+
+    With the ragged kernel (an fp32 model on CPU) decoding runs the fed slots only and reads only their own columns, so the
     cache is allocated once at the width a row may need and never copied: a finished row's slot just waits for the next
     prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
 
@@ -99,7 +102,7 @@ class LeanLlamaStepper:
         return config.model_type in cls.MODEL_TYPES and full_attention and type(model).__name__.endswith("ForCausalLM")
 
     def __init__(self, model, slots: int, prefixes: Iterable[tuple[int, ...]] = (), columns: int = 0,
-                 quantize: str = "none"):
+                 quantize: str = "none", kv_cache: str = "model"):
         config = model.config
         self.model = model
         self.slots = slots
@@ -107,17 +110,24 @@ class LeanLlamaStepper:
         self.prefix_kv: dict[tuple[int, ...], list[tuple[torch.Tensor, torch.Tensor]]] = {}
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
-        self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
+        self.head_dim = self.head_dim_of(config)
         linear = QUANTIZED_LINEARS[quantize]
         self.layers = [self._fused(layer, linear) for layer in model.model.layers]
         self.lm_head = linear.of(model.lm_head)
         empty = (slots, self.kv_heads, 0, self.head_dim)  # per layer: (slots, kv_heads, cache columns, head_dim)
-        self.keys = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
-        self.values = [torch.zeros(empty, device=model.device, dtype=model.dtype) for _ in self.layers]
+        cache_dtype = torch.float16 if kv_cache == "fp16" else model.dtype
+        self.keys = [torch.zeros(empty, device=model.device, dtype=cache_dtype) for _ in self.layers]
+        self.values = [torch.zeros(empty, device=model.device, dtype=cache_dtype) for _ in self.layers]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=model.device)  # cache columns filled, per slot
         self.ragged = ragged_attention.usable(self.keys[0])
+        if cache_dtype != model.dtype and not self.ragged:  # the matmul attention multiplies in the model's dtype
+            raise ValueError(f"kv_cache: {kv_cache} needs the ragged attention kernel (fp32 model on CPU)")
         self.compacts = not self.ragged  # whether dropping finished slots (`select`) saves work
         self.reserve = columns if self.ragged else 0  # cache columns a row may need, allocated at once
+
+    @staticmethod
+    def head_dim_of(config) -> int:
+        return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
     @staticmethod
     def _fused(layer, linear: type[PackedLinear]) -> _LayerWeights:
@@ -197,8 +207,8 @@ class LeanLlamaStepper:
             if past is not None:
                 k = torch.cat([past[layer_index][0].expand(len(slots), -1, -1, -1), k], dim=2)
                 v = torch.cat([past[layer_index][1].expand(len(slots), -1, -1, -1), v], dim=2)
-            self.keys[layer_index][index, :, : shared + width] = k
-            self.values[layer_index][index, :, : shared + width] = v
+            self.keys[layer_index][index, :, : shared + width] = k.to(self.keys[layer_index].dtype)
+            self.values[layer_index][index, :, : shared + width] = v.to(self.values[layer_index].dtype)
             return _prefill_attention(q, k, v, scale, mask if shared else None)
 
         hidden = self._forward(input_ids, (shared + columns).expand(len(slots), width), attend)
@@ -248,8 +258,8 @@ class LeanLlamaStepper:
         def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
             # q (1, heads, tokens, head_dim), k and v (1, kv_heads, tokens, head_dim): the fed tokens one after another
             keys, values = self.keys[layer_index], self.values[layer_index]
-            keys[slot, :, column] = k[0].transpose(0, 1)
-            values[slot, :, column] = v[0].transpose(0, 1)
+            keys[slot, :, column] = k[0].transpose(0, 1).to(keys.dtype)
+            values[slot, :, column] = v[0].transpose(0, 1).to(values.dtype)
             # padded per row, then each KV head's query heads folded into the query axis:
             # (rows, kv_heads, group x width, head_dim); keys/values (slots, kv_heads, cache columns, head_dim)
             padded = q.new_zeros((len(rows), self.heads, width, self.head_dim))

@@ -4,7 +4,8 @@
 // cache read, so skipping the padding saves about the padded fraction, and doing the arithmetic in registers (8 columns'
 // dot products at once, reduced together; value rows summed into register accumulators) keeps it under the read.
 // Rows are the slots fed this forward (the others are not read at all); each row has several queries (a KV head's query
-// heads, times the tokens fed to it), each query its own column count. fp32 only, like the scores HF computes.
+// heads, times the tokens fed to it), each query its own column count. Queries, scores and sums in fp32, like HF's
+// eager attention; the cache in fp32, or in fp16 (`kv_cache: fp16`: half the bytes read, widened 8 at a time).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -17,6 +18,17 @@ typedef float loose8 __attribute__((vector_size(32), aligned(4)));
 typedef int ivec8 __attribute__((vector_size(32)));
 
 static inline vec8 load(const float* p) { return *reinterpret_cast<const loose8*>(p); }
+// 8 fp16 widened: one instruction where the CPU has F16C, else one at a time
+#if defined(__F16C__)
+#include <immintrin.h>
+static inline vec8 load(const at::Half* p) { return (vec8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#else
+static inline vec8 load(const at::Half* p) {
+  vec8 out;
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(p[i]);
+  return out;
+}
+#endif
 static inline void store(float* p, vec8 v) { *reinterpret_cast<loose8*>(p) = v; }
 static inline vec8 splat(float x) { return vec8{x, x, x, x, x, x, x, x}; }
 
@@ -51,11 +63,11 @@ static inline vec8 exp_nonpositive(vec8 x) {
   return y * reinterpret_cast<const vec8&>(two_to_n);
 }
 
-// One (row, KV head): queries q (queries x dim), its slot's keys and values (column j at k + j * stride), each query m
-// attending its first length[m] columns (0: a padding query, out zero). DIM = dim when fixed at compile time (the
-// accumulators then live in registers), else 0. `scores` is this thread's scratch.
-template <int64_t DIM>
-static void attend_row_head(const float* q, const float* k, const float* v, int64_t stride, const int64_t* length,
+// One (row, KV head): queries q (queries x dim), its slot's keys and values (T: float or at::Half; column j at
+// k + j * stride), each query m attending its first length[m] columns (0: a padding query, out zero). DIM = dim when
+// fixed at compile time (the accumulators then live in registers), else 0. `scores` is this thread's scratch.
+template <int64_t DIM, typename T>
+static void attend_row_head(const float* q, const T* k, const T* v, int64_t stride, const int64_t* length,
                             int64_t queries, int64_t dim_at_run, float scale, float* out, std::vector<float>& scores) {
   const int64_t dim = DIM ? DIM : dim_at_run, chunks = dim / 8;
   const int64_t longest = *std::max_element(length, length + queries);
@@ -110,7 +122,7 @@ static void attend_row_head(const float* q, const float* k, const float* v, int6
     vec8 acc[DIM ? DIM / 8 : 32] = {};  // a runtime dim is at most 256 (checked)
     for (j = 0; j < n; ++j) {
       const vec8 p = splat(sm[j]);
-      const float* vj = v + j * stride;
+      const T* vj = v + j * stride;
       for (int64_t c = 0; c < chunks; ++c) acc[c] += p * load(vj + 8 * c);
     }
     const vec8 inverse = splat(1.f / sum);
@@ -118,24 +130,14 @@ static void attend_row_head(const float* q, const float* k, const float* v, int6
   }
 }
 
-// q (rows, kv_heads, queries, head_dim) contiguous; keys, values (slots, kv_heads, width, head_dim), unit last stride,
-// the same strides; slots (rows) the cache slot of each row; lengths (rows, queries) the columns each query attends.
-torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
-                               const torch::Tensor& slots, const torch::Tensor& lengths, double scale) {
-  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat && keys.scalar_type() == torch::kFloat &&
-              values.scalar_type() == torch::kFloat && keys.sizes() == values.sizes() && keys.strides() == values.strides() &&
-              keys.stride(3) == 1 && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
-              lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
-              q.size(0) == slots.size(0) && lengths.size(1) == q.size(2) && q.size(1) == keys.size(1) &&
-              q.size(3) == keys.size(3) && slots.numel() > 0 && lengths.numel() > 0);
+// Every (row, KV head) pair, spread over the threads, each with its own head_dim instantiation.
+template <typename T>
+static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                const torch::Tensor& slots, const torch::Tensor& lengths, double scale, torch::Tensor& out) {
   const int64_t rows = q.size(0), heads = q.size(1), queries = q.size(2), dim = q.size(3);
-  TORCH_CHECK(dim % 8 == 0 && dim <= 256, "head_dim must be a multiple of 8, at most 256");
-  TORCH_CHECK(lengths.min().item<int64_t>() >= 0 && lengths.max().item<int64_t>() <= keys.size(2) &&
-              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < keys.size(0));
-  auto out = torch::empty_like(q);
   const float* qp = q.data_ptr<float>();
-  const float* kp = keys.data_ptr<float>();
-  const float* vp = values.data_ptr<float>();
+  const T* kp = keys.data_ptr<T>();
+  const T* vp = values.data_ptr<T>();
   const int64_t* sp = slots.data_ptr<int64_t>();
   const int64_t* lp = lengths.data_ptr<int64_t>();
   float* op = out.data_ptr<float>();
@@ -154,6 +156,28 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys
         attend_row_head<0>(qp + at, kp + offset, vp + offset, s2, length, queries, dim, s, op + at, scores);
     }
   });
+}
+
+// q (rows, kv_heads, queries, head_dim) contiguous; keys, values (slots, kv_heads, width, head_dim), unit last stride,
+// the same strides; slots (rows) the cache slot of each row; lengths (rows, queries) the columns each query attends.
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                               const torch::Tensor& slots, const torch::Tensor& lengths, double scale) {
+  const auto cache_type = keys.scalar_type();
+  TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat &&
+              (cache_type == torch::kFloat || cache_type == torch::kHalf) && values.scalar_type() == cache_type &&
+              keys.sizes() == values.sizes() && keys.strides() == values.strides() && keys.stride(3) == 1 && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
+              lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
+              q.size(0) == slots.size(0) && lengths.size(1) == q.size(2) && q.size(1) == keys.size(1) &&
+              q.size(3) == keys.size(3) && slots.numel() > 0 && lengths.numel() > 0);
+  const int64_t dim = q.size(3);
+  TORCH_CHECK(dim % 8 == 0 && dim <= 256, "head_dim must be a multiple of 8, at most 256");
+  TORCH_CHECK(lengths.min().item<int64_t>() >= 0 && lengths.max().item<int64_t>() <= keys.size(2) &&
+              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < keys.size(0));
+  auto out = torch::empty_like(q);
+  if (cache_type == torch::kHalf)
+    run<at::Half>(q, keys, values, slots, lengths, scale, out);
+  else
+    run<float>(q, keys, values, slots, lengths, scale, out);
   return out;
 }
 

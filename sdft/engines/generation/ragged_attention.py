@@ -47,11 +47,14 @@ def _cpu_flags() -> str:
     return hashlib.sha256(flags.encode()).hexdigest()[:8]
 
 
+def serves(head_dim: int) -> bool:
+    """Whether the kernel is built here and vectorises this head_dim (a multiple of 8, at most 256)."""
+    return head_dim % 8 == 0 and head_dim <= 256 and kernel() is not None
+
+
 def usable(keys: torch.Tensor) -> bool:
-    """Whether the kernel serves this cache: fp32 on CPU, a head_dim it vectorises (a multiple of 8, at most 256)."""
-    head_dim = keys.shape[-1]
-    return (keys.device.type == "cpu" and keys.dtype == torch.float32 and head_dim % 8 == 0 and head_dim <= 256
-            and kernel() is not None)
+    """Whether the kernel serves this cache: on CPU, fp32 or fp16 (`kv_cache: fp16`), a head_dim it vectorises."""
+    return keys.device.type == "cpu" and keys.dtype in (torch.float32, torch.float16) and serves(keys.shape[-1])
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,

@@ -24,6 +24,7 @@ from ...options import DecodingOptions, EngineOptions
 from ..models import needs_bos
 from .hf_stepper import HFStepper
 from .interfaces import Completion, Stepper
+from . import ragged_attention
 from .lean_llama import LeanLlamaStepper
 
 TOKEN_BUDGET = 65536  # rows x (longest prompt + max_new_tokens) at most: bounds the KV cache
@@ -66,24 +67,29 @@ def shared_prefixes(token_ids: Sequence[Sequence[int]], key: int = 16) -> set[tu
     return prefixes
 
 
+def _lean_cpu_only(option: str, needs: str, model) -> UserError:
+    return UserError(f"{option} runs on the lean CPU engine only (a Llama/Qwen2 model, fp32 weights, {needs}); this is "
+                     f"{model.config.model_type} in {model.dtype} on {model.device}")
+
+
 class HFEngine:
     """Generation with a plain HF causal LM under continuous batching: the model holds a fixed number of row slots,
     each finished row's slot is refilled at once with the next waiting prompt, and rows are taken longest-first so rows
     decoding side by side are of similar length. Models without the lean path fall back to fixed batches."""
 
     def __init__(self, model, tokenizer, decode_rows: int = EngineOptions.decode_rows, token_budget: int = TOKEN_BUDGET,
-                 quantize: str = EngineOptions.quantize):
+                 quantize: str = EngineOptions.quantize, kv_cache: str = EngineOptions.kv_cache):
         self.model = model
         self.tokenizer = tokenizer
         self.decode_rows = decode_rows  # more keeps CPU matmuls busier; the KV cache grows with it
         self.token_budget = token_budget
         self.quantize = quantize
-        if quantize != "none":
-            where = (model.device.type == "cpu" and model.dtype == torch.float32 and LeanLlamaStepper.supports(model)
-                     and "fbgemm" in torch.backends.quantized.supported_engines)
-            if not where:
-                raise UserError(f"quantize: {quantize} runs on the lean CPU engine only (a Llama/Qwen2 model, fp32 "
-                                f"weights, fbgemm); this is {model.config.model_type} in {model.dtype} on {model.device}")
+        self.kv_cache = kv_cache
+        lean_cpu = model.device.type == "cpu" and model.dtype == torch.float32 and LeanLlamaStepper.supports(model)
+        if quantize != "none" and not (lean_cpu and "fbgemm" in torch.backends.quantized.supported_engines):
+            raise _lean_cpu_only(f"quantize: {quantize}", "PyTorch's fbgemm", model)
+        if kv_cache != "model" and not (lean_cpu and ragged_attention.serves(LeanLlamaStepper.head_dim_of(model.config))):
+            raise _lean_cpu_only(f"kv_cache: {kv_cache}", "the ragged attention kernel built, head_dim a multiple of 8", model)
         self.tokenizer.padding_side = "left"
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if isinstance(eos, list) else [eos]
@@ -112,7 +118,7 @@ class HFEngine:
             slots = max(1, min(self.decode_rows, self.token_budget // row_tokens, len(order)))
             stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]),
                                        columns=row_tokens + MAX_DRAFT,  # a verify writes its draft past the row's end
-                                       quantize=self.quantize)
+                                       quantize=self.quantize, kv_cache=self.kv_cache)
             yield from self._generate(stepper, order, token_ids, prompts, decoding)
             return
         for batch in plan_batches(lengths, self.decode_rows, decoding.max_new_tokens, self.token_budget):
