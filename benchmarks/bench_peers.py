@@ -4,8 +4,8 @@ continuous batching (`generate_batch`), plus the machine's compute bound for the
 
 128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, the model already loaded; sdft and the fastest
 peer (llama-server) alternate for three rounds and each ratio is the median of the rounds' own; the slower peers run once;
-useful tokens are generated tokens up to (not including) EOS. sdft runs with `--dtype auto` and, where auto is not fp32,
-with fp32 too. Peers are optional (`pip install -r benchmarks/requirements.txt`, `benchmarks/build_llama_server.sh`);
+useful tokens are generated tokens up to (not including) EOS. sdft runs with `--dtype auto` (and, where auto is not fp32,
+with fp32 too) and with its opt-ins for speed (FAST_VARIANTS: an fp16 K/V cache; int8 linears beside it) in each round. Peers are optional (`pip install -r benchmarks/requirements.txt`, `benchmarks/build_llama_server.sh`);
 a missing one is reported as null.
 
     python benchmarks/bench_peers.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32] [--quick]
@@ -40,6 +40,8 @@ from sdft.templates import render
 
 MODEL = "smollm2-135m-instruct"
 SLOT_COUNTS = (16, 32, 64)
+# sdft's opt-ins for speed (not exact), each run beside the exact engine in every round: engine options by name
+FAST_VARIANTS = {"kv16": {"kv_cache": "fp16"}, "int8_kv16": {"quantize": "int8", "kv_cache": "fp16"}}
 
 
 def gsm8k_rows(n: int) -> list[dict]:
@@ -235,7 +237,7 @@ def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], pe
 
 
 def run(args: argparse.Namespace) -> dict:
-    """sdft (as `--dtype auto` picks, and with `quantize: int8`) and the fastest peer (llama-server) alternate for
+    """sdft (as `--dtype auto` picks, and with each of FAST_VARIANTS) and the fastest peer (llama-server) alternate for
     `args.rounds` rounds: this machine's speed drifts by up to 2x within minutes, so each round's ratio compares runs
     minutes apart and the headline is their median. The slower peers (CTranslate2, transformers) run once. The first
     round's outputs are scored by the math check distillation applies, so a faster engine's cost in quality shows."""
@@ -243,28 +245,28 @@ def run(args: argparse.Namespace) -> dict:
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
     prompts = gsm8k_prompts(tokenizer, args.prompts)
     slots = llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)
-    model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]  # int8's too
+    model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]  # the variants' too
 
     def peak() -> float:
         return peak_matmul_gflops(model.dtype, model.config.hidden_size, model.config.intermediate_size)
 
     rounds, texts = [], {}
     for r in range(args.rounds):
-        outputs = {name: [] for name in ("sdft", "sdft_int8", "llama_server")}
+        outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in FAST_VARIANTS), "llama_server")}
         samples: list[float] = []
         ours = sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens,
                                             outputs["sdft"]), peak, samples)
         bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
-        quantized = timed(sdft_tokens, HFEngine(model_fp32, tokenizer, quantize="int8"), prompts, args.new_tokens,
-                          outputs["sdft_int8"])
+        fast = {f"sdft_{v}": timed(sdft_tokens, HFEngine(model_fp32, tokenizer, **options), prompts, args.new_tokens,
+                                   outputs[f"sdft_{v}"]) for v, options in FAST_VARIANTS.items()}
         server = run_llama_server(slots[0], threads, prompts, args.new_tokens, outputs["llama_server"]) if slots else None
-        rounds.append({"sdft": ours, "sdft_int8": quantized, "llama_server": server,
+        rounds.append({"sdft": ours, **fast, "llama_server": server,
                        "bound": {**bound, "sdft_share": round(ours["tok_s"] / bound["tok_s"], 3)}})
         if r == 0:
             texts = {name: [getattr(o, "text", o) for o in out] for name, out in outputs.items() if out}
     ours = median_round([r["sdft"] for r in rounds])
     sdft = {"auto": {**ours, "dtype": str(model.dtype).removeprefix("torch.")},
-            "int8": {**median_round([r["sdft_int8"] for r in rounds]), "quantize": "int8"}}
+            **{v: {**median_round([r[f"sdft_{v}"] for r in rounds]), **options} for v, options in FAST_VARIANTS.items()}}
     if model.dtype != torch.float32:
         sdft["fp32"] = timed(sdft_tokens, HFEngine(model_fp32, tokenizer), prompts, args.new_tokens)
     else:
@@ -282,15 +284,16 @@ def run(args: argparse.Namespace) -> dict:
     middle = min(rounds, key=lambda r: abs(r["bound"]["sdft_share"] - statistics.median(shares)))["bound"]
     results = {
         "peers_setup": {"prompts": len(prompts), "new_tokens": args.new_tokens, "threads": threads, "rounds": args.rounds,
-                        "workload": "GSM8K distillation prompts, chat template, greedy; sdft (auto, int8) and "
-                                    "llama-server in alternating rounds, the other peers one run each"},
+                        "workload": "GSM8K distillation prompts, chat template, greedy; sdft (auto, "
+                                    f"{', '.join(FAST_VARIANTS)}) and llama-server in alternating rounds, the other "
+                                    "peers one run each"},
         "sdft_gen": sdft,
         "peers": peers,
         "gen_compute_bound": {**middle, "sdft_share": round(statistics.median(shares), 3), "rounds_share": shares},
         "gen_quality": quality(gsm8k_rows(args.prompts), texts),
         "auto_vs_fp32": round(ours["tok_s"] / sdft["fp32"]["tok_s"], 3),
     }
-    for engine, key in (("sdft", "gen_speedup"), ("sdft_int8", "gen_int8_speedup")):
+    for engine, key in (("sdft", "gen_speedup"), *((f"sdft_{v}", f"gen_{v}_speedup") for v in FAST_VARIANTS)):
         results |= speedups(engine, key, rounds, peers)
     return results
 
