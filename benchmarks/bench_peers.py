@@ -5,8 +5,9 @@ continuous batching (`generate_batch`), plus the machine's compute bound for the
 128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, the model already loaded; sdft and the fastest
 peer (llama-server) alternate for three rounds and each ratio is the median of the rounds' own; the slower peers run once;
 useful tokens are generated tokens up to (not including) EOS. sdft runs with `--dtype auto` (and, where auto is not fp32,
-with fp32 too) and with its opt-ins for speed (FAST_VARIANTS: an fp16 K/V cache; int8 linears beside it) in each round. Peers are optional (`pip install -r benchmarks/requirements.txt`, `benchmarks/build_llama_server.sh`);
-a missing one is reported as null.
+with fp32 too) and with its opt-ins for speed (FAST_VARIANTS: an fp16 K/V cache; int8 linears beside it) in each round.
+Peers are optional (`pip install -r benchmarks/requirements.txt`, `benchmarks/build_llama_server.sh`); a missing one is
+reported as null.
 
     python benchmarks/bench_peers.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32] [--quick]
 """

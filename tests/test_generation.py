@@ -62,7 +62,7 @@ def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, path):
     if path == "hf-fallback":
         monkeypatch.setattr(LeanLlamaStepper, "supports", classmethod(lambda cls, m: False))
     if path == "lean-matmul-attention":  # where the ragged kernel cannot be built
-        monkeypatch.setattr(ragged_attention, "usable", lambda keys: False)
+        monkeypatch.setattr(ragged_attention, "usable", lambda keys, query_dtype: False)
     prompts = PROMPTS + [render("alpaca", {"instruction": "Name a colour."}, tokenizer)]
     out = complete(model, tokenizer, prompts, max_new_tokens=24, decode_rows=4)
     for i, prompt in enumerate(prompts):
@@ -306,7 +306,9 @@ def test_ragged_attention_refuses_reads_out_of_the_cache():
     with pytest.raises(RuntimeError):
         ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[9]]), 1.0)
     assert ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[8]]), 1.0).shape == q.shape
-    assert not ragged_attention.usable(torch.zeros(2, 1, 8, 12))  # a head_dim it does not vectorise: matmul attention
+    assert ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.float16), torch.float32)
+    assert not ragged_attention.usable(torch.zeros(2, 1, 8, 12), torch.float32)  # a head_dim it does not vectorise
+    assert not ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.float16), torch.float16)  # fp16 queries
 
 
 def test_lookup_draft_and_kept_tokens():

@@ -85,9 +85,9 @@ class LeanLlamaStepper:
     The cache is in the model's dtype, or in fp16 (`kv_cache: fp16`, the ragged kernel only: decoding attention reads
     half the bytes; the prompt attends to its own K/V at full precision, later tokens to the fp16 copy).
 
-    With the ragged kernel (an fp32 model on CPU) decoding runs the fed slots only and reads only their own columns, so the
-    cache is allocated once at the width a row may need and never copied: a finished row's slot just waits for the next
-    prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
+    With the ragged kernel (an fp32 model on CPU) decoding runs the fed slots only and reads only their own columns, so
+    the cache is allocated once at the width a row may need and never copied: a finished row's slot just waits for the
+    next prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
 
     MODEL_TYPES = ("llama", "qwen2")
     GROWTH = 32  # cache columns added or dropped at a time
@@ -119,7 +119,7 @@ class LeanLlamaStepper:
         self.keys = [torch.zeros(empty, device=model.device, dtype=cache_dtype) for _ in self.layers]
         self.values = [torch.zeros(empty, device=model.device, dtype=cache_dtype) for _ in self.layers]
         self.lengths = torch.zeros(slots, dtype=torch.long, device=model.device)  # cache columns filled, per slot
-        self.ragged = ragged_attention.usable(self.keys[0])
+        self.ragged = ragged_attention.usable(self.keys[0], model.dtype)
         if cache_dtype != model.dtype and not self.ragged:  # the matmul attention multiplies in the model's dtype
             raise ValueError(f"kv_cache: {kv_cache} needs the ragged attention kernel (fp32 model on CPU)")
         self.compacts = not self.ragged  # whether dropping finished slots (`select`) saves work

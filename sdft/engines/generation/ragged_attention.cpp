@@ -165,7 +165,8 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys
   const auto cache_type = keys.scalar_type();
   TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat &&
               (cache_type == torch::kFloat || cache_type == torch::kHalf) && values.scalar_type() == cache_type &&
-              keys.sizes() == values.sizes() && keys.strides() == values.strides() && keys.stride(3) == 1 && slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
+              keys.sizes() == values.sizes() && keys.strides() == values.strides() && keys.stride(3) == 1 &&
+              slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
               lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
               q.size(0) == slots.size(0) && lengths.size(1) == q.size(2) && q.size(1) == keys.size(1) &&
               q.size(3) == keys.size(3) && slots.numel() > 0 && lengths.numel() > 0);

@@ -52,9 +52,11 @@ def serves(head_dim: int) -> bool:
     return head_dim % 8 == 0 and head_dim <= 256 and kernel() is not None
 
 
-def usable(keys: torch.Tensor) -> bool:
-    """Whether the kernel serves this cache: on CPU, fp32 or fp16 (`kv_cache: fp16`), a head_dim it vectorises."""
-    return keys.device.type == "cpu" and keys.dtype in (torch.float32, torch.float16) and serves(keys.shape[-1])
+def usable(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
+    """Whether the kernel serves this cache and queries: on CPU, fp32 queries (an fp32 model), the cache in fp32 or fp16
+    (`kv_cache: fp16`), a head_dim it vectorises."""
+    return (keys.device.type == "cpu" and query_dtype == torch.float32 and keys.dtype in (torch.float32, torch.float16)
+            and serves(keys.shape[-1]))
 
 
 def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
