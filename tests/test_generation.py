@@ -43,7 +43,7 @@ def tiny(embedded_tokenizer):
 
 def reference(model, tokenizer, prompt: str, max_new_tokens: int) -> list[int]:
     """Greedy tokens from `model.generate` at batch 1, the plain path the engine must reproduce."""
-    ids = tokenizer(prompt, return_tensors="pt")
+    ids = tokenizer(prompt, return_tensors="pt").to(model.device)
     with torch.inference_mode():
         out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
     tokens = out[0, ids.input_ids.shape[1]:].tolist()
@@ -213,6 +213,20 @@ def test_plan_batches_respects_limits():
         longest = max(lengths[i] for i in batch)
         assert len(batch) == 1 or len(batch) * (longest + 100) <= 3000
         assert lengths[batch[0]] == longest  # longest first, so the first row sets the padding
+
+
+def test_cache_budget_is_the_cpu_constant_and_on_a_gpu_a_share_of_its_free_memory(tiny, monkeypatch):
+    from types import SimpleNamespace
+
+    model, _ = tiny
+    assert scheduler.cache_token_budget(model) == scheduler.TOKEN_BUDGET
+    config = SimpleNamespace(num_hidden_layers=30, num_key_value_heads=3, num_attention_heads=9, hidden_size=576)
+    gpu_model = SimpleNamespace(device=torch.device("cuda"), config=config, dtype=torch.bfloat16)
+    per_token = 2 * 30 * 3 * 64 * 2  # K and V, layers, KV heads, head_dim, bytes
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100 * 2**30, 140 * 2**30))
+    assert scheduler.cache_token_budget(gpu_model) == int(100 * 2**30 * scheduler.GPU_CACHE_SHARE) // per_token
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**20, 140 * 2**30))
+    assert scheduler.cache_token_budget(gpu_model) == scheduler.TOKEN_BUDGET  # never below the CPU's
 
 
 class FailAfterFirstBatch:
