@@ -39,6 +39,15 @@ def git_revision() -> str | None:
     return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def accelerator() -> dict | None:
+    """The GPUs this process sees (first one's name, count, CUDA version), or None on a CPU-only machine."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return {"name": torch.cuda.get_device_name(0), "count": torch.cuda.device_count(), "cuda": torch.version.cuda}
+
+
 def provenance(command: str, config) -> dict:
     from .engines.dtype_probe import decisions
     from .threads import configure_threads
@@ -53,6 +62,7 @@ def provenance(command: str, config) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": configure_threads(),
+        "accelerator": accelerator(),
         "dtype_auto": decisions(),  # what `--dtype auto` measured and chose on CPU in this process
         "git_revision": git_revision(),
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -68,6 +68,17 @@ def test_probe_uses_the_models_shapes_and_lands_in_run_json(probe, tmp_path):
     assert entry["gflops"]["bf16"]["64"] == pytest.approx(2 * entry["gflops"]["fp32"]["64"])
 
 
+def test_run_json_names_the_gpu_or_none(monkeypatch):
+    from sdft.provenance import provenance
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert provenance("train", {})["accelerator"] is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert provenance("train", {})["accelerator"] == {"name": "NVIDIA H200", "count": 1, "cuda": torch.version.cuda}
+
+
 def test_a_tiny_model_gets_fp32_unmeasured(probe, tiny_model_dir):
     assert resolve_dtype("auto", "cpu", tiny_model_dir) == torch.float32  # 32 x 64: per-call overhead, not arithmetic
     assert probe.calls == []
