@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from sdft.checks import math_check
-from sdft.engines.dtype_probe import matmul_seconds
+from sdft.engines.dtype_probe import best_seconds, matmul_seconds
 from sdft.engines.generation import HFEngine, shared_prefixes
 from sdft.engines.models import embedded_gguf_path, load_model, resolve_model
 from sdft.jsonl import read_jsonl
@@ -208,6 +208,23 @@ def peak_matmul_gflops(dtype: torch.dtype, hidden: int, intermediate: int) -> fl
                for rows in (512, 2048))
 
 
+def peak_int8_gflops(hidden: int, intermediate: int) -> float:
+    """The best rate of the model's MLP matmul in fbgemm's int8 kernels (per-channel int8 weights, activations quantized
+    on the fly) at prefill-sized row counts: what `quantize: int8`'s arithmetic could run at. The fbgemm call alone,
+    without sdft's per-row scaling around it, so the bound is the kernel's, not sdft's."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(intermediate, hidden, generator=generator)
+    scales = (weight.abs().amax(1) / 127).double()
+    quantized = torch.quantize_per_channel(weight, scales, torch.zeros(intermediate, dtype=torch.long), 0, torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(quantized, None)
+    rates = []
+    for rows in (512, 2048):
+        x = torch.randn(rows, hidden, generator=generator)
+        seconds = best_seconds(lambda: torch.ops.quantized.linear_dynamic(x, packed, True), budget=1.0)
+        rates.append(2 * rows * hidden * intermediate / seconds / 1e9)
+    return max(rates)
+
+
 def sampled_around(work, sample, samples: list[float]):
     """work(), with `sample()` (a peak matmul rate) taken right before and right after it into `samples`. This
     machine's speed drifts by up to 2x within minutes, so a bound is taken at the moments the work it bounds ran, not
@@ -218,7 +235,8 @@ def sampled_around(work, sample, samples: list[float]):
     return result
 
 
-def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], peak_samples: list[float]) -> dict:
+def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], peak_samples: list[float],
+                  arithmetic: str | None = None) -> dict:
     """Tokens/s the workload would reach if every FLOP it needs ran at the peak matmul rate (the best of the samples
     taken around sdft's run). Needed: each prompt token through the layers (a prefix every prompt shares, the
     template's opening, once), the LM head at a prompt's last position and at each generated token, and attention over
@@ -231,7 +249,7 @@ def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], pe
     flops = (body * (sum(prompt_lens) - shared - len(ids)) + full * (len(ids) + sum(generated))
              + attention_flops(model, prompt_lens, generated))
     rate = max(peak_samples)
-    return {"dtype": str(model.dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
+    return {"dtype": arithmetic or str(model.dtype).removeprefix("torch."), "peak_matmul_gflops": round(rate, 1),
             "peak_samples_gflops": [round(sample, 1) for sample in peak_samples],
             "gflop_per_useful_token": round(flops / sum(generated) / 1e9, 3),
             "tok_s": round(sum(generated) / (flops / (rate * 1e9)), 1)}
@@ -248,8 +266,10 @@ def run(args: argparse.Namespace) -> dict:
     slots = llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)
     model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]  # the variants' too
 
-    def peak() -> float:
-        return peak_matmul_gflops(model.dtype, model.config.hidden_size, model.config.intermediate_size)
+    shape = (model.config.hidden_size, model.config.intermediate_size)
+
+    def peak(quantize: str = "none", dtype: torch.dtype = model.dtype) -> float:
+        return peak_int8_gflops(*shape) if quantize == "int8" else peak_matmul_gflops(dtype, *shape)
 
     rounds, texts = [], {}
     for r in range(args.rounds):
@@ -258,10 +278,17 @@ def run(args: argparse.Namespace) -> dict:
         ours = sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens,
                                             outputs["sdft"]), peak, samples)
         bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
-        fast = {f"sdft_{v}": timed(sdft_tokens, HFEngine(model_fp32, tokenizer, **options), prompts, args.new_tokens,
-                                   outputs[f"sdft_{v}"]) for v, options in FAST_VARIANTS.items()}
+        fast, fast_bounds = {}, {}
+        for v, options in FAST_VARIANTS.items():  # each bounded by its own arithmetic's rate (fp32 or int8 linears)
+            name, quantize, variant_samples = f"sdft_{v}", options.get("quantize", "none"), []
+            fast[name] = sampled_around(lambda: timed(sdft_tokens, HFEngine(model_fp32, tokenizer, **options), prompts,
+                                                      args.new_tokens, outputs[name]),
+                                        lambda: peak(quantize, torch.float32), variant_samples)
+            variant_bound = compute_bound(model_fp32, tokenizer, prompts, [c.n_tokens for c in outputs[name]],
+                                          variant_samples, "int8 linears" if quantize == "int8" else None)
+            fast_bounds[v] = {**variant_bound, "sdft_share": round(fast[name]["tok_s"] / variant_bound["tok_s"], 3)}
         server = run_llama_server(slots[0], threads, prompts, args.new_tokens, outputs["llama_server"]) if slots else None
-        rounds.append({"sdft": ours, **fast, "llama_server": server,
+        rounds.append({"sdft": ours, **fast, "llama_server": server, "fast_bounds": fast_bounds,
                        "bound": {**bound, "sdft_share": round(ours["tok_s"] / bound["tok_s"], 3)}})
         if r == 0:
             texts = {name: [getattr(o, "text", o) for o in out] for name, out in outputs.items() if out}
@@ -281,8 +308,6 @@ def run(args: argparse.Namespace) -> dict:
     hf_prompts = prompts[:: max(1, len(prompts) // args.hf_prompts)][: args.hf_prompts]
     peers["transformers_generate_batch"] = {**timed(transformers_tokens, model_fp32, tokenizer, hf_prompts, args.new_tokens),
                                             "prompts": len(hf_prompts), "dtype": "float32"}
-    shares = [r["bound"]["sdft_share"] for r in rounds]
-    middle = min(rounds, key=lambda r: abs(r["bound"]["sdft_share"] - statistics.median(shares)))["bound"]
     results = {
         "peers_setup": {"prompts": len(prompts), "new_tokens": args.new_tokens, "threads": threads, "rounds": args.rounds,
                         "workload": "GSM8K distillation prompts, chat template, greedy; sdft (auto, "
@@ -290,7 +315,8 @@ def run(args: argparse.Namespace) -> dict:
                                     "peers one run each"},
         "sdft_gen": sdft,
         "peers": peers,
-        "gen_compute_bound": {**middle, "sdft_share": round(statistics.median(shares), 3), "rounds_share": shares},
+        "gen_compute_bound": median_bound([r["bound"] for r in rounds]),
+        "gen_fast_compute_bound": {v: median_bound([r["fast_bounds"][v] for r in rounds]) for v in FAST_VARIANTS},
         "gen_quality": quality(gsm8k_rows(args.prompts), texts),
         "auto_vs_fp32": round(ours["tok_s"] / sdft["fp32"]["tok_s"], 3),
     }
@@ -323,6 +349,13 @@ def quality(rows: list[dict], texts: dict[str, list[str]]) -> dict:
             "minus_sdft": {name: paired_bootstrap(accepted["sdft"], a) for name, a in accepted.items() if name != "sdft"},
             "identical_to_sdft": {name: sum(x.strip() == y.strip() for x, y in zip(texts["sdft"], out)) / len(out)
                                   for name, out in texts.items() if name != "sdft"}}
+
+
+def median_bound(bounds: list[dict]) -> dict:
+    """One engine's bound over rounds: the round of median share, with the median share and every round's."""
+    shares = [b["sdft_share"] for b in bounds]
+    middle = min(bounds, key=lambda b: abs(b["sdft_share"] - statistics.median(shares)))
+    return {**middle, "sdft_share": round(statistics.median(shares), 3), "rounds_share": shares}
 
 
 def median_round(runs: list[dict]) -> dict:

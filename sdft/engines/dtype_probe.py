@@ -50,20 +50,26 @@ def linear_shape(model_path: str | Path | None) -> tuple[int, int]:
     return int(hidden), int(values.get("intermediate_size") or 4 * hidden)
 
 
-def matmul_seconds(dtype: torch.dtype, rows: int, hidden: int, intermediate: int, budget: float = 0.05) -> float:
-    """Best time of `F.linear` (rows × hidden) · (intermediate × hidden)ᵀ in `dtype`, over ~`budget` seconds."""
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, hidden, generator=generator).to(dtype)
-    w = torch.randn(intermediate, hidden, generator=generator).to(dtype)
-    torch.nn.functional.linear(x, w)  # warm-up: oneDNN primitive creation
+def best_seconds(call, budget: float = 0.05, repeats: int = 100) -> float:
+    """Best time of `call()` after one warm-up call, over ~`budget` seconds: this machine's noise only ever adds."""
+    call()
     best, start = float("inf"), time.perf_counter()
-    for _ in range(100):
+    for _ in range(repeats):
         t = time.perf_counter()
-        torch.nn.functional.linear(x, w)
+        call()
         best = min(best, time.perf_counter() - t)
         if time.perf_counter() - start > budget:
             break
     return best
+
+
+def matmul_seconds(dtype: torch.dtype, rows: int, hidden: int, intermediate: int, budget: float = 0.05) -> float:
+    """Best time of `F.linear` (rows × hidden) · (intermediate × hidden)ᵀ in `dtype`, over ~`budget` seconds (the
+    warm-up creates oneDNN's primitive)."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, hidden, generator=generator).to(dtype)
+    w = torch.randn(intermediate, hidden, generator=generator).to(dtype)
+    return best_seconds(lambda: torch.nn.functional.linear(x, w), budget)
 
 
 def measure(shape: tuple[int, int], rounds: int = 3) -> dict:
