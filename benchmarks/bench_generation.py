@@ -27,7 +27,7 @@ import torch
 from sdft.checks import math_check
 from sdft.jsonl import read_jsonl
 from sdft.engines.generation import HFEngine
-from sdft.engines.models import embedded_gguf_path, load_model
+from sdft.engines.models import embedded_gguf_path, load_model, needs_bos
 from sdft.options import DecodingOptions
 from sdft.paths import data_dir
 from sdft.stats import paired_bootstrap
@@ -69,15 +69,24 @@ def time_sdft(engine: HFEngine, prompts: list[str], new_tokens: int) -> tuple[in
 
 
 @torch.inference_mode()
-def time_hf_generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[int, float]:
+def hf_generate_rows(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int) -> list[list[int]]:
+    """HF `model.generate` over left-padded batches of `batch_size`: each prompt's greedy tokens up to (not including)
+    EOS."""
     tokenizer.padding_side = "left"
     eos = tokenizer.eos_token_id
-    tokens, start = 0, time.perf_counter()
+    rows = []
     for i in range(0, len(prompts), batch_size):
-        inputs = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+        batch = prompts[i : i + batch_size]
+        inputs = tokenizer(batch, return_tensors="pt", padding=True,
+                           add_special_tokens=needs_bos(tokenizer, batch[0])).to(model.device)
         out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-        for row in out[:, inputs.input_ids.shape[1]:].tolist():
-            tokens += row.index(eos) if eos in row else len(row)
+        rows += [row[: row.index(eos)] if eos in row else row for row in out[:, inputs.input_ids.shape[1]:].tolist()]
+    return rows
+
+
+def time_hf_generate(model, tokenizer, prompts: list[str], new_tokens: int, batch_size: int) -> tuple[int, float]:
+    start = time.perf_counter()
+    tokens = sum(map(len, hf_generate_rows(model, tokenizer, prompts, new_tokens, batch_size)))
     return tokens, time.perf_counter() - start
 
 

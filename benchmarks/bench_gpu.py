@@ -24,8 +24,10 @@ from pathlib import Path
 
 import torch
 
+from bench_generation import hf_generate_rows
 from bench_peers import gsm8k_prompts, transformers_tokens
 from sdft.engines.generation import HFEngine, LeanLlamaStepper
+from sdft.engines.generation.scheduler import cache_token_budget
 from sdft.engines.models import load_model, load_tokenizer, resolve_dtype, resolve_model
 from sdft.options import DecodingOptions
 
@@ -54,14 +56,9 @@ def sdft_run(model, tokenizer, prompts: list[str], new_tokens: int, decode_rows:
     return sum(c.n_tokens for c in out.values()), [out[i].text for i in range(len(prompts))]
 
 
-@torch.inference_mode()
 def generate_run(model, tokenizer, prompts: list[str], new_tokens: int):
     """`model.generate` over the whole left-padded batch at once, as a GPU user without an engine would run it."""
-    tokenizer.padding_side = "left"
-    inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    out = model.generate(**inputs, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    eos = tokenizer.eos_token_id
-    rows = [row[: row.index(eos)] if eos in row else row for row in out[:, inputs.input_ids.shape[1]:].tolist()]
+    rows = hf_generate_rows(model, tokenizer, prompts, new_tokens, batch_size=len(prompts))
     return sum(map(len, rows)), [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
 
@@ -92,7 +89,7 @@ def run(args: argparse.Namespace) -> dict:
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "model": args.model,
         "random_weights": args.random_weights, "dtype": str(model.dtype).removeprefix("torch."),
         "prompts": len(prompts), "new_tokens": args.new_tokens, "decode_rows": args.decode_rows,
-        "cache_token_budget": HFEngine(model, tokenizer).token_budget,
+        "cache_token_budget": cache_token_budget(model),
         "tok_s": median, "rounds_tok_s": rates,
         "sdft_vs": {name: round(median["sdft"] / rate, 2) for name, rate in median.items() if name != "sdft"},
         "identical_to_generate": {name: sum(a == b for a, b in zip(t, reference)) / len(prompts)

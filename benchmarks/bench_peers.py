@@ -32,6 +32,7 @@ import torch
 from sdft.checks import math_check
 from sdft.engines.dtype_probe import best_seconds, matmul_seconds
 from sdft.engines.generation import HFEngine, shared_prefixes
+from sdft.engines.generation.lean_llama import Int8Linear
 from sdft.engines.models import embedded_gguf_path, load_model, resolve_model
 from sdft.jsonl import read_jsonl
 from sdft.options import DecodingOptions
@@ -213,10 +214,7 @@ def peak_int8_gflops(hidden: int, intermediate: int) -> float:
     on the fly) at prefill-sized row counts: what `quantize: int8`'s arithmetic could run at. The fbgemm call alone,
     without sdft's per-row scaling around it, so the bound is the kernel's, not sdft's."""
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(intermediate, hidden, generator=generator)
-    scales = (weight.abs().amax(1) / 127).double()
-    quantized = torch.quantize_per_channel(weight, scales, torch.zeros(intermediate, dtype=torch.long), 0, torch.qint8)
-    packed = torch.ops.quantized.linear_prepack(quantized, None)
+    packed = Int8Linear(torch.randn(intermediate, hidden, generator=generator)).packed  # the engine's int8 weights
     rates = []
     for rows in (512, 2048):
         x = torch.randn(rows, hidden, generator=generator)

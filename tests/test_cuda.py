@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from sdft.engines.generation import TOKEN_BUDGET, LeanLlamaStepper, make_engine
-from sdft.engines.models import load_model
 from sdft.errors import UserError
 from sdft.options import EngineOptions, TrainConfig
 from sdft.stages.train import train
@@ -36,11 +35,11 @@ def test_greedy_fp32_on_cuda_matches_generate(embedded_tokenizer, monkeypatch, p
 
 
 def test_auto_loads_bf16_on_cuda_and_the_cpu_only_options_are_refused(tiny_model_dir):
-    model, tokenizer = load_model(tiny_model_dir)
-    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
     engine = make_engine(tiny_model_dir, "auto", EngineOptions(backend="hf"))
+    model, tokenizer = engine.torch_model()
+    assert model.device.type == "cuda" and model.dtype == torch.bfloat16
     assert engine.token_budget > TOKEN_BUDGET  # a share of the GPU's memory, not the CPU's constant
-    out = complete(engine.model, tokenizer, PROMPTS, max_new_tokens=16)
+    out = complete(model, tokenizer, PROMPTS, max_new_tokens=16)
     assert sorted(out) == list(range(len(PROMPTS)))
     assert all(0 <= c.n_tokens <= 16 and c.finish_reason in ("stop", "length") for c in out.values())
     for options in (EngineOptions(backend="hf", quantize="int8"), EngineOptions(backend="hf", kv_cache="fp16")):
