@@ -178,7 +178,8 @@ class LeanLlamaStepper:
         if prefix not in self.prefix_kv:
             kv = []
 
-            def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            def attend(layer_index: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
+                q, k, v = self._rotated(qkv, cos, sin)
                 kv.append((k, v))
                 return _prefill_attention(q, k, v, scale)
 
@@ -203,7 +204,8 @@ class LeanLlamaStepper:
         # padding, which follows each row's real tokens.
         mask = torch.cat([columns.new_ones((width, shared), dtype=torch.bool), columns[None, :] <= columns[:, None]], 1)
 
-        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        def attend(layer_index: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
+            q, k, v = self._rotated(qkv, cos, sin)
             if past is not None:
                 k = torch.cat([past[layer_index][0].expand(len(slots), -1, -1, -1), k], dim=2)
                 v = torch.cat([past[layer_index][1].expand(len(slots), -1, -1, -1), v], dim=2)
@@ -255,9 +257,14 @@ class LeanLlamaStepper:
             hidden_columns = torch.arange(self.keys[0].shape[2], device=device)[None, None, :] > columns[:, :, None]
             bias = torch.zeros(hidden_columns.shape, device=device).masked_fill_(hidden_columns, float("-inf"))[:, None, None]
 
-        def attend(layer_index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-            # q (1, heads, tokens, head_dim), k and v (1, kv_heads, tokens, head_dim): the fed tokens one after another
+        def attend(layer_index: int, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, scale: float) -> torch.Tensor:
+            # qkv (1, tokens, (heads + 2 kv_heads) head_dim), cos and sin (1, tokens, head_dim): the fed tokens one after
+            # another
             keys, values = self.keys[layer_index], self.values[layer_index]
+            if self.ragged:  # all of the below in one call
+                return ragged_attention.decode_layer(qkv[0], cos[0], sin[0], keys, values, slot, column, row, offset, index,
+                                                     lengths, self.heads, scale)[None]
+            q, k, v = self._rotated(qkv, cos, sin)  # q (1, heads, tokens, head_dim), k and v (1, kv_heads, tokens, head_dim)
             keys[slot, :, column] = k[0].transpose(0, 1).to(keys.dtype)
             values[slot, :, column] = v[0].transpose(0, 1).to(values.dtype)
             # padded per row, then each KV head's query heads folded into the query axis:
@@ -265,13 +272,11 @@ class LeanLlamaStepper:
             padded = q.new_zeros((len(rows), self.heads, width, self.head_dim))
             padded[row, :, offset] = q[0].transpose(0, 1)
             folded = padded.view(len(rows), self.kv_heads, group * width, self.head_dim)
-            if self.ragged:
-                out = ragged_attention.decode_attention(folded, keys, values, index, lengths, scale)
-            else:  # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
-                cache_width = keys.shape[2]
-                scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
-                scores = scores.view(len(rows), self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
-                out = torch.matmul(scores.to(values.dtype).view(len(rows), self.kv_heads, group * width, cache_width), values)
+            # eager attention as HF computes it: scores and softmax in fp32, probabilities back in the model dtype
+            cache_width = keys.shape[2]
+            scores = torch.matmul(folded, keys.transpose(-1, -2)).float().mul_(scale)
+            scores = scores.view(len(rows), self.kv_heads, group, width, cache_width).add_(bias).softmax(-1)
+            out = torch.matmul(scores.to(values.dtype).view(len(rows), self.kv_heads, group * width, cache_width), values)
             return out.view(len(rows), self.heads, width, self.head_dim)[row, :, offset].flatten(1)[None]
 
         return self._forward(ids, column[None], attend)[0]
@@ -286,28 +291,39 @@ class LeanLlamaStepper:
         self._fit(int(self.lengths.max()) + 1, index)
 
     def _forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attend) -> torch.Tensor:
-        """Hidden states of every input position; `attend` writes each layer's K/V to the cache and attends."""
-        from transformers.models.llama.modeling_llama import rotate_half
-
-        rows, width = input_ids.shape  # input_ids, positions: (rows, width)
-        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
-        hidden = self.model.model.embed_tokens(input_ids)  # (rows, width, hidden)
-        # cos, sin: (rows, 1, width, head_dim), broadcast over heads
-        cos, sin = (t.unsqueeze(1) for t in self.model.model.rotary_emb(hidden, positions))
+        """Hidden states of every input position; `attend` takes each layer's fused Q/K/V projection and the RoPE
+        tables, writes the layer's K/V to the cache and attends."""
+        hidden = self.model.model.embed_tokens(input_ids)  # input_ids, positions: (rows, width) -> (rows, width, hidden)
+        cos, sin = self.model.model.rotary_emb(hidden, positions)  # (rows, width, head_dim)
         for layer_index, weights in enumerate(self.layers):
             layer = weights.layer
-            qk, v = weights.qkv(layer.input_layernorm(hidden)).split([(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
-            qk = qk.view(rows, width, heads + kv_heads, head_dim).transpose(1, 2)  # (rows, heads + kv_heads, width, head_dim)
-            qk = qk * cos + rotate_half(qk) * sin  # RoPE on queries and keys at once
-            v = v.view(rows, width, kv_heads, head_dim).transpose(1, 2)  # (rows, kv_heads, width, head_dim)
-            # attend: q (rows, heads, width, head_dim), k and v (rows, kv_heads, width, head_dim) -> (rows, width, hidden)
-            hidden = hidden + weights.o(attend(layer_index, qk[:, :heads], qk[:, heads:], v, layer.self_attn.scaling))
-            gate, up = weights.gate_up(layer.post_attention_layernorm(hidden)).chunk(2, dim=-1)  # each (rows, width, intermediate)
+            qkv = weights.qkv(_rms_norm(layer.input_layernorm, hidden))  # (rows, width, (heads + 2 kv_heads) head_dim)
+            # attend: -> (rows, width, hidden)
+            hidden = hidden + weights.o(attend(layer_index, qkv, cos, sin, layer.self_attn.scaling))
+            gate, up = weights.gate_up(_rms_norm(layer.post_attention_layernorm, hidden)).chunk(2, dim=-1)  # each (rows, width, intermediate)
             hidden = hidden + weights.down(layer.mlp.act_fn(gate) * up)
         return hidden  # (rows, width, hidden)
 
+    def _rotated(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Queries (rows, heads, width, head_dim), keys and values (rows, kv_heads, width, head_dim) of a fused Q/K/V
+        projection (rows, width, ...), RoPE applied to queries and keys at once."""
+        from transformers.models.llama.modeling_llama import rotate_half
+
+        rows, width = qkv.shape[:2]
+        heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
+        qk, v = qkv.split([(heads + kv_heads) * head_dim, kv_heads * head_dim], dim=-1)
+        qk = qk.view(rows, width, heads + kv_heads, head_dim).transpose(1, 2)  # (rows, heads + kv_heads, width, head_dim)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # broadcast over heads
+        qk = qk * cos + rotate_half(qk) * sin
+        return qk[:, :heads], qk[:, heads:], v.view(rows, width, kv_heads, head_dim).transpose(1, 2)
+
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.model.model.norm(hidden))
+        return self.lm_head(_rms_norm(self.model.model.norm, hidden))
+
+
+def _rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's RMSNorm (Llama's and Qwen2's: the same formula) as torch's one op: bitwise its result, in fewer passes."""
+    return torch.nn.functional.rms_norm(hidden, norm.weight.shape, norm.weight, norm.variance_epsilon)
 
 
 def _prefill_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,

@@ -158,30 +158,116 @@ static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::
   });
 }
 
+static void check_cache(const torch::Tensor& keys, const torch::Tensor& values) {
+  const auto cache_type = keys.scalar_type();
+  TORCH_CHECK((cache_type == torch::kFloat || cache_type == torch::kHalf) && values.scalar_type() == cache_type &&
+              keys.sizes() == values.sizes() && keys.strides() == values.strides() && keys.stride(3) == 1);
+  TORCH_CHECK(keys.size(3) % 8 == 0 && keys.size(3) <= 256, "head_dim must be a multiple of 8, at most 256");
+}
+
+static void attend_rows(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
+                        const torch::Tensor& slots, const torch::Tensor& lengths, double scale, torch::Tensor& out) {
+  TORCH_CHECK(lengths.min().item<int64_t>() >= 0 && lengths.max().item<int64_t>() <= keys.size(2) &&
+              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < keys.size(0));
+  if (keys.scalar_type() == torch::kHalf)
+    run<at::Half>(q, keys, values, slots, lengths, scale, out);
+  else
+    run<float>(q, keys, values, slots, lengths, scale, out);
+}
+
 // q (rows, kv_heads, queries, head_dim) contiguous; keys, values (slots, kv_heads, width, head_dim), unit last stride,
 // the same strides; slots (rows) the cache slot of each row; lengths (rows, queries) the columns each query attends.
 torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys, const torch::Tensor& values,
                                const torch::Tensor& slots, const torch::Tensor& lengths, double scale) {
-  const auto cache_type = keys.scalar_type();
+  check_cache(keys, values);
   TORCH_CHECK(q.is_contiguous() && q.scalar_type() == torch::kFloat &&
-              (cache_type == torch::kFloat || cache_type == torch::kHalf) && values.scalar_type() == cache_type &&
-              keys.sizes() == values.sizes() && keys.strides() == values.strides() && keys.stride(3) == 1 &&
               slots.scalar_type() == torch::kLong && slots.is_contiguous() &&
               lengths.scalar_type() == torch::kLong && lengths.is_contiguous() && lengths.size(0) == slots.size(0) &&
               q.size(0) == slots.size(0) && lengths.size(1) == q.size(2) && q.size(1) == keys.size(1) &&
               q.size(3) == keys.size(3) && slots.numel() > 0 && lengths.numel() > 0);
-  const int64_t dim = q.size(3);
-  TORCH_CHECK(dim % 8 == 0 && dim <= 256, "head_dim must be a multiple of 8, at most 256");
-  TORCH_CHECK(lengths.min().item<int64_t>() >= 0 && lengths.max().item<int64_t>() <= keys.size(2) &&
-              slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < keys.size(0));
   auto out = torch::empty_like(q);
-  if (cache_type == torch::kHalf)
-    run<at::Half>(q, keys, values, slots, lengths, scale, out);
-  else
-    run<float>(q, keys, values, slots, lengths, scale, out);
+  attend_rows(q, keys, values, slots, lengths, scale, out);
+  return out;
+}
+
+// x * cos + rotate_half(x) * sin over one head, rounded as torch rounds it there: each product, then the sum (no FMA).
+__attribute__((optimize("fp-contract=off")))
+static void rotate(const float* x, const float* cos, const float* sin, int64_t dim, float* out) {
+  const int64_t half = dim / 2;
+  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + (-x[i + half]) * sin[i];
+  for (int64_t i = half; i < dim; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+}
+
+// One decoding layer's attention from its fused Q/K/V projection, for fed tokens packed one after another: RoPE on
+// queries and keys, keys and values written to each token's cache slot and column, the queries laid out per row (a KV
+// head's query heads folded into the query axis, as decode_attention takes them), attention, and the result back in
+// token order. What the stepper otherwise does in a dozen small torch ops per layer.
+// qkv (tokens, (heads + 2 kv_heads) head_dim); cos, sin (tokens, head_dim); slot, column, row, offset (tokens): the
+// token's cache slot and column, its row among the attended `slots` and its place among its row's tokens; lengths
+// (rows, group width) as decode_attention's. -> (tokens, heads head_dim)
+torch::Tensor decode_layer(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                           torch::Tensor& keys, torch::Tensor& values, const torch::Tensor& slot,
+                           const torch::Tensor& column, const torch::Tensor& row, const torch::Tensor& offset,
+                           const torch::Tensor& slots, const torch::Tensor& lengths, int64_t heads, double scale) {
+  check_cache(keys, values);
+  const int64_t tokens = qkv.size(0), kv_heads = keys.size(1), dim = keys.size(3), group = heads / kv_heads;
+  const int64_t rows = slots.size(0), width = lengths.size(1) / group;
+  for (const auto* index : {&slot, &column, &row, &offset})
+    TORCH_CHECK(index->scalar_type() == torch::kLong && index->is_contiguous() && index->numel() == tokens);
+  TORCH_CHECK(qkv.is_contiguous() && qkv.scalar_type() == torch::kFloat && qkv.size(1) == (heads + 2 * kv_heads) * dim &&
+              cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == torch::kFloat &&
+              sin.scalar_type() == torch::kFloat && cos.size(0) == tokens && sin.size(0) == tokens &&
+              cos.size(1) == dim && sin.size(1) == dim && heads % kv_heads == 0 &&
+              slots.scalar_type() == torch::kLong && slots.is_contiguous() && lengths.scalar_type() == torch::kLong &&
+              lengths.is_contiguous() && lengths.size(0) == rows && lengths.size(1) == group * width);
+  const int64_t* sp = slot.data_ptr<int64_t>();
+  const int64_t* cp = column.data_ptr<int64_t>();
+  const int64_t* rp = row.data_ptr<int64_t>();
+  const int64_t* op = offset.data_ptr<int64_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    TORCH_CHECK(sp[t] >= 0 && sp[t] < keys.size(0) && cp[t] >= 0 && cp[t] < keys.size(2) && rp[t] >= 0 &&
+                rp[t] < rows && op[t] >= 0 && op[t] < width);
+  auto q = torch::zeros({rows, kv_heads, group * width, dim}, qkv.options());
+  float* qp = q.data_ptr<float>();
+  const bool half = keys.scalar_type() == torch::kHalf;
+  const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
+  at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rotated(dim);
+    for (int64_t t = begin; t < end; ++t) {
+      const float* x = qkv.data_ptr<float>() + t * qkv.size(1);
+      const float* c = cos.data_ptr<float>() + t * dim;
+      const float* s = sin.data_ptr<float>() + t * dim;
+      for (int64_t h = 0; h < heads; ++h)  // query head h is query g of KV head h / group
+        rotate(x + h * dim, c, s, dim, qp + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim);
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        rotate(x + (heads + h) * dim, c, s, dim, rotated.data());
+        const float* v = x + (heads + kv_heads + h) * dim;
+        const int64_t at = sp[t] * s0 + h * s1 + cp[t] * s2;
+        if (half) {
+          at::Half* kh = keys.data_ptr<at::Half>() + at;
+          at::Half* vh = values.data_ptr<at::Half>() + at;
+          for (int64_t i = 0; i < dim; ++i) kh[i] = rotated[i], vh[i] = v[i];
+        } else {
+          std::copy(rotated.begin(), rotated.end(), keys.data_ptr<float>() + at);
+          std::copy(v, v + dim, values.data_ptr<float>() + at);
+        }
+      }
+    }
+  });
+  auto attended = torch::empty_like(q);
+  attend_rows(q, keys, values, slots, lengths, scale, attended);
+  auto out = torch::empty({tokens, heads * dim}, qkv.options());
+  const float* ap = attended.data_ptr<float>();
+  float* outp = out.data_ptr<float>();
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* from = ap + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim;
+      std::copy(from, from + dim, outp + (t * heads + h) * dim);
+    }
   return out;
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "softmax(q.k * scale) @ v over each query's own cache columns");
+  m.def("decode_layer", &decode_layer, "RoPE, cache writes and decode_attention of one layer's fed tokens");
 }
