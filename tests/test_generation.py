@@ -293,7 +293,7 @@ def test_ragged_attention_equals_padded_matmul_attention(dim):
     for cache in (keys, values):
         cache[beyond[:, None].expand(-1, kv_heads, -1)] = float("nan")
     q = torch.randn(len(fed), kv_heads, queries, dim)
-    out = ragged_attention.decode_attention(q, keys[:, :, :80], values[:, :, :80], fed, lengths, 0.125)  # strided view
+    out = ragged_attention.kernel().decode_attention(q, keys[:, :, :80], values[:, :, :80], fed, lengths, 0.125)  # strided view
     for row, slot in enumerate(fed.tolist()):
         for m in range(queries):
             n = int(lengths[row, m])
@@ -304,9 +304,51 @@ def test_ragged_attention_equals_padded_matmul_attention(dim):
             torch.testing.assert_close(out[row, :, m : m + 1], scores.softmax(-1) @ values[slot, :, :n], rtol=1e-5, atol=1e-5)
     # an fp16 cache (kv_cache: fp16) is read as the same numbers widened to fp32
     keys16, values16 = keys.half(), values.half()
-    torch.testing.assert_close(ragged_attention.decode_attention(q, keys16, values16, fed, lengths, 0.125),
-                               ragged_attention.decode_attention(q, keys16.float(), values16.float(), fed, lengths, 0.125),
+    torch.testing.assert_close(ragged_attention.kernel().decode_attention(q, keys16, values16, fed, lengths, 0.125),
+                               ragged_attention.kernel().decode_attention(q, keys16.float(), values16.float(), fed, lengths, 0.125),
                                rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
+@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
+def test_decode_layer_is_rope_cache_writes_and_attention_as_torch_computes_them(cache_dtype):
+    """One kernel call per layer does what the matmul path does in torch ops: RoPE on queries and keys (bitwise as
+    HF's `rotate_half` formula), each fed token's key and value written to its slot and column, the queries padded per
+    row, attention, and the result back in token order. Two rows: one fed 3 tokens (a verify), one fed 1."""
+    from transformers.models.llama.modeling_llama import rotate_half
+
+    torch.manual_seed(0)
+    heads, kv_heads, dim, slots, width = 6, 2, 16, 4, 24
+    group = heads // kv_heads
+    keys, values = torch.randn(slots, kv_heads, width, dim).to(cache_dtype), torch.randn(slots, kv_heads, width, dim).to(cache_dtype)
+    fed_slots, fed_tokens, starts = [2, 0], [3, 1], [5, 9]  # slot 2 fed 3 tokens from column 5, slot 0 one at column 9
+    row = torch.tensor([r for r, n in enumerate(fed_tokens) for _ in range(n)])
+    offset = torch.tensor([j for n in fed_tokens for j in range(n)])
+    slot = torch.tensor(fed_slots)[row]
+    column = torch.tensor(starts)[row] + offset
+    qkv = torch.randn(len(row), (heads + 2 * kv_heads) * dim)
+    angles = column[:, None].float() * torch.rand(dim // 2)[None]
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    seen = torch.zeros(len(fed_slots), max(fed_tokens), dtype=torch.long).index_put_((row, offset), column + 1)
+    lengths = seen.repeat(1, group)
+    expected_keys, expected_values = keys.clone(), values.clone()
+
+    out = ragged_attention.decode_layer(qkv, cos, sin, keys, values, slot, column, row, offset, torch.tensor(fed_slots),
+                                        lengths, heads, 0.25)
+    qk = qkv[:, : (heads + kv_heads) * dim].view(len(row), heads + kv_heads, dim)
+    qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]
+    expected_keys[slot, :, column] = qk[:, heads:].to(cache_dtype)
+    expected_values[slot, :, column] = qkv[:, (heads + kv_heads) * dim :].view(len(row), kv_heads, dim).to(cache_dtype)
+    assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    for t in range(len(row)):
+        for h in range(heads):
+            n, s = int(column[t]) + 1, int(slot[t])
+            scores = qk[t, h] @ keys[s, h // group, :n].float().T * 0.25
+            torch.testing.assert_close(out[t, h * dim : (h + 1) * dim], scores.softmax(-1) @ values[s, h // group, :n].float(),
+                                       rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError):  # a column past the cache is an error, not a write out of bounds
+        ragged_attention.decode_layer(qkv, cos, sin, keys, values, slot, column + width, row, offset,
+                                      torch.tensor(fed_slots), lengths, heads, 0.25)
 
 
 @pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
@@ -316,10 +358,10 @@ def test_ragged_attention_refuses_reads_out_of_the_cache():
     keys, values = torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8)
     q = torch.zeros(1, 1, 1, 8)
     with pytest.raises(RuntimeError):
-        ragged_attention.decode_attention(q, keys, values, torch.tensor([2]), torch.tensor([[3]]), 1.0)
+        ragged_attention.kernel().decode_attention(q, keys, values, torch.tensor([2]), torch.tensor([[3]]), 1.0)
     with pytest.raises(RuntimeError):
-        ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[9]]), 1.0)
-    assert ragged_attention.decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[8]]), 1.0).shape == q.shape
+        ragged_attention.kernel().decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[9]]), 1.0)
+    assert ragged_attention.kernel().decode_attention(q, keys, values, torch.tensor([1]), torch.tensor([[8]]), 1.0).shape == q.shape
     assert ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.float16), torch.float32)
     assert not ragged_attention.usable(torch.zeros(2, 1, 8, 12), torch.float32)  # a head_dim it does not vectorise
     assert not ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.float16), torch.float16)  # fp16 queries

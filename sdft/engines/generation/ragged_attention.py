@@ -59,20 +59,12 @@ def usable(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
             and serves(keys.shape[-1]))
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
-                     lengths: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(q kᵀ · scale) v, each query over its own first `lengths` columns of its row's slot: q (rows, kv_heads,
-    queries, head_dim), keys and values (slots, kv_heads, width, head_dim), slots (rows), lengths (rows, queries)
-    -> (rows, kv_heads, queries, head_dim). Slots not named are not read."""
-    return kernel().decode_attention(q.contiguous(), keys, values, slots, lengths, scale)
-
-
 def decode_layer(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  slot: torch.Tensor, column: torch.Tensor, row: torch.Tensor, offset: torch.Tensor, slots: torch.Tensor,
                  lengths: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
     """One decoding layer's attention from its fused Q/K/V projection of the fed tokens, qkv (tokens, (heads + 2 kv_heads)
     head_dim): RoPE (cos, sin: (tokens, head_dim)) on queries and keys, each token's key and value written to its slot
     and column of the cache, the queries laid out per row (`row`, and `offset` among the row's tokens) as
-    `decode_attention` takes them, attention, -> (tokens, heads head_dim) in token order."""
+    the kernel's `decode_attention` takes them, attention, -> (tokens, heads head_dim) in token order."""
     return kernel().decode_layer(qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values, slot, column, row,
                                  offset, slots, lengths, heads, scale)
