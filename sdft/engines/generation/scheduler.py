@@ -32,7 +32,7 @@ GPU_CACHE_SHARE = 0.25  # on a GPU, the share of its free memory the KV cache ma
 # Greedy speculation by prompt lookup runs while the rows and their drafts are at most SPECULATION_TOKENS per forward:
 # below ~100 rows a forward's Linears run well under their full rate (oneDNN at 24 rows: about half of it), so drafts
 # fill the forward nearly free. Measured on 128 GSM8K distillations (the rows that run to the length limit are the
-# tail): 128 cut decoding's cost by ~13% against 32; speculating at 96 rows costs more than it saves.
+# tail): 128 cut decoding's cost by ~14% against 32; speculating at 96 rows costs more than it saves.
 SPECULATION_TOKENS = 128
 MAX_DRAFT = 6
 
