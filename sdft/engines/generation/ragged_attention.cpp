@@ -143,9 +143,16 @@ static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::
   float* op = out.data_ptr<float>();
   const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
   const float s = static_cast<float>(scale);
-  at::parallel_for(0, rows * heads, 1, [&](int64_t begin, int64_t end) {
+  // The (row, KV head) items split among the threads by the columns they read, not by their count: rows' lengths
+  // differ (slots fill longest prompt first), and an even split by count left one thread reading most of the cache.
+  const int64_t items = rows * heads, parts = std::min<int64_t>(at::get_num_threads(), items);
+  std::vector<int64_t> read(items + 1, 0);  // columns read by items before i (+1 each, so every item counts)
+  for (int64_t i = 0; i < items; ++i) read[i + 1] = read[i] + *std::max_element(lp + (i / heads) * queries, lp + (i / heads + 1) * queries) + 1;
+  std::vector<int64_t> first(parts + 1);  // part p: items first[p] .. first[p + 1] - 1
+  for (int64_t p = 0; p <= parts; ++p) first[p] = std::lower_bound(read.begin(), read.end(), read[items] * p / parts) - read.begin();
+  at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     std::vector<float> scores;
-    for (int64_t i = begin; i < end; ++i) {
+    for (int64_t i = first[part_begin]; i < first[part_end]; ++i) {
       const int64_t offset = sp[i / heads] * s0 + (i % heads) * s1, at = i * queries * dim;
       const int64_t* length = lp + (i / heads) * queries;
       if (dim == 64)
