@@ -261,7 +261,9 @@ def run(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
     prompts = gsm8k_prompts(tokenizer, args.prompts)
-    slots = llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS)
+    variants = {v: FAST_VARIANTS[v] for v in args.variants}
+    slots = ((args.slots, {}) if args.slots and llama_server_binary() else
+             llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS))
     model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]  # the variants' too
 
     shape = (model.config.hidden_size, model.config.intermediate_size)
@@ -271,13 +273,13 @@ def run(args: argparse.Namespace) -> dict:
 
     rounds, texts = [], {}
     for r in range(args.rounds):
-        outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in FAST_VARIANTS), "llama_server")}
+        outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in variants), "llama_server")}
         samples: list[float] = []
         ours = sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens,
                                             outputs["sdft"]), peak, samples)
         bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
         fast, fast_bounds = {}, {}
-        for v, options in FAST_VARIANTS.items():  # each bounded by its own arithmetic's rate (fp32 or int8 linears)
+        for v, options in variants.items():  # each bounded by its own arithmetic's rate (fp32 or int8 linears)
             name, quantize, variant_samples = f"sdft_{v}", options.get("quantize", "none"), []
             fast[name] = sampled_around(lambda: timed(sdft_tokens, HFEngine(model_fp32, tokenizer, **options), prompts,
                                                       args.new_tokens, outputs[name]),
@@ -292,7 +294,7 @@ def run(args: argparse.Namespace) -> dict:
             texts = {name: [getattr(o, "text", o) for o in out] for name, out in outputs.items() if out}
     ours = median_round([r["sdft"] for r in rounds])
     sdft = {"auto": {**ours, "dtype": str(model.dtype).removeprefix("torch.")},
-            **{v: {**median_round([r[f"sdft_{v}"] for r in rounds]), **options} for v, options in FAST_VARIANTS.items()}}
+            **{v: {**median_round([r[f"sdft_{v}"] for r in rounds]), **options} for v, options in variants.items()}}
     if model.dtype != torch.float32:
         sdft["fp32"] = timed(sdft_tokens, HFEngine(model_fp32, tokenizer), prompts, args.new_tokens)
     else:
@@ -302,23 +304,24 @@ def run(args: argparse.Namespace) -> dict:
         peers["llama_server"] = {**median_round([r["llama_server"] for r in rounds]), "slots": slots[0],
                                  "slot_trial_tok_s": slots[1],
                                  "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
-    peers["ctranslate2"] = bench_ctranslate2(tokenizer, prompts, args.new_tokens, threads, args.ct2_compute_types)
+    peers["ctranslate2"] = (None if "ctranslate2" in args.skip else
+                            bench_ctranslate2(tokenizer, prompts, args.new_tokens, threads, args.ct2_compute_types))
     hf_prompts = prompts[:: max(1, len(prompts) // args.hf_prompts)][: args.hf_prompts]
-    peers["transformers_generate_batch"] = {**timed(transformers_tokens, model_fp32, tokenizer, hf_prompts, args.new_tokens),
+    peers["transformers_generate_batch"] = None if "transformers_generate_batch" in args.skip else {**timed(transformers_tokens, model_fp32, tokenizer, hf_prompts, args.new_tokens),
                                             "prompts": len(hf_prompts), "dtype": "float32"}
     results = {
         "peers_setup": {"prompts": len(prompts), "new_tokens": args.new_tokens, "threads": threads, "rounds": args.rounds,
                         "workload": "GSM8K distillation prompts, chat template, greedy; sdft (auto, "
-                                    f"{', '.join(FAST_VARIANTS)}) and llama-server in alternating rounds, the other "
+                                    f"{', '.join(variants)}) and llama-server in alternating rounds, the other "
                                     "peers one run each"},
         "sdft_gen": sdft,
         "peers": peers,
         "gen_compute_bound": median_bound([r["bound"] for r in rounds]),
-        "gen_fast_compute_bound": {v: median_bound([r["fast_bounds"][v] for r in rounds]) for v in FAST_VARIANTS},
+        "gen_fast_compute_bound": {v: median_bound([r["fast_bounds"][v] for r in rounds]) for v in variants},
         "gen_quality": quality(gsm8k_rows(args.prompts), texts),
         "auto_vs_fp32": round(ours["tok_s"] / sdft["fp32"]["tok_s"], 3),
     }
-    for engine, key in (("sdft", "gen_speedup"), *((f"sdft_{v}", f"gen_{v}_speedup") for v in FAST_VARIANTS)):
+    for engine, key in (("sdft", "gen_speedup"), *((f"sdft_{v}", f"gen_{v}_speedup") for v in variants)):
         results |= speedups(engine, key, rounds, peers)
     return results
 
@@ -370,6 +373,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--hf-prompts", type=int, default=32, help="prompts for transformers' generate_batch (slow)")
     parser.add_argument("--ct2-compute-types", nargs="+", default=["int8", "int8_float32", "float32"],
                         help="CTranslate2 compute types to try; the fastest on a short trial runs the benchmark")
+    parser.add_argument("--variants", nargs="*", choices=list(FAST_VARIANTS), default=list(FAST_VARIANTS),
+                        help="sdft's opt-ins for speed run beside the exact engine in each round")
+    parser.add_argument("--slots", type=int, help="llama-server's slot count (default: the fastest of a short trial)")
+    parser.add_argument("--skip", nargs="*", choices=["ctranslate2", "transformers_generate_batch"], default=[],
+                        help="slower peers not to run (reported as null), for a focused re-measure against llama-server")
     parser.add_argument("--quick", action="store_true",
                         help="16 prompts, 32 new tokens, one llama-server slot count, one CTranslate2 compute type")
     args = parser.parse_args(argv)

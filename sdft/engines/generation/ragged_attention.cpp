@@ -147,9 +147,13 @@ static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::
   // differ (slots fill longest prompt first), and an even split by count left one thread reading most of the cache.
   const int64_t items = rows * heads, parts = std::min<int64_t>(at::get_num_threads(), items);
   std::vector<int64_t> read(items + 1, 0);  // columns read by items before i (+1 each, so every item counts)
-  for (int64_t i = 0; i < items; ++i) read[i + 1] = read[i] + *std::max_element(lp + (i / heads) * queries, lp + (i / heads + 1) * queries) + 1;
+  for (int64_t i = 0; i < items; ++i) {
+    const int64_t* length = lp + (i / heads) * queries;
+    read[i + 1] = read[i] + *std::max_element(length, length + queries) + 1;
+  }
   std::vector<int64_t> first(parts + 1);  // part p: items first[p] .. first[p + 1] - 1
-  for (int64_t p = 0; p <= parts; ++p) first[p] = std::lower_bound(read.begin(), read.end(), read[items] * p / parts) - read.begin();
+  for (int64_t p = 0; p <= parts; ++p)
+    first[p] = std::lower_bound(read.begin(), read.end(), read[items] * p / parts) - read.begin();
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     std::vector<float> scores;
     for (int64_t i = first[part_begin]; i < first[part_end]; ++i) {
