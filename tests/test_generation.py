@@ -372,6 +372,9 @@ def test_lookup_draft_and_kept_tokens():
     assert scheduler.lookup_draft(history, 3) == [8, 9, 1]  # the trigram ends 6 7: what followed 6 7 before
     assert scheduler.lookup_draft([1, 2, 3], 2) == []  # 3 never occurred before
     assert scheduler.lookup_draft([4, 1, 4], 5) == [1, 4]  # a unigram match, cut at the history's end
+    # 256 then 0 holds the bytes of token 1 across their boundary: not an occurrence of 1
+    assert scheduler.lookup_draft([256, 0, 5, 1], 2) == []
+    assert scheduler.lookup_draft([256, 0, 1, 9, 256, 0, 5, 1], 2) == [9, 256]
     assert scheduler._kept([10, 11, 12, 13], [11, 12, 99, 7]) == [11, 12, 99]  # 13 rejected: the model chose 99
     assert scheduler._kept([10, 11], [42, 11]) == [42]  # the first draft token already wrong
     assert scheduler._kept([10], [3, 4, 5]) == [3]  # no draft: one token, as a plain step

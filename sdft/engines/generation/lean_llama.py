@@ -37,6 +37,13 @@ class PackedLinear:
             return torch.nn.functional.linear(x, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + self(x): a residual connection, on CPU added inside oneDNN's matmul as it writes its output
+        (bitwise the same sum, one pass over the activations fewer)."""
+        if self.packed is None:
+            return self(x).add_(residual)
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
+
 
 class Int8Linear(PackedLinear):
     """A frozen linear layer in int8 (`quantize: int8`): weights quantized per output channel, activations per row,
@@ -61,6 +68,9 @@ class Int8Linear(PackedLinear):
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], out.shape[-1])
+
+    def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self(x).add_(residual)
 
 
 QUANTIZED_LINEARS = {"none": PackedLinear, "int8": Int8Linear}
@@ -138,7 +148,8 @@ class LeanLlamaStepper:
 
     def _fit(self, width: int, keep: torch.Tensor | None = None) -> None:
         """Resize the caches to hold `width` columns (in GROWTH steps, so this copy is rare), keeping only the `keep`
-        slots when given. Columns past a row's length are masked; zeros there, since NaN garbage leaks through 0 * NaN."""
+        slots when given. The matmul attention masks columns past a row's length, so they hold zeros (NaN garbage leaks
+        through 0 * NaN); the kernel never reads them, so there they are left unwritten: untouched pages cost nothing."""
         allocated, width = self.keys[0].shape[2], max(width, self.reserve)
         if keep is None and width <= allocated <= width + 2 * self.GROWTH:
             return
@@ -147,7 +158,8 @@ class LeanLlamaStepper:
         for cache in (self.keys, self.values):
             for i, old in enumerate(cache):
                 old = old if keep is None else old[keep]
-                cache[i] = old.new_zeros((old.shape[0], self.kv_heads, new_width, self.head_dim))
+                new = old.new_empty if self.ragged else old.new_zeros
+                cache[i] = new((old.shape[0], self.kv_heads, new_width, self.head_dim))
                 cache[i][:, :, :kept] = old[:, :, :kept]
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
@@ -299,9 +311,9 @@ class LeanLlamaStepper:
             layer = weights.layer
             qkv = weights.qkv(_rms_norm(layer.input_layernorm, hidden))  # (rows, width, (heads + 2 kv_heads) head_dim)
             # attend: -> (rows, width, hidden)
-            hidden = hidden + weights.o(attend(layer_index, qkv, cos, sin, layer.self_attn.scaling))
+            hidden = weights.o.plus(attend(layer_index, qkv, cos, sin, layer.self_attn.scaling), hidden)
             gate, up = weights.gate_up(_rms_norm(layer.post_attention_layernorm, hidden)).chunk(2, dim=-1)  # each (rows, width, intermediate)
-            hidden = hidden + weights.down(layer.mlp.act_fn(gate) * up)
+            hidden = weights.down.plus(layer.mlp.act_fn(gate).mul_(up), hidden)
         return hidden  # (rows, width, hidden)
 
     def _rotated(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:

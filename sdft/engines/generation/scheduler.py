@@ -13,6 +13,7 @@ other rows share its batch.
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
@@ -226,12 +227,16 @@ class HFEngine:
 
 def lookup_draft(history: list[int], size: int, longest: int = 3) -> list[int]:
     """Prompt lookup: the `size` tokens that followed the latest earlier occurrence of the history's last n tokens, n
-    from `longest` down to 1; [] when none occurs."""
+    from `longest` down to 1; [] when none occurs. Searched as bytes, at C speed: a Python scan over 64 rows' histories
+    took ~30 ms a forward, several percent of the drain's steps."""
+    data = array("i", history).tobytes()
     for n in range(min(longest, len(history) - 1), 0, -1):
-        tail = history[-n:]
-        for start in range(len(history) - n - 1, -1, -1):
-            if history[start : start + n] == tail:
-                return history[start + n : start + n + size]
+        tail, end = data[-4 * n :], 4 * (len(history) - 1)  # an occurrence ending before the last token
+        while (start := data.rfind(tail, 0, end)) >= 0 and start % 4:  # a match across token boundaries: look earlier
+            end = start + 4 * n - 1
+        if start >= 0:
+            follows = start // 4 + n
+            return history[follows : follows + size]
     return []
 
 
