@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import os
 import platform
 import subprocess
 import sys
@@ -62,6 +63,7 @@ def provenance(command: str, config) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": configure_threads(),
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # torch CPU buffers on transparent huge pages (sdft/__init__)
         "accelerator": accelerator(),
         "dtype_auto": decisions(),  # what `--dtype auto` measured and chose on CPU in this process
         "git_revision": git_revision(),

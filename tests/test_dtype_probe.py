@@ -101,3 +101,29 @@ def test_training_autocast_follows_the_measurement(probe):
 
 def test_real_timing_is_positive():
     assert 0 < dtype_probe.matmul_seconds(torch.float32, 4, 8, 16, budget=0.001) < float("inf")
+
+
+def test_large_torch_buffers_go_on_huge_pages_unless_told_otherwise(monkeypatch):
+    """Importing sdft backs torch's CPU buffers of 2 MB+ with transparent huge pages (where the kernel offers them
+    on request), an explicit THP_MEM_ALLOC_ENABLE wins, and run.json records the setting."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from sdft.provenance import provenance
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    if not mode.is_file() or "[madvise]" not in mode.read_text():
+        pytest.skip("transparent huge pages are not on request (madvise) on this kernel")
+    code = ("import sdft, torch; x = torch.ones(64 << 20); "
+            "print(next(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')))")
+
+    def huge_kib(**env) -> int:
+        clean = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        return int(subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                                  check=True).stdout)
+
+    assert huge_kib() >= 64 * 1024  # most of the 256 MB buffer
+    assert huge_kib(THP_MEM_ALLOC_ENABLE="0") == 0
+    assert provenance("generate", {})["huge_pages"] == os.environ["THP_MEM_ALLOC_ENABLE"]
