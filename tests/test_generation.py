@@ -469,3 +469,19 @@ def test_fp16_kv_cache_keeps_prefill_exact_decodes_close_and_refuses_what_it_can
     monkeypatch.setattr(ragged_attention, "serves", lambda head_dim: False)
     with pytest.raises(UserError, match="kv_cache: fp16"):
         HFEngine(model, tokenizer, 4, kv_cache="fp16")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_residual_add_inside_the_matmul_is_bitwise_the_add_after_it(dtype):
+    """`PackedLinear.plus` (oneDNN's add post-op in fp32) gives the very sums of adding the residual after the matmul,
+    at decoding's and prefill's row counts, with and without bias, so the exact engine stays exact."""
+    from sdft.engines.generation.lean_llama import PackedLinear
+
+    generator = torch.Generator().manual_seed(0)
+    for rows, (out_features, in_features) in [(1, (48, 32)), (96, (576, 1536)), (700, (96, 64))]:
+        weight = torch.randn(out_features, in_features, generator=generator).to(dtype)
+        bias = torch.randn(out_features, generator=generator).to(dtype)
+        x = torch.randn(1, rows, in_features, generator=generator).to(dtype)
+        residual = torch.randn(1, rows, out_features, generator=generator).to(dtype)
+        for linear in (PackedLinear(weight), PackedLinear(weight, bias)):
+            assert torch.equal(linear.plus(x, residual), residual + linear(x))

@@ -38,9 +38,9 @@ class PackedLinear:
         return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
 
     def plus(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """residual + self(x): a residual connection, on CPU added inside oneDNN's matmul as it writes its output
-        (bitwise the same sum, one pass over the activations fewer)."""
-        if self.packed is None:
+        """residual + self(x): a residual connection, in fp32 on CPU added inside oneDNN's matmul as it writes its
+        output (bitwise the same sum, one pass over the activations fewer; in bf16 it would skip a rounding)."""
+        if self.packed is None or x.dtype != torch.float32:
             return self(x).add_(residual)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
 
