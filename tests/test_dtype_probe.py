@@ -4,6 +4,10 @@ Timings are faked: the tests check the decision and the cache, not the speed."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -103,14 +107,9 @@ def test_real_timing_is_positive():
     assert 0 < dtype_probe.matmul_seconds(torch.float32, 4, 8, 16, budget=0.001) < float("inf")
 
 
-def test_large_torch_buffers_go_on_huge_pages_unless_told_otherwise(monkeypatch):
+def test_large_torch_buffers_go_on_huge_pages_unless_told_otherwise():
     """Importing sdft backs torch's CPU buffers of 2 MB+ with transparent huge pages (where the kernel offers them
     on request), an explicit THP_MEM_ALLOC_ENABLE wins, and run.json records the setting."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     from sdft.provenance import provenance
 
     mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")

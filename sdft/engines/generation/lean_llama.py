@@ -155,11 +155,11 @@ class LeanLlamaStepper:
             return
         new_width = -(-width // self.GROWTH) * self.GROWTH
         kept = min(allocated, new_width)
+        allocate = torch.empty if self.ragged else torch.zeros
         for cache in (self.keys, self.values):
             for i, old in enumerate(cache):
                 old = old if keep is None else old[keep]
-                new = old.new_empty if self.ragged else old.new_zeros
-                cache[i] = new((old.shape[0], self.kv_heads, new_width, self.head_dim))
+                cache[i] = allocate((old.shape[0], self.kv_heads, new_width, self.head_dim), dtype=old.dtype, device=old.device)
                 cache[i][:, :, :kept] = old[:, :, :kept]
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:

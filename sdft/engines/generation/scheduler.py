@@ -230,8 +230,9 @@ def lookup_draft(history: list[int], size: int, longest: int = 3) -> list[int]:
     from `longest` down to 1; [] when none occurs. Searched as bytes, at C speed: a Python scan over 64 rows' histories
     took ~30 ms a forward, several percent of the drain's steps."""
     data = array("i", history).tobytes()
+    before_last = 4 * (len(history) - 1)  # an occurrence must end before the last token
     for n in range(min(longest, len(history) - 1), 0, -1):
-        tail, end = data[-4 * n :], 4 * (len(history) - 1)  # an occurrence ending before the last token
+        tail, end = data[-4 * n :], before_last
         while (start := data.rfind(tail, 0, end)) >= 0 and start % 4:  # a match across token boundaries: look earlier
             end = start + 4 * n - 1
         if start >= 0:
