@@ -310,11 +310,13 @@ def test_ragged_attention_equals_padded_matmul_attention(dim):
 
 
 @pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
-@pytest.mark.parametrize("cache_dtype", [torch.float32, torch.float16])
-def test_decode_layer_is_rope_cache_writes_and_attention_as_torch_computes_them(cache_dtype):
+@pytest.mark.parametrize("dtype, cache_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
+                                                (torch.bfloat16, torch.bfloat16)])
+def test_decode_layer_is_rope_cache_writes_and_attention_as_torch_computes_them(dtype, cache_dtype):
     """One kernel call per layer does what the matmul path does in torch ops: RoPE on queries and keys (bitwise as
-    HF's `rotate_half` formula), each fed token's key and value written to its slot and column, the queries padded per
-    row, attention, and the result back in token order. Two rows: one fed 3 tokens (a verify), one fed 1."""
+    HF's `rotate_half` formula in the model's dtype, bf16 rounding included), each fed token's key and value written to
+    its slot and column, the queries padded per row, attention, and the result back in token order and dtype. Two
+    rows: one fed 3 tokens (a verify), one fed 1."""
     from transformers.models.llama.modeling_llama import rotate_half
 
     torch.manual_seed(0)
@@ -326,9 +328,9 @@ def test_decode_layer_is_rope_cache_writes_and_attention_as_torch_computes_them(
     offset = torch.tensor([j for n in fed_tokens for j in range(n)])
     slot = torch.tensor(fed_slots)[row]
     column = torch.tensor(starts)[row] + offset
-    qkv = torch.randn(len(row), (heads + 2 * kv_heads) * dim)
+    qkv = torch.randn(len(row), (heads + 2 * kv_heads) * dim).to(dtype)
     angles = column[:, None].float() * torch.rand(dim // 2)[None]
-    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()
+    cos, sin = torch.cat([angles, angles], -1).cos().to(dtype), torch.cat([angles, angles], -1).sin().to(dtype)
     seen = torch.zeros(len(fed_slots), max(fed_tokens), dtype=torch.long).index_put_((row, offset), column + 1)
     lengths = seen.repeat(1, group)
     expected_keys, expected_values = keys.clone(), values.clone()
@@ -340,12 +342,14 @@ def test_decode_layer_is_rope_cache_writes_and_attention_as_torch_computes_them(
     expected_keys[slot, :, column] = qk[:, heads:].to(cache_dtype)
     expected_values[slot, :, column] = qkv[:, (heads + kv_heads) * dim :].view(len(row), kv_heads, dim).to(cache_dtype)
     assert torch.equal(keys, expected_keys) and torch.equal(values, expected_values)
+    assert out.dtype == dtype
+    tolerance = 1e-5 if dtype == torch.float32 else 8e-3  # the fp32 result rounded to bf16: within one bf16 step
     for t in range(len(row)):
         for h in range(heads):
             n, s = int(column[t]) + 1, int(slot[t])
-            scores = qk[t, h] @ keys[s, h // group, :n].float().T * 0.25
-            torch.testing.assert_close(out[t, h * dim : (h + 1) * dim], scores.softmax(-1) @ values[s, h // group, :n].float(),
-                                       rtol=1e-5, atol=1e-5)
+            scores = qk[t, h].float() @ keys[s, h // group, :n].float().T * 0.25
+            torch.testing.assert_close(out[t, h * dim : (h + 1) * dim].float(),
+                                       scores.softmax(-1) @ values[s, h // group, :n].float(), rtol=tolerance, atol=tolerance)
     with pytest.raises(RuntimeError):  # a column past the cache is an error, not a write out of bounds
         ragged_attention.decode_layer(qkv, cos, sin, keys, values, slot, column + width, row, offset,
                                       torch.tensor(fed_slots), lengths, heads, 0.25)
@@ -365,6 +369,8 @@ def test_ragged_attention_refuses_reads_out_of_the_cache():
     assert ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.float16), torch.float32)
     assert not ragged_attention.usable(torch.zeros(2, 1, 8, 12), torch.float32)  # a head_dim it does not vectorise
     assert not ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.float16), torch.float16)  # fp16 queries
+    assert ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.bfloat16), torch.bfloat16)  # a bf16 model
+    assert not ragged_attention.usable(torch.zeros(2, 1, 8, 8, dtype=torch.bfloat16), torch.float32)
 
 
 def test_lookup_draft_and_kept_tokens():
@@ -469,6 +475,37 @@ def test_fp16_kv_cache_keeps_prefill_exact_decodes_close_and_refuses_what_it_can
     monkeypatch.setattr(ragged_attention, "serves", lambda head_dim: False)
     with pytest.raises(UserError, match="kv_cache: fp16"):
         HFEngine(model, tokenizer, 4, kv_cache="fp16")
+
+
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
+def test_bf16_model_decodes_through_the_kernel_close_to_the_matmul_attention(tiny, monkeypatch):
+    """A bf16 model (what `--dtype auto` picks on a CPU with fast bf16 matmuls) decodes through the ragged kernel over a
+    bf16 cache: the prompt's logits are the matmul path's (the same prefill), each decoding step's come close (the
+    kernel keeps scores and probabilities in fp32 where the matmuls round them to bf16), and each prompt decodes the
+    same alone or in a batch."""
+    import copy
+
+    model, tokenizer = tiny
+    model = copy.deepcopy(model).to(torch.bfloat16)
+    ids = HFEngine(model, tokenizer).encode(PROMPTS)
+    ragged = LeanLlamaStepper(model, len(ids), columns=64)
+    with monkeypatch.context() as patch:
+        patch.setattr(ragged_attention, "usable", lambda keys, query_dtype: False)
+        matmul = LeanLlamaStepper(model, len(ids), columns=64)
+    assert ragged.ragged and not matmul.ragged and ragged.keys[0].dtype == torch.bfloat16
+    with torch.inference_mode():
+        first = [stepper.admit(list(range(len(ids))), ids) for stepper in (ragged, matmul)]
+        assert torch.equal(*first)
+        tokens = first[0].argmax(-1).tolist()
+        for _ in range(3):
+            logits = [stepper.step(tokens).float() for stepper in (ragged, matmul)]
+            assert (logits[0] - logits[1]).abs().max() / logits[1].abs().max() < 5e-2  # seen: 1.3-1.9e-2
+            tokens = logits[1].argmax(-1).tolist()
+    engine = HFEngine(model, tokenizer, 4)
+    decoding = DecodingOptions(max_new_tokens=16).decoding()
+    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
+    for i, prompt in enumerate(PROMPTS):
+        assert next(iter(engine.complete([prompt], decoding)))[0][1].text == together[i], prompt
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

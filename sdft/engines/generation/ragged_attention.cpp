@@ -5,12 +5,17 @@
 // dot products at once, reduced together; value rows summed into register accumulators) keeps it under the read.
 // Rows are the slots fed this forward (the others are not read at all); each row has several queries (a KV head's query
 // heads, times the tokens fed to it), each query its own column count. Queries, scores and sums in fp32, like HF's
-// eager attention; the cache in fp32, or in fp16 (`kv_cache: fp16`: half the bytes read, widened 8 at a time).
+// eager attention; the cache in fp32, or in fp16 (`kv_cache: fp16`: half the bytes read, widened 8 at a time), or in
+// bf16 for a bf16 model (its queries and output in bf16 too, the arithmetic still fp32).
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <vector>
+
+#if defined(__F16C__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 // 8 floats: one AVX register on x86, two NEON registers on ARM; `loose` reads them from any float address.
 typedef float vec8 __attribute__((vector_size(32)));
@@ -20,10 +25,22 @@ typedef int ivec8 __attribute__((vector_size(32)));
 static inline vec8 load(const float* p) { return *reinterpret_cast<const loose8*>(p); }
 // 8 fp16 widened: one instruction where the CPU has F16C, else one at a time
 #if defined(__F16C__)
-#include <immintrin.h>
 static inline vec8 load(const at::Half* p) { return (vec8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
 #else
 static inline vec8 load(const at::Half* p) {
+  vec8 out;
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(p[i]);
+  return out;
+}
+#endif
+// 8 bf16 widened: a bf16 is the top half of an fp32, so each is zero-extended and shifted into place
+#if defined(__AVX2__)
+static inline vec8 load(const at::BFloat16* p) {
+  const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return (vec8)_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+}
+#else
+static inline vec8 load(const at::BFloat16* p) {
   vec8 out;
   for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(p[i]);
   return out;
@@ -171,7 +188,8 @@ static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::
 
 static void check_cache(const torch::Tensor& keys, const torch::Tensor& values) {
   const auto cache_type = keys.scalar_type();
-  TORCH_CHECK((cache_type == torch::kFloat || cache_type == torch::kHalf) && values.scalar_type() == cache_type &&
+  TORCH_CHECK((cache_type == torch::kFloat || cache_type == torch::kHalf || cache_type == torch::kBFloat16) &&
+              values.scalar_type() == cache_type &&
               keys.sizes() == values.sizes() && keys.strides() == values.strides() && keys.stride(3) == 1);
   TORCH_CHECK(keys.size(3) % 8 == 0 && keys.size(3) <= 256, "head_dim must be a multiple of 8, at most 256");
 }
@@ -182,6 +200,8 @@ static void attend_rows(const torch::Tensor& q, const torch::Tensor& keys, const
               slots.min().item<int64_t>() >= 0 && slots.max().item<int64_t>() < keys.size(0));
   if (keys.scalar_type() == torch::kHalf)
     run<at::Half>(q, keys, values, slots, lengths, scale, out);
+  else if (keys.scalar_type() == torch::kBFloat16)
+    run<at::BFloat16>(q, keys, values, slots, lengths, scale, out);
   else
     run<float>(q, keys, values, slots, lengths, scale, out);
 }
@@ -201,21 +221,67 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& keys
   return out;
 }
 
-// x * cos + rotate_half(x) * sin over one head, rounded as torch rounds it there: each product, then the sum (no FMA).
+// x * cos + rotate_half(x) * sin over one head, rounded as torch rounds it in the model's dtype Q: each product, then
+// the sum, each rounded to Q (no FMA; for fp32 the roundings are no-ops).
+template <typename Q>
 __attribute__((optimize("fp-contract=off")))
-static void rotate(const float* x, const float* cos, const float* sin, int64_t dim, float* out) {
+static void rotate(const Q* x, const Q* cos, const Q* sin, int64_t dim, float* out) {
   const int64_t half = dim / 2;
-  for (int64_t i = 0; i < half; ++i) out[i] = x[i] * cos[i] + (-x[i + half]) * sin[i];
-  for (int64_t i = half; i < dim; ++i) out[i] = x[i] * cos[i] + x[i - half] * sin[i];
+  auto in = [](Q value) { return static_cast<float>(value); };
+  auto round = [](float value) { return static_cast<float>(static_cast<Q>(value)); };
+  for (int64_t i = 0; i < half; ++i) out[i] = round(round(in(x[i]) * in(cos[i])) + round(-in(x[i + half]) * in(sin[i])));
+  for (int64_t i = half; i < dim; ++i) out[i] = round(round(in(x[i]) * in(cos[i])) + round(in(x[i - half]) * in(sin[i])));
+}
+
+// RoPE and the cache writes of the fed tokens (Q: the projection's dtype, T: the cache's), the rotated queries laid
+// out per row into qp as decode_attention takes them.
+template <typename Q, typename T>
+static void rotate_and_store(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                             torch::Tensor& keys, torch::Tensor& values, const int64_t* sp, const int64_t* cp,
+                             const int64_t* rp, const int64_t* op, int64_t heads, int64_t width, float* qp) {
+  const int64_t tokens = qkv.size(0), kv_heads = keys.size(1), dim = keys.size(3), group = heads / kv_heads;
+  const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
+  at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> rotated(dim);
+    for (int64_t t = begin; t < end; ++t) {
+      const Q* x = qkv.data_ptr<Q>() + t * qkv.size(1);
+      const Q* c = cos.data_ptr<Q>() + t * dim;
+      const Q* s = sin.data_ptr<Q>() + t * dim;
+      for (int64_t h = 0; h < heads; ++h)  // query head h is query g of KV head h / group
+        rotate(x + h * dim, c, s, dim, qp + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim);
+      for (int64_t h = 0; h < kv_heads; ++h) {
+        rotate(x + (heads + h) * dim, c, s, dim, rotated.data());
+        const Q* v = x + (heads + kv_heads + h) * dim;
+        const int64_t at = sp[t] * s0 + h * s1 + cp[t] * s2;
+        T* k_out = keys.data_ptr<T>() + at;
+        T* v_out = values.data_ptr<T>() + at;
+        for (int64_t i = 0; i < dim; ++i)
+          k_out[i] = static_cast<T>(rotated[i]), v_out[i] = static_cast<T>(static_cast<float>(v[i]));
+      }
+    }
+  });
+}
+
+// The attended rows (fp32) back in token order, in the projection's dtype Q.
+template <typename Q>
+static void gather(const float* ap, const int64_t* rp, const int64_t* op, int64_t tokens, int64_t heads,
+                   int64_t kv_heads, int64_t width, int64_t dim, Q* outp) {
+  const int64_t group = heads / kv_heads;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* from = ap + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim;
+      std::transform(from, from + dim, outp + (t * heads + h) * dim, [](float value) { return static_cast<Q>(value); });
+    }
 }
 
 // One decoding layer's attention from its fused Q/K/V projection, for fed tokens packed one after another: RoPE on
 // queries and keys, keys and values written to each token's cache slot and column, the queries laid out per row (a KV
 // head's query heads folded into the query axis, as decode_attention takes them), attention, and the result back in
 // token order. What the stepper otherwise does in a dozen small torch ops per layer.
-// qkv (tokens, (heads + 2 kv_heads) head_dim); cos, sin (tokens, head_dim); slot, column, row, offset (tokens): the
-// token's cache slot and column, its row among the attended `slots` and its place among its row's tokens; lengths
-// (rows, group width) as decode_attention's. -> (tokens, heads head_dim)
+// qkv (tokens, (heads + 2 kv_heads) head_dim) in fp32 (cache fp32 or fp16) or bf16 (cache bf16); cos, sin (tokens,
+// head_dim) in qkv's dtype; slot, column, row, offset (tokens): the token's cache slot and column, its row among the
+// attended `slots` and its place among its row's tokens; lengths (rows, group width) as decode_attention's.
+// -> (tokens, heads head_dim) in qkv's dtype
 torch::Tensor decode_layer(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
                            torch::Tensor& keys, torch::Tensor& values, const torch::Tensor& slot,
                            const torch::Tensor& column, const torch::Tensor& row, const torch::Tensor& offset,
@@ -223,14 +289,18 @@ torch::Tensor decode_layer(const torch::Tensor& qkv, const torch::Tensor& cos, c
   check_cache(keys, values);
   const int64_t tokens = qkv.size(0), kv_heads = keys.size(1), dim = keys.size(3), group = heads / kv_heads;
   const int64_t rows = slots.size(0), width = lengths.size(1) / group;
+  const auto dtype = qkv.scalar_type(), cache_type = keys.scalar_type();
   for (const auto* index : {&slot, &column, &row, &offset})
     TORCH_CHECK(index->scalar_type() == torch::kLong && index->is_contiguous() && index->numel() == tokens);
-  TORCH_CHECK(qkv.is_contiguous() && qkv.scalar_type() == torch::kFloat && qkv.size(1) == (heads + 2 * kv_heads) * dim &&
-              cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == torch::kFloat &&
-              sin.scalar_type() == torch::kFloat && cos.size(0) == tokens && sin.size(0) == tokens &&
+  TORCH_CHECK(qkv.is_contiguous() && qkv.size(1) == (heads + 2 * kv_heads) * dim &&
+              cos.is_contiguous() && sin.is_contiguous() && cos.scalar_type() == dtype &&
+              sin.scalar_type() == dtype && cos.size(0) == tokens && sin.size(0) == tokens &&
               cos.size(1) == dim && sin.size(1) == dim && heads % kv_heads == 0 &&
               slots.scalar_type() == torch::kLong && slots.is_contiguous() && lengths.scalar_type() == torch::kLong &&
               lengths.is_contiguous() && lengths.size(0) == rows && lengths.size(1) == group * width);
+  TORCH_CHECK((dtype == torch::kFloat && cache_type != torch::kBFloat16) ||
+                  (dtype == torch::kBFloat16 && cache_type == torch::kBFloat16),
+              "decode_layer takes an fp32 projection (fp32 or fp16 cache) or a bf16 one (bf16 cache)");
   const int64_t* sp = slot.data_ptr<int64_t>();
   const int64_t* cp = column.data_ptr<int64_t>();
   const int64_t* rp = row.data_ptr<int64_t>();
@@ -238,43 +308,21 @@ torch::Tensor decode_layer(const torch::Tensor& qkv, const torch::Tensor& cos, c
   for (int64_t t = 0; t < tokens; ++t)
     TORCH_CHECK(sp[t] >= 0 && sp[t] < keys.size(0) && cp[t] >= 0 && cp[t] < keys.size(2) && rp[t] >= 0 &&
                 rp[t] < rows && op[t] >= 0 && op[t] < width);
-  auto q = torch::zeros({rows, kv_heads, group * width, dim}, qkv.options());
+  auto q = torch::zeros({rows, kv_heads, group * width, dim}, qkv.options().dtype(torch::kFloat));
   float* qp = q.data_ptr<float>();
-  const bool half = keys.scalar_type() == torch::kHalf;
-  const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
-  at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> rotated(dim);
-    for (int64_t t = begin; t < end; ++t) {
-      const float* x = qkv.data_ptr<float>() + t * qkv.size(1);
-      const float* c = cos.data_ptr<float>() + t * dim;
-      const float* s = sin.data_ptr<float>() + t * dim;
-      for (int64_t h = 0; h < heads; ++h)  // query head h is query g of KV head h / group
-        rotate(x + h * dim, c, s, dim, qp + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim);
-      for (int64_t h = 0; h < kv_heads; ++h) {
-        rotate(x + (heads + h) * dim, c, s, dim, rotated.data());
-        const float* v = x + (heads + kv_heads + h) * dim;
-        const int64_t at = sp[t] * s0 + h * s1 + cp[t] * s2;
-        if (half) {
-          at::Half* kh = keys.data_ptr<at::Half>() + at;
-          at::Half* vh = values.data_ptr<at::Half>() + at;
-          for (int64_t i = 0; i < dim; ++i) kh[i] = rotated[i], vh[i] = v[i];
-        } else {
-          std::copy(rotated.begin(), rotated.end(), keys.data_ptr<float>() + at);
-          std::copy(v, v + dim, values.data_ptr<float>() + at);
-        }
-      }
-    }
-  });
+  if (dtype == torch::kBFloat16)
+    rotate_and_store<at::BFloat16, at::BFloat16>(qkv, cos, sin, keys, values, sp, cp, rp, op, heads, width, qp);
+  else if (cache_type == torch::kHalf)
+    rotate_and_store<float, at::Half>(qkv, cos, sin, keys, values, sp, cp, rp, op, heads, width, qp);
+  else
+    rotate_and_store<float, float>(qkv, cos, sin, keys, values, sp, cp, rp, op, heads, width, qp);
   auto attended = torch::empty_like(q);
   attend_rows(q, keys, values, slots, lengths, scale, attended);
   auto out = torch::empty({tokens, heads * dim}, qkv.options());
-  const float* ap = attended.data_ptr<float>();
-  float* outp = out.data_ptr<float>();
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* from = ap + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim;
-      std::copy(from, from + dim, outp + (t * heads + h) * dim);
-    }
+  if (dtype == torch::kBFloat16)
+    gather(attended.data_ptr<float>(), rp, op, tokens, heads, kv_heads, width, dim, out.data_ptr<at::BFloat16>());
+  else
+    gather(attended.data_ptr<float>(), rp, op, tokens, heads, kv_heads, width, dim, out.data_ptr<float>());
   return out;
 }
 

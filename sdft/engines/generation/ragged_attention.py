@@ -53,18 +53,19 @@ def serves(head_dim: int) -> bool:
 
 
 def usable(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
-    """Whether the kernel serves this cache and queries: on CPU, fp32 queries (an fp32 model), the cache in fp32 or fp16
-    (`kv_cache: fp16`), a head_dim it vectorises."""
-    return (keys.device.type == "cpu" and query_dtype == torch.float32 and keys.dtype in (torch.float32, torch.float16)
-            and serves(keys.shape[-1]))
+    """Whether the kernel serves this cache and queries: on CPU, fp32 queries (an fp32 model) over a cache in fp32 or
+    fp16 (`kv_cache: fp16`), or bf16 queries (a bf16 model) over a bf16 cache; a head_dim it vectorises."""
+    pairs = {torch.float32: (torch.float32, torch.float16), torch.bfloat16: (torch.bfloat16,)}
+    return keys.device.type == "cpu" and keys.dtype in pairs.get(query_dtype, ()) and serves(keys.shape[-1])
 
 
 def decode_layer(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  slot: torch.Tensor, column: torch.Tensor, row: torch.Tensor, offset: torch.Tensor, slots: torch.Tensor,
                  lengths: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
     """One decoding layer's attention from its fused Q/K/V projection of the fed tokens, qkv (tokens, (heads + 2 kv_heads)
-    head_dim): RoPE (cos, sin: (tokens, head_dim)) on queries and keys, each token's key and value written to its slot
-    and column of the cache, the queries laid out per row (`row`, and `offset` among the row's tokens) as
-    the kernel's `decode_attention` takes them, attention, -> (tokens, heads head_dim) in token order."""
+    head_dim) in fp32 or bf16: RoPE (cos, sin: (tokens, head_dim)) on queries and keys, each token's key and value
+    written to its slot and column of the cache, the queries laid out per row (`row`, and `offset` among the row's
+    tokens) as the kernel's `decode_attention` takes them, attention in fp32, -> (tokens, heads head_dim) in token order
+    and qkv's dtype."""
     return kernel().decode_layer(qkv.contiguous(), cos.contiguous(), sin.contiguous(), keys, values, slot, column, row,
                                  offset, slots, lengths, heads, scale)
