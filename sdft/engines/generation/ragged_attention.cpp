@@ -23,15 +23,18 @@ typedef float loose8 __attribute__((vector_size(32), aligned(4)));
 typedef int ivec8 __attribute__((vector_size(32)));
 
 static inline vec8 load(const float* p) { return *reinterpret_cast<const loose8*>(p); }
-// 8 fp16 widened: one instruction where the CPU has F16C, else one at a time
-#if defined(__F16C__)
-static inline vec8 load(const at::Half* p) { return (vec8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-#else
-static inline vec8 load(const at::Half* p) {
+// 8 narrow floats widened one at a time, where the CPU has no instruction for it
+template <typename T>
+static inline vec8 widen_each(const T* p) {
   vec8 out;
   for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(p[i]);
   return out;
 }
+// 8 fp16 widened: one instruction where the CPU has F16C
+#if defined(__F16C__)
+static inline vec8 load(const at::Half* p) { return (vec8)_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#else
+static inline vec8 load(const at::Half* p) { return widen_each(p); }
 #endif
 // 8 bf16 widened: a bf16 is the top half of an fp32, so each is zero-extended and shifted into place
 #if defined(__AVX2__)
@@ -40,11 +43,7 @@ static inline vec8 load(const at::BFloat16* p) {
   return (vec8)_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
 }
 #else
-static inline vec8 load(const at::BFloat16* p) {
-  vec8 out;
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<float>(p[i]);
-  return out;
-}
+static inline vec8 load(const at::BFloat16* p) { return widen_each(p); }
 #endif
 static inline void store(float* p, vec8 v) { *reinterpret_cast<loose8*>(p) = v; }
 static inline vec8 splat(float x) { return vec8{x, x, x, x, x, x, x, x}; }
