@@ -95,9 +95,9 @@ class LeanLlamaStepper:
     The cache is in the model's dtype, or in fp16 (`kv_cache: fp16`, the ragged kernel over an fp32 model only: decoding
     attention reads half the bytes; the prompt attends to its own K/V at full precision, later tokens to the fp16 copy).
 
-    With the ragged kernel (an fp32 or bf16 model on CPU) decoding runs the fed slots only and reads only their own columns, so
-    the cache is allocated once at the width a row may need and never copied: a finished row's slot just waits for the
-    next prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
+    With the ragged kernel (an fp32 or bf16 model on CPU) decoding runs the fed slots only and reads only their own
+    columns, so the cache is allocated once at the width a row may need and never copied: a finished row's slot just
+    waits for the next prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
 
     MODEL_TYPES = ("llama", "qwen2")
     GROWTH = 32  # cache columns added or dropped at a time
