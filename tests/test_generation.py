@@ -56,6 +56,14 @@ def complete(model, tokenizer, prompts, decode_rows: int = 96, **decoding) -> di
     return {i: c for batch in engine.complete(prompts, DecodingOptions(**decoding).decoding()) for i, c in batch}
 
 
+def assert_batch_independent(engine: HFEngine) -> None:
+    """Each of PROMPTS decodes (greedy, 16 tokens) to the same text alone as beside the others."""
+    decoding = DecodingOptions(max_new_tokens=16).decoding()
+    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
+    for i, prompt in enumerate(PROMPTS):
+        assert next(iter(engine.complete([prompt], decoding)))[0][1].text == together[i], prompt
+
+
 @pytest.mark.parametrize("path", ["lean", "lean-matmul-attention", "hf-fallback"])
 def test_greedy_matches_generate_at_batch_1(tiny, monkeypatch, path):
     model, tokenizer = tiny
@@ -436,12 +444,7 @@ def test_int8_engine_is_batch_independent_and_refuses_what_it_cannot_run(tiny):
     from sdft.errors import UserError
 
     model, tokenizer = tiny
-    engine = HFEngine(model, tokenizer, 4, quantize="int8")
-    decoding = DecodingOptions(max_new_tokens=16).decoding()
-    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
-    for i, prompt in enumerate(PROMPTS):
-        alone = next(iter(engine.complete([prompt], decoding)))[0][1].text
-        assert alone == together[i], prompt
+    assert_batch_independent(HFEngine(model, tokenizer, 4, quantize="int8"))
     with pytest.raises(UserError, match="quantize: int8"):
         HFEngine(model.to(torch.bfloat16), tokenizer, 4, quantize="int8")
     model.to(torch.float32)
@@ -467,11 +470,7 @@ def test_fp16_kv_cache_keeps_prefill_exact_decodes_close_and_refuses_what_it_can
             gap = (logits["fp16"] - logits["model"]).abs().max() / logits["model"].abs().max()
             assert 0 < gap < 1e-2
             tokens = logits["model"].argmax(-1).tolist()
-    engine = HFEngine(model, tokenizer, 4, kv_cache="fp16")
-    decoding = DecodingOptions(max_new_tokens=16).decoding()
-    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
-    for i, prompt in enumerate(PROMPTS):
-        assert next(iter(engine.complete([prompt], decoding)))[0][1].text == together[i], prompt
+    assert_batch_independent(HFEngine(model, tokenizer, 4, kv_cache="fp16"))
     monkeypatch.setattr(ragged_attention, "serves", lambda head_dim: False)
     with pytest.raises(UserError, match="kv_cache: fp16"):
         HFEngine(model, tokenizer, 4, kv_cache="fp16")
@@ -501,11 +500,7 @@ def test_bf16_model_decodes_through_the_kernel_close_to_the_matmul_attention(tin
             logits = [stepper.step(tokens).float() for stepper in (ragged, matmul)]
             assert (logits[0] - logits[1]).abs().max() / logits[1].abs().max() < 5e-2  # seen: 1.3-1.9e-2
             tokens = logits[1].argmax(-1).tolist()
-    engine = HFEngine(model, tokenizer, 4)
-    decoding = DecodingOptions(max_new_tokens=16).decoding()
-    together = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
-    for i, prompt in enumerate(PROMPTS):
-        assert next(iter(engine.complete([prompt], decoding)))[0][1].text == together[i], prompt
+    assert_batch_independent(HFEngine(model, tokenizer, 4))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
