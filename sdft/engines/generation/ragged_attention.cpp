@@ -232,14 +232,18 @@ static void rotate(const Q* x, const Q* cos, const Q* sin, int64_t dim, float* o
   for (int64_t i = half; i < dim; ++i) out[i] = round(round(in(x[i]) * in(cos[i])) + round(in(x[i - half]) * in(sin[i])));
 }
 
-// RoPE and the cache writes of the fed tokens (Q: the projection's dtype, T: the cache's), the rotated queries laid
-// out per row into qp as decode_attention takes them.
+// decode_layer's work once its arguments are checked, for a projection in Q and a cache in T: RoPE and the cache
+// writes of the fed tokens, the rotated queries laid out per row (fp32, as attend_rows takes them), attention, and the
+// result gathered back in token order, in Q.
 template <typename Q, typename T>
-static void rotate_and_store(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
-                             torch::Tensor& keys, torch::Tensor& values, const int64_t* sp, const int64_t* cp,
-                             const int64_t* rp, const int64_t* op, int64_t heads, int64_t width, float* qp) {
+static torch::Tensor layer(const torch::Tensor& qkv, const torch::Tensor& cos, const torch::Tensor& sin,
+                           torch::Tensor& keys, torch::Tensor& values, const int64_t* sp, const int64_t* cp,
+                           const int64_t* rp, const int64_t* op, const torch::Tensor& slots,
+                           const torch::Tensor& lengths, int64_t heads, int64_t width, double scale) {
   const int64_t tokens = qkv.size(0), kv_heads = keys.size(1), dim = keys.size(3), group = heads / kv_heads;
-  const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
+  const int64_t rows = slots.size(0), s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
+  auto q = torch::zeros({rows, kv_heads, group * width, dim}, qkv.options().dtype(torch::kFloat));
+  float* qp = q.data_ptr<float>();
   at::parallel_for(0, tokens, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> rotated(dim);
     for (int64_t t = begin; t < end; ++t) {
@@ -259,18 +263,17 @@ static void rotate_and_store(const torch::Tensor& qkv, const torch::Tensor& cos,
       }
     }
   });
-}
-
-// The attended rows (fp32) back in token order, in the projection's dtype Q.
-template <typename Q>
-static void gather(const float* ap, const int64_t* rp, const int64_t* op, int64_t tokens, int64_t heads,
-                   int64_t kv_heads, int64_t width, int64_t dim, Q* outp) {
-  const int64_t group = heads / kv_heads;
+  auto attended = torch::empty_like(q);
+  attend_rows(q, keys, values, slots, lengths, scale, attended);
+  auto out = torch::empty({tokens, heads * dim}, qkv.options());
+  const float* ap = attended.data_ptr<float>();
+  Q* outp = out.data_ptr<Q>();
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t h = 0; h < heads; ++h) {
       const float* from = ap + ((rp[t] * kv_heads + h / group) * group * width + (h % group) * width + op[t]) * dim;
       std::transform(from, from + dim, outp + (t * heads + h) * dim, [](float value) { return static_cast<Q>(value); });
     }
+  return out;
 }
 
 // One decoding layer's attention from its fused Q/K/V projection, for fed tokens packed one after another: RoPE on
@@ -307,22 +310,11 @@ torch::Tensor decode_layer(const torch::Tensor& qkv, const torch::Tensor& cos, c
   for (int64_t t = 0; t < tokens; ++t)
     TORCH_CHECK(sp[t] >= 0 && sp[t] < keys.size(0) && cp[t] >= 0 && cp[t] < keys.size(2) && rp[t] >= 0 &&
                 rp[t] < rows && op[t] >= 0 && op[t] < width);
-  auto q = torch::zeros({rows, kv_heads, group * width, dim}, qkv.options().dtype(torch::kFloat));
-  float* qp = q.data_ptr<float>();
   if (dtype == torch::kBFloat16)
-    rotate_and_store<at::BFloat16, at::BFloat16>(qkv, cos, sin, keys, values, sp, cp, rp, op, heads, width, qp);
-  else if (cache_type == torch::kHalf)
-    rotate_and_store<float, at::Half>(qkv, cos, sin, keys, values, sp, cp, rp, op, heads, width, qp);
-  else
-    rotate_and_store<float, float>(qkv, cos, sin, keys, values, sp, cp, rp, op, heads, width, qp);
-  auto attended = torch::empty_like(q);
-  attend_rows(q, keys, values, slots, lengths, scale, attended);
-  auto out = torch::empty({tokens, heads * dim}, qkv.options());
-  if (dtype == torch::kBFloat16)
-    gather(attended.data_ptr<float>(), rp, op, tokens, heads, kv_heads, width, dim, out.data_ptr<at::BFloat16>());
-  else
-    gather(attended.data_ptr<float>(), rp, op, tokens, heads, kv_heads, width, dim, out.data_ptr<float>());
-  return out;
+    return layer<at::BFloat16, at::BFloat16>(qkv, cos, sin, keys, values, sp, cp, rp, op, slots, lengths, heads, width, scale);
+  if (cache_type == torch::kHalf)
+    return layer<float, at::Half>(qkv, cos, sin, keys, values, sp, cp, rp, op, slots, lengths, heads, width, scale);
+  return layer<float, float>(qkv, cos, sin, keys, values, sp, cp, rp, op, slots, lengths, heads, width, scale);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
