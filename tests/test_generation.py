@@ -318,6 +318,35 @@ def test_ragged_attention_equals_padded_matmul_attention(dim):
 
 
 @pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
+@pytest.mark.parametrize("dim", [64, 128])
+def test_ragged_attention_over_a_bf16_cache_serves_many_queries_of_their_own_lengths(dim):
+    """A bf16 cache (a bf16 model's), read through AVX-512 BF16 where the CPU has it: many queries per row, as a
+    prompt prefilled through the kernel feeds them (causal lengths, a padding query, a query of one column, lengths
+    across the 16-column blocks), each the fp32 attention over its own columns; NaN past the longest is never read."""
+    torch.manual_seed(0)
+    slots, kv_heads, width, queries = 4, 2, 160, 40
+    keys = torch.randn(slots, kv_heads, width, dim).bfloat16()
+    values = torch.randn(slots, kv_heads, width, dim).bfloat16()
+    fed = torch.tensor([2, 0])
+    lengths = torch.stack([torch.arange(100, 100 + queries), torch.randint(0, 140, (queries,))])
+    lengths[1, :4] = torch.tensor([0, 1, 16, 17])
+    ends = torch.zeros(slots, dtype=torch.long).index_put_((fed,), lengths.max(1).values)
+    for cache in (keys, values):
+        cache[(torch.arange(width)[None] >= ends[:, None])[:, None].expand(-1, kv_heads, -1)] = float("nan")
+    q = torch.randn(len(fed), kv_heads, queries, dim).bfloat16().float()  # a bf16 model's queries
+    out = ragged_attention.kernel().decode_attention(q, keys, values, fed, lengths, 0.125)
+    for row, slot in enumerate(fed.tolist()):
+        for m in range(queries):
+            n = int(lengths[row, m])
+            if n == 0:
+                assert not out[row, :, m].any()
+                continue
+            scores = q[row, :, m : m + 1] @ keys[slot, :, :n].float().transpose(-1, -2) * 0.125
+            torch.testing.assert_close(out[row, :, m : m + 1], scores.softmax(-1) @ values[slot, :, :n].float(),
+                                       rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="no C++ compiler to build the kernel")
 @pytest.mark.parametrize("dtype, cache_dtype", [(torch.float32, torch.float32), (torch.float32, torch.float16),
                                                 (torch.bfloat16, torch.bfloat16)])
 def test_decode_layer_is_rope_cache_writes_and_attention_as_torch_computes_them(dtype, cache_dtype):
@@ -501,6 +530,42 @@ def test_bf16_model_decodes_through_the_kernel_close_to_the_matmul_attention(tin
             assert (logits[0] - logits[1]).abs().max() / logits[1].abs().max() < 5e-2  # seen: 1.3-1.9e-2
             tokens = logits[1].argmax(-1).tolist()
     assert_batch_independent(HFEngine(model, tokenizer, 4))
+
+
+@pytest.mark.skipif(not (ragged_attention.kernel() and ragged_attention.kernel().reads_bf16_pairs()),
+                    reason="prompts are prefilled through the kernel only where it reads bf16 with AVX-512 BF16")
+def test_bf16_prompts_prefilled_through_the_kernel_match_sdpa_prefill(embedded_tokenizer, monkeypatch):
+    """Where the kernel reads a bf16 cache with AVX-512 BF16, prompts are prefilled through it (the shared prefix's K/V
+    copied into each slot, the rest fed as one long draft): the same cache and next-token logits as SDPA's prefill up to
+    bf16 rounding, rows admitted out of slot order given back in the order asked, and decoding goes on the same."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(embedded_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()  # head_dim 64: the kernel's fast bf16 path
+    prompts = [render("alpaca", {"instruction": p}, embedded_tokenizer) for p in PROMPTS]
+    ids = HFEngine(model, embedded_tokenizer).encode(prompts)
+    prefixes = shared_prefixes(ids)
+    slots = [3, 0, 4, 1, 2]
+    kernel = LeanLlamaStepper(model, len(ids), prefixes, columns=128)
+    with monkeypatch.context() as patch:
+        patch.setattr(ragged_attention, "prefills", lambda keys, query_dtype: False)
+        sdpa = LeanLlamaStepper(model, len(ids), prefixes, columns=128)
+    assert prefixes and kernel.ragged_prefill and not sdpa.ragged_prefill
+    with torch.inference_mode():
+        logits = [stepper.admit(slots, ids).float() for stepper in (kernel, sdpa)]
+        assert torch.equal(kernel.lengths, sdpa.lengths)
+        assert (logits[0] - logits[1]).abs().max() / logits[1].abs().max() < 5e-2
+        for slot, row_ids in zip(slots, ids):
+            for cache in ("keys", "values"):
+                torch.testing.assert_close(getattr(kernel, cache)[0][slot, :, : len(row_ids)].float(),
+                                           getattr(sdpa, cache)[0][slot, :, : len(row_ids)].float(), rtol=2e-2, atol=2e-2)
+        tokens = [None] * len(ids)
+        for slot, row_logits in zip(slots, logits[1]):
+            tokens[slot] = int(row_logits.argmax())
+        steps = [stepper.step(tokens).float() for stepper in (kernel, sdpa)]
+        assert (steps[0] - steps[1]).abs().max() / steps[1].abs().max() < 5e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

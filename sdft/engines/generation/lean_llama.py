@@ -97,7 +97,9 @@ class LeanLlamaStepper:
 
     With the ragged kernel (an fp32 or bf16 model on CPU) decoding runs the fed slots only and reads only their own
     columns, so the cache is allocated once at the width a row may need and never copied: a finished row's slot just
-    waits for the next prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots."""
+    waits for the next prompt. The matmul attention runs every slot over the padded width, so there the scheduler compacts the slots.
+    Where the kernel reads a bf16 cache with AVX-512 BF16, prompts are prefilled through it too, packed (no padding),
+    each new slot given the shared prefix's K/V first; elsewhere prefill runs SDPA over right-padded rows."""
 
     MODEL_TYPES = ("llama", "qwen2")
     GROWTH = 32  # cache columns added or dropped at a time
@@ -134,6 +136,7 @@ class LeanLlamaStepper:
             raise ValueError(f"kv_cache: {kv_cache} needs the ragged attention kernel (fp32 model on CPU)")
         self.compacts = not self.ragged  # whether dropping finished slots (`select`) saves work
         self.reserve = columns if self.ragged else 0  # cache columns a row may need, allocated at once
+        self.ragged_prefill = ragged_attention.prefills(self.keys[0], model.dtype)
 
     @staticmethod
     def head_dim_of(config) -> int:
@@ -203,6 +206,8 @@ class LeanLlamaStepper:
     def _prefill(self, slots: list[int], batch_ids: list[list[int]], prefix: tuple[int, ...]) -> torch.Tensor:
         """One forward over new rows' tokens past `prefix` (whose K/V is reused), right-padded, so each row's cache
         starts at column 0."""
+        if self.ragged_prefill:
+            return self._prefill_ragged(slots, batch_ids, prefix)
         device, shared = self.lengths.device, len(prefix)
         width = max(len(ids) for ids in batch_ids) - shared
         input_ids = torch.tensor([ids[shared:] + [0] * (width + shared - len(ids)) for ids in batch_ids], device=device)
@@ -228,6 +233,25 @@ class LeanLlamaStepper:
         hidden = self._forward(input_ids, (shared + columns).expand(len(slots), width), attend)
         self.lengths[index] = lengths
         return self._logits(hidden[torch.arange(len(slots), device=device), lengths - shared - 1])
+
+    def _prefill_ragged(self, slots: list[int], batch_ids: list[list[int]], prefix: tuple[int, ...]) -> torch.Tensor:
+        """Prefill through the decoding kernel: each new slot holds the shared prefix's K/V, then is fed the rest of its
+        prompt as one long draft (packed, no padding; each token attends to its slot's columns up to itself)."""
+        device, shared = self.lengths.device, len(prefix)
+        index = torch.tensor(slots, device=device)
+        self._fit(max(len(ids) for ids in batch_ids))
+        for layer_index, (k, v) in enumerate(self._prefix_kv(prefix) if shared else ()):
+            self.keys[layer_index][index, :, :shared] = k.to(self.keys[layer_index].dtype)
+            self.values[layer_index][index, :, :shared] = v.to(self.values[layer_index].dtype)
+        self.lengths[index] = shared
+        inputs: list[list[int] | None] = [None] * self.slots
+        for s, ids in zip(slots, batch_ids):
+            inputs[s] = ids[shared:]
+        hidden = self._decode(inputs)  # the fed tokens slot by slot, in slot order
+        order = sorted(range(len(slots)), key=lambda k: slots[k])
+        last = torch.tensor([len(batch_ids[k]) - shared for k in order], device=device).cumsum(0) - 1
+        self.lengths[index] = torch.tensor([len(ids) for ids in batch_ids], device=device)
+        return self._logits(hidden[last])[torch.tensor(order, device=device).argsort()]
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
         """Next-token logits of the slots fed a token, each written at its slot's own length; idle slots (None) reset."""

@@ -6,14 +6,16 @@
 // Rows are the slots fed this forward (the others are not read at all); each row has several queries (a KV head's query
 // heads, times the tokens fed to it), each query its own column count. Queries, scores and sums in fp32, like HF's
 // eager attention; the cache in fp32, or in fp16 (`kv_cache: fp16`: half the bytes read, widened 8 at a time), or in
-// bf16 for a bf16 model (its queries and output in bf16 too, the arithmetic still fp32).
+// bf16 for a bf16 model (its queries and output in bf16 too, the arithmetic still fp32). On a CPU with AVX-512 BF16 a
+// bf16 cache is read 16 lanes wide with bf16 dot products (below), fast enough for a prompt's many queries as well.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
-#if defined(__F16C__) || defined(__AVX2__)
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512BF16__)
 #include <immintrin.h>
 #endif
 
@@ -61,22 +63,25 @@ static inline vec8 lane_sums(const vec8* a) {
          __builtin_shufflevector(quads[0], quads[1], 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-// exp of x <= 0, 8 at a time (Cephes' polynomial on x - n ln 2, times 2^n; relative error about 1e-7, like a libm's).
-static inline vec8 exp_nonpositive(vec8 x) {
-  x = x < splat(-87.f) ? splat(-87.f) : x;
-  const vec8 t = x * splat(1.44269504088896341f) - splat(0.5f);
-  ivec8 n = __builtin_convertvector(t, ivec8);  // x log2(e) to the nearest integer: t < 0 truncated toward zero
-  const vec8 nf = __builtin_convertvector(n, vec8);
-  x = x - nf * splat(0.693359375f) + nf * splat(2.12194440e-4f);
-  vec8 y = splat(1.9875691500e-4f);
-  y = y * x + splat(1.3981999507e-3f);
-  y = y * x + splat(8.3334519073e-3f);
-  y = y * x + splat(4.1665795894e-2f);
-  y = y * x + splat(1.6666665459e-1f);
-  y = y * x + splat(5.0000001201e-1f);
-  y = y * x * x + x + splat(1.f);
-  const ivec8 two_to_n = (n + 127) << 23;
-  return y * reinterpret_cast<const vec8&>(two_to_n);
+// exp of x <= 0, a vector V (int lanes I) at a time (Cephes' polynomial on x - n ln 2, times 2^n; relative error
+// about 1e-7, like a libm's).
+template <typename V, typename I>
+static inline V exp_nonpositive(V x) {
+  const V floor = V{} - 87.f, one = V{} + 1.f;
+  x = x < floor ? floor : x;
+  const V t = x * 1.44269504088896341f - 0.5f;
+  I n = __builtin_convertvector(t, I);  // x log2(e) to the nearest integer: t < 0 truncated toward zero
+  const V nf = __builtin_convertvector(n, V);
+  x = x - nf * 0.693359375f + nf * 2.12194440e-4f;
+  V y = V{} + 1.9875691500e-4f;
+  y = y * x + 1.3981999507e-3f;
+  y = y * x + 8.3334519073e-3f;
+  y = y * x + 4.1665795894e-2f;
+  y = y * x + 1.6666665459e-1f;
+  y = y * x + 5.0000001201e-1f;
+  y = y * x * x + x + one;
+  const I two_to_n = (n + 127) << 23;
+  return y * reinterpret_cast<const V&>(two_to_n);
 }
 
 // One (row, KV head): queries q (queries x dim), its slot's keys and values (T: float or at::Half; column j at
@@ -123,7 +128,7 @@ static void attend_row_head(const float* q, const T* k, const T* v, int64_t stri
     vec8 total = {};
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
-      const vec8 e = exp_nonpositive(load(sm + j) - splat(top));
+      const vec8 e = exp_nonpositive<vec8, ivec8>(load(sm + j) - splat(top));
       store(sm + j, e);
       total += e;
     }
@@ -132,7 +137,7 @@ static void attend_row_head(const float* q, const T* k, const T* v, int64_t stri
     if (j < n) {  // the last columns through the same vector exp
       float tail[8] = {};
       std::copy(sm + j, sm + n, tail);
-      const vec8 e = exp_nonpositive(load(tail) - splat(top));
+      const vec8 e = exp_nonpositive<vec8, ivec8>(load(tail) - splat(top));
       for (int64_t i = 0; i < n - j; ++i) sum += sm[j + i] = e[i];
     }
     vec8 acc[DIM ? DIM / 8 : 32] = {};  // a runtime dim is at most 256 (checked)
@@ -145,6 +150,119 @@ static void attend_row_head(const float* q, const T* k, const T* v, int64_t stri
     for (int64_t c = 0; c < chunks; ++c) store(om + 8 * c, acc[c] * inverse);
   }
 }
+
+#if defined(__AVX512BF16__)
+// A bf16 cache on a CPU with AVX-512 BF16: 16 lanes, and each key's dot products with the queries taken straight from
+// bf16 pairs (vdpbf16ps: 32 products per instruction, summed in fp32), with no widening. The queries are rounded to
+// bf16 (a bf16 model's rotated queries are bf16 already: exact). Values are widened without shuffles: a 32-bit lane
+// holding two bf16 gives the even one shifted up and the odd one masked, so the weighted sums are kept per even and
+// odd dimension and interleaved once at the end. CHUNKS = head_dim / 32 (a bf16 register's worth of dimensions).
+typedef float vec16 __attribute__((vector_size(64)));
+typedef float loose16 __attribute__((vector_size(64), aligned(4)));
+typedef int ivec16 __attribute__((vector_size(64)));
+
+static inline vec16 load16(const float* p) { return *reinterpret_cast<const loose16*>(p); }
+static inline void store16(float* p, vec16 v) { *reinterpret_cast<loose16*>(p) = v; }
+static inline __m512bh load_pairs(const at::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+
+// The lane sums of 16 vectors as one vector: out[c] = sum of a[c]'s lanes (lane_sums' rounds, one more).
+static inline vec16 lane_sums16(const vec16* a) {
+  vec16 pairs[8], quads[4], octs[2];
+  for (int i = 0; i < 8; ++i)
+    pairs[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31);
+  for (int i = 0; i < 4; ++i)
+    quads[i] = __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29) +
+               __builtin_shufflevector(pairs[2 * i], pairs[2 * i + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31);
+  for (int i = 0; i < 2; ++i)
+    octs[i] = __builtin_shufflevector(quads[2 * i], quads[2 * i + 1], 0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27) +
+              __builtin_shufflevector(quads[2 * i], quads[2 * i + 1], 4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31);
+  return __builtin_shufflevector(octs[0], octs[1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+         __builtin_shufflevector(octs[0], octs[1], 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+}
+
+template <int CHUNKS>
+static void attend_row_head_bf16(const float* q, const at::BFloat16* k, const at::BFloat16* v, int64_t stride,
+                                 const int64_t* length, int64_t queries, float scale, float* out,
+                                 std::vector<float>& scores, std::vector<__m512bh>& query_pairs) {
+  constexpr int64_t dim = 32 * CHUNKS, group = 8 / CHUNKS;  // queries summed together: 16 accumulators
+  const int64_t longest = *std::max_element(length, length + queries), padded = (longest + 15) / 16 * 16;
+  scores.resize((queries + 1) * padded);  // one more row: zeros, the weights of a group's missing members
+  query_pairs.resize(queries * CHUNKS);
+  for (int64_t m = 0; m < queries; ++m)
+    for (int c = 0; c < CHUNKS; ++c)
+      query_pairs[m * CHUNKS + c] = _mm512_cvtne2ps_pbh(load16(q + m * dim + 32 * c + 16), load16(q + m * dim + 32 * c));
+  // scores: 16 columns at a time, each block of keys read from memory once for all the queries (then from L1); the
+  // last block's columns past the longest length re-read its last key (their scores are never used)
+  for (int64_t j0 = 0; j0 < longest; j0 += 16) {
+    const at::BFloat16* key[16];
+    for (int i = 0; i < 16; ++i) key[i] = k + std::min(j0 + i, longest - 1) * stride;
+    for (int64_t j = j0 + 32; j < std::min(j0 + 48, longest); ++j)  // two blocks ahead: memory latency hidden
+      for (int64_t line = 0; line < dim; line += 32) __builtin_prefetch(k + j * stride + line);
+    for (int64_t m = 0; m < queries; ++m) {
+      if (length[m] <= j0) continue;
+      vec16 acc[16] = {};
+      for (int c = 0; c < CHUNKS; ++c) {
+        const __m512bh qc = query_pairs[m * CHUNKS + c];
+        for (int i = 0; i < 16; ++i) acc[i] = (vec16)_mm512_dpbf16_ps((__m512)acc[i], qc, load_pairs(key[i] + 32 * c));
+      }
+      store16(scores.data() + m * padded + j0, lane_sums16(acc) * scale);
+    }
+  }
+  // per `group` queries: each one's softmax over its own columns (zero up to the group's longest), then the weighted
+  // sums of the values, each value row widened once for the group
+  const ivec16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int64_t m0 = 0; m0 < queries; m0 += group) {
+    const int64_t members = std::min(group, queries - m0);
+    const int64_t reach = *std::max_element(length + m0, length + m0 + members);
+    float inverse[group] = {};
+    const float* weights[group];
+    for (int64_t r = 0; r < group; ++r) {
+      float* sm = scores.data() + (r < members ? m0 + r : queries) * padded;  // past the members: the zero row
+      weights[r] = sm;
+      const int64_t n = r < members ? length[m0 + r] : 0;
+      if (n == 0) {
+        std::fill(sm, sm + reach, 0.f);
+        continue;
+      }
+      const float top = *std::max_element(sm, sm + n);
+      vec16 total = {};
+      for (int64_t j = 0; j < reach; j += 16) {
+        vec16 e = exp_nonpositive<vec16, ivec16>(load16(sm + j) - top);
+        e = lane + (int)j < (int)n ? e : vec16{};
+        total += e;
+        store16(sm + j, e);
+      }
+      float sum = 0.f;
+      for (int i = 0; i < 16; ++i) sum += total[i];
+      inverse[r] = 1.f / sum;
+    }
+    vec16 even[group][CHUNKS] = {}, odd[group][CHUNKS] = {};
+    for (int64_t j = 0; j < reach; ++j) {
+      const at::BFloat16* vj = v + j * stride;
+      if (j + 32 < reach)
+        for (int64_t line = 0; line < dim; line += 32) __builtin_prefetch(vj + 32 * stride + line);
+      float p[group];
+      for (int64_t r = 0; r < group; ++r) p[r] = weights[r][j];
+      for (int c = 0; c < CHUNKS; ++c) {
+        const ivec16 raw = (ivec16)_mm512_loadu_si512(vj + 32 * c);
+        const vec16 low = (vec16)(raw << 16), high = (vec16)(raw & (int)0xFFFF0000);
+        for (int64_t r = 0; r < group; ++r) {
+          even[r][c] += p[r] * low;
+          odd[r][c] += p[r] * high;
+        }
+      }
+    }
+    for (int64_t r = 0; r < members; ++r)
+      for (int c = 0; c < CHUNKS; ++c) {
+        const vec16 e = even[r][c] * inverse[r], o = odd[r][c] * inverse[r];
+        float* om = out + (m0 + r) * dim + 32 * c;
+        store16(om, __builtin_shufflevector(e, o, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23));
+        store16(om + 16, __builtin_shufflevector(e, o, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31));
+      }
+  }
+}
+#endif
 
 // Every (row, KV head) pair, spread over the threads, each with its own head_dim instantiation.
 template <typename T>
@@ -172,9 +290,23 @@ static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::
     first[p] = std::lower_bound(read.begin(), read.end(), read[items] * p / parts) - read.begin();
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
     std::vector<float> scores;
+#if defined(__AVX512BF16__)
+    std::vector<__m512bh> query_pairs;
+#endif
     for (int64_t i = first[part_begin]; i < first[part_end]; ++i) {
       const int64_t offset = sp[i / heads] * s0 + (i % heads) * s1, at = i * queries * dim;
       const int64_t* length = lp + (i / heads) * queries;
+#if defined(__AVX512BF16__)
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        if (dim == 64 || dim == 128) {
+          if (dim == 64)
+            attend_row_head_bf16<2>(qp + at, kp + offset, vp + offset, s2, length, queries, s, op + at, scores, query_pairs);
+          else
+            attend_row_head_bf16<4>(qp + at, kp + offset, vp + offset, s2, length, queries, s, op + at, scores, query_pairs);
+          continue;
+        }
+      }
+#endif
       if (dim == 64)
         attend_row_head<64>(qp + at, kp + offset, vp + offset, s2, length, queries, dim, s, op + at, scores);
       else if (dim == 128)
@@ -317,7 +449,17 @@ torch::Tensor decode_layer(const torch::Tensor& qkv, const torch::Tensor& cos, c
   return layer<float, float>(qkv, cos, sin, keys, values, sp, cp, rp, op, slots, lengths, heads, width, scale);
 }
 
+// Whether a bf16 cache is read through AVX-512 BF16 (head_dim 64 or 128): fast enough to serve prefill's many queries.
+bool reads_bf16_pairs() {
+#if defined(__AVX512BF16__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("decode_attention", &decode_attention, "softmax(q.k * scale) @ v over each query's own cache columns");
   m.def("decode_layer", &decode_layer, "RoPE, cache writes and decode_attention of one layer's fed tokens");
+  m.def("reads_bf16_pairs", &reads_bf16_pairs, "whether a bf16 cache is read through AVX-512 BF16");
 }

@@ -59,6 +59,15 @@ def usable(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
     return keys.device.type == "cpu" and keys.dtype in pairs.get(query_dtype, ()) and serves(keys.shape[-1])
 
 
+def prefills(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
+    """Whether prompts are better prefilled through the kernel too (fed all their tokens like a long draft) than through
+    SDPA: a bf16 model over a bf16 cache where the kernel reads it with AVX-512 BF16 (head_dim 64 or 128). Measured on
+    an AVX-512 BF16 EPYC: 96 prompts of the peers' workload prefilled in 15.1 s vs 18.5 s (SDPA computes the masked
+    half of every causal block and needs the shared prefix's K/V copied beside each row's)."""
+    return (usable(keys, query_dtype) and keys.dtype == torch.bfloat16 and keys.shape[-1] in (64, 128)
+            and kernel().reads_bf16_pairs())
+
+
 def decode_layer(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  slot: torch.Tensor, column: torch.Tensor, row: torch.Tensor, offset: torch.Tensor, slots: torch.Tensor,
                  lengths: torch.Tensor, heads: int, scale: float) -> torch.Tensor:
