@@ -3,6 +3,9 @@ in-place KV cache per slot and matmul attention; the same arithmetic as HF's for
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Iterable
@@ -152,17 +155,19 @@ class LeanLlamaStepper:
     def _fit(self, width: int, keep: torch.Tensor | None = None) -> None:
         """Resize the caches to hold `width` columns (in GROWTH steps, so this copy is rare), keeping only the `keep`
         slots when given. The matmul attention masks columns past a row's length, so they hold zeros (NaN garbage leaks
-        through 0 * NaN); the kernel never reads them, so there they are left unwritten: untouched pages cost nothing."""
+        through 0 * NaN); the kernel never reads them, so there they are left unwritten."""
         allocated, width = self.keys[0].shape[2], max(width, self.reserve)
         if keep is None and width <= allocated <= width + 2 * self.GROWTH:
             return
         new_width = -(-width // self.GROWTH) * self.GROWTH
         kept = min(allocated, new_width)
-        allocate = torch.empty if self.ragged else torch.zeros
         for cache in (self.keys, self.values):
             for i, old in enumerate(cache):
                 old = old if keep is None else old[keep]
-                cache[i] = allocate((old.shape[0], self.kv_heads, new_width, self.head_dim), dtype=old.dtype, device=old.device)
+                cache[i] = fault_in(torch.empty((old.shape[0], self.kv_heads, new_width, self.head_dim), dtype=old.dtype,
+                                                device=old.device))
+                if not self.ragged:
+                    cache[i].zero_()
                 cache[i][:, :, :kept] = old[:, :, :kept]
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
@@ -355,6 +360,28 @@ class LeanLlamaStepper:
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(_rms_norm(self.model.model.norm, hidden))
+
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault a range in for writing, in one call
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def fault_in(tensor: torch.Tensor) -> torch.Tensor:
+    """A freshly allocated CPU tensor with its pages faulted in by one madvise call. A cache's first writes otherwise
+    fault it in page by page, and in a VM each fault is costly: measured on a 2-core VM, 96 prompts' prefill took
+    2.5-3 s longer into a fresh 1.6 GB cache than into the same cache written before, while faulting it in took 0.16 s.
+    Where the call is missing (another OS, an older kernel) the pages fault in on first write, as before."""
+    libc = _libc()
+    if tensor.device.type == "cpu" and libc is not None and tensor.numel():
+        page = 4096
+        start = tensor.data_ptr() // page * page
+        end = tensor.data_ptr() + tensor.numel() * tensor.element_size()
+        libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), MADV_POPULATE_WRITE)  # advice only: no error
+    return tensor
 
 
 def _rms_norm(norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
