@@ -552,7 +552,7 @@ def test_bf16_prompts_prefilled_through_the_kernel_match_sdpa_prefill(embedded_t
     with monkeypatch.context() as patch:
         patch.setattr(ragged_attention, "prefills", lambda keys, query_dtype: False)
         sdpa = LeanLlamaStepper(model, len(ids), prefixes, columns=128)
-    assert prefixes and kernel.ragged_prefill and not sdpa.ragged_prefill
+    assert prefixes and kernel.ragged_prefill and not sdpa.ragged_prefill and kernel.fuses
     with torch.inference_mode():
         logits = [stepper.admit(slots, ids).float() for stepper in (kernel, sdpa)]
         assert torch.equal(kernel.lengths, sdpa.lengths)
@@ -582,3 +582,35 @@ def test_residual_add_inside_the_matmul_is_bitwise_the_add_after_it(dtype):
         residual = torch.randn(1, rows, out_features, generator=generator).to(dtype)
         for linear in (PackedLinear(weight), PackedLinear(weight, bias)):
             assert torch.equal(linear.plus(x, residual), residual + linear(x))
+
+
+@pytest.mark.skipif(not ragged_attention.fuses_bf16(), reason="the fused bf16 ops are built on AVX-512 BF16 CPUs only")
+def test_fused_bf16_silu_mul_and_rms_norm_are_hf_modules_results():
+    """A bf16 model's SiLU·up and RMSNorm, each one pass in the kernel: SiLU·up bitwise torch's two ops (wide inputs,
+    so exp's both tails are hit), RMSNorm HF's own module up to the last bf16 bit in a rare row (fp32 sums in another
+    order), at decoding's and prefill's row counts and for a strided view as the stepper passes them."""
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(0)
+    norm = LlamaRMSNorm(576, eps=1e-5).to(torch.bfloat16)
+    norm.weight.data = torch.randn(576, generator=generator).to(torch.bfloat16)
+    for rows in (1, 37, 700):
+        gate_up = (torch.randn(1, rows, 2 * 1536, generator=generator) * 8).to(torch.bfloat16)
+        gate, up = gate_up.chunk(2, dim=-1)
+        assert torch.equal(ragged_attention.silu_mul(gate_up), torch.nn.functional.silu(gate) * up)
+        hidden = (torch.randn(1, rows, 2 * 576, generator=generator) * 3).to(torch.bfloat16)[..., :576]  # strided rows
+        expected, fused = norm(hidden), ragged_attention.rms_norm(hidden, norm.weight, norm.variance_epsilon)
+        assert fused.shape == expected.shape
+        differs = fused != expected
+        assert differs.sum() <= rows * 576 // 1000
+        assert ((fused.float() - expected.float()).abs()[differs] <= expected.float().abs()[differs] / 64).all()
+
+
+def test_greedy_tokens_is_argmax_first_of_ties():
+    from sdft.engines.generation.scheduler import greedy_tokens
+
+    generator = torch.Generator().manual_seed(0)
+    for dtype in (torch.bfloat16, torch.float32):
+        logits = torch.randn(96, 4099, generator=generator).mul(2).round().to(dtype)  # many rows tie at their maximum
+        logits[:, [3, 700, 4000]] = 9
+        assert torch.equal(greedy_tokens(logits), logits.argmax(-1)) and (greedy_tokens(logits) == 3).all()

@@ -140,6 +140,10 @@ class LeanLlamaStepper:
         self.compacts = not self.ragged  # whether dropping finished slots (`select`) saves work
         self.reserve = columns if self.ragged else 0  # cache columns a row may need, allocated at once
         self.ragged_prefill = ragged_attention.prefills(self.keys[0], model.dtype)
+        # a bf16 model's RMSNorm and SiLU·up as the kernel's one-pass ops (AVX-512 BF16), where its shapes fit them
+        self.fuses = (model.device.type == "cpu" and model.dtype == torch.bfloat16 and config.hidden_act == "silu"
+                      and config.hidden_size % 16 == 0 and config.intermediate_size % 16 == 0
+                      and ragged_attention.fuses_bf16())
 
     @staticmethod
     def head_dim_of(config) -> int:
@@ -338,12 +342,24 @@ class LeanLlamaStepper:
         cos, sin = self.model.model.rotary_emb(hidden, positions)  # (rows, width, head_dim)
         for layer_index, weights in enumerate(self.layers):
             layer = weights.layer
-            qkv = weights.qkv(_rms_norm(layer.input_layernorm, hidden))  # (rows, width, (heads + 2 kv_heads) head_dim)
+            qkv = weights.qkv(self._norm(layer.input_layernorm, hidden))  # (rows, width, (heads + 2 kv_heads) head_dim)
             # attend: -> (rows, width, hidden)
             hidden = weights.o.plus(attend(layer_index, qkv, cos, sin, layer.self_attn.scaling), hidden)
-            gate, up = weights.gate_up(_rms_norm(layer.post_attention_layernorm, hidden)).chunk(2, dim=-1)  # each (rows, width, intermediate)
-            hidden = weights.down.plus(layer.mlp.act_fn(gate).mul_(up), hidden)
+            gate_up = weights.gate_up(self._norm(layer.post_attention_layernorm, hidden))  # (rows, width, 2 intermediate)
+            hidden = weights.down.plus(self._gated(layer, gate_up), hidden)
         return hidden  # (rows, width, hidden)
+
+    def _norm(self, norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        if self.fuses:
+            return ragged_attention.rms_norm(hidden, norm.weight, norm.variance_epsilon)
+        return _rms_norm(norm, hidden)
+
+    def _gated(self, layer, gate_up: torch.Tensor) -> torch.Tensor:
+        """The MLP's act_fn(gate) * up, from the fused gate/up projection."""
+        if self.fuses:
+            return ragged_attention.silu_mul(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return layer.mlp.act_fn(gate).mul_(up)
 
     def _rotated(self, qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Queries (rows, heads, width, head_dim), keys and values (rows, kv_heads, width, head_dim) of a fused Q/K/V
@@ -359,7 +375,7 @@ class LeanLlamaStepper:
         return qk[:, :heads], qk[:, heads:], v.view(rows, width, kv_heads, head_dim).transpose(1, 2)
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(_rms_norm(self.model.model.norm, hidden))
+        return self.lm_head(self._norm(self.model.model.norm, hidden))
 
 
 MADV_POPULATE_WRITE = 23  # Linux 5.14+: fault a range in for writing, in one call

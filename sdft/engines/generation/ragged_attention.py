@@ -68,6 +68,21 @@ def prefills(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
             and kernel().reads_bf16_pairs())
 
 
+def fuses_bf16() -> bool:
+    """Whether the kernel's fused bf16 SiLU·up and RMSNorm are built here (a CPU with AVX-512 BF16)."""
+    return kernel() is not None and hasattr(kernel(), "silu_mul")
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """bf16(silu(gate)) * up, rounded, of a bf16 projection (..., 2 intermediate) = [gate, up]: one pass, not four."""
+    return kernel().silu_mul(gate_up)
+
+
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF's RMSNorm of bf16 rows (fp32 statistics, the normalized row rounded, times the weight): one pass."""
+    return kernel().rms_norm(hidden, weight, eps)
+
+
 def decode_layer(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                  slot: torch.Tensor, column: torch.Tensor, row: torch.Tensor, offset: torch.Tensor, slots: torch.Tensor,
                  lengths: torch.Tensor, heads: int, scale: float) -> torch.Tensor:

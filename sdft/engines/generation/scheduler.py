@@ -173,9 +173,9 @@ class HFEngine:
             rows = [held[s] for s in active]
             if fed is None:
                 generators = [row.generator for row in rows] if sampled else None
-                chosen = [[token] for token in _choose(logits.float(), decoding, generators).tolist()]
+                chosen = [[token] for token in _choose(logits, decoding, generators).tolist()]
             else:
-                greedy = iter(logits.argmax(-1).tolist())  # fed tokens slot by slot
+                greedy = iter(greedy_tokens(logits).tolist())  # fed tokens slot by slot
                 chosen = [_kept(fed[s], [next(greedy) for _ in fed[s]]) for s in active]
                 counts = [0] * len(held)
                 for s, tokens in zip(active, chosen):
@@ -256,9 +256,16 @@ def _row_generator(seed: int, prompt: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(hashlib.sha256(f"{seed}|{prompt}".encode()).hexdigest()[:15], 16))
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax (the first of tied maxima, as argmax). `max` rather than `argmax`: on 96 x 49152 bf16 logits
+    measured 1.5 ms vs 8.8 ms (argmax 2.5 ms after widening to fp32)."""
+    return logits.max(-1).indices
+
+
 def _choose(logits: torch.Tensor, decoding: DecodingOptions, generators: list[torch.Generator] | None) -> torch.Tensor:
     if generators is None:
-        return logits.argmax(-1)
+        return greedy_tokens(logits)
+    logits = logits.float()
     if decoding.top_k and decoding.top_k < logits.shape[-1]:  # before top_p, in transformers' order (as the reference)
         kth = logits.topk(decoding.top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
