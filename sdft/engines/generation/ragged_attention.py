@@ -3,7 +3,10 @@ torch's extension builder (g++ and ninja), cached under the sdft cache directory
 compiler) or is turned off (`SDFT_RAGGED_ATTENTION=0`), the stepper keeps its matmul attention over the padded cache.
 
 Decoding attention on CPU is bound by reading the KV cache; with continuous batching the slots' lengths spread out, so
-the padded read is often a third or more wasted, and a slot left idle (its row finished) is not read at all."""
+the padded read is often a third or more wasted, and a slot left idle (its row finished) is not read at all.
+
+On a CPU with AVX-512 BF16 the same extension also holds a bf16 model's RMSNorm and SiLU·up as one-pass ops (one
+compiled extension per machine; torch runs each as a chain of bf16 ops)."""
 
 from __future__ import annotations
 
