@@ -350,6 +350,7 @@ class LeanLlamaStepper:
         return hidden  # (rows, width, hidden)
 
     def _norm(self, norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's RMSNorm: the kernel's one pass for a bf16 model where it is built, else torch's op."""
         if self.fuses:
             return ragged_attention.rms_norm(hidden, norm.weight, norm.variance_epsilon)
         return _rms_norm(norm, hidden)
