@@ -260,13 +260,14 @@ def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: 
 
 def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], None] = print) -> Path:
     """Run every stage not yet done (recording its wall time), then write summary.json."""
+    from .engines.dtype_probe import decisions
     from .summary import write_summary
 
     run_dir = Path(exp.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)  # a second `sdft run` on this directory refuses here; released when this returns or dies
     progress(describe(configure_threads()))
-    write_run_json(run_dir, "run", exp)
+    record = write_run_json(run_dir, "run", exp)  # at the start, so even a run that dies has its provenance
     stages = the_plan.stages
     for number, stage in enumerate(stages, 1):
         directory = stage.directory(run_dir)
@@ -281,6 +282,8 @@ def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], Non
                                              "config": stage.config, "seconds": time.perf_counter() - started,
                                              "result": result})
     write_summary(exp, the_plan, run_dir)
+    # `--dtype auto` decides when a stage first loads a model: run.json written before the stages had none of it
+    write_json(run_dir / "run.json", {**record, "dtype_auto": decisions()})
     lock.release()
     return run_dir
 

@@ -135,7 +135,8 @@ def test_killed_run_resumes_without_redoing_finished_stages(experiment, monkeypa
     assert {c["arm"] for c in summary["comparisons"]} == {"gsm8k_small-sdft", "gsm8k_small-mix0.5"}
     report = open(f"{run_dir}/report.md").read()
     assert "gsm8k" in report and "advbench" in report
-    assert json.loads(open(f"{run_dir}/run.json").read())["config"]["name"] == "tiny"
+    record = json.loads(open(f"{run_dir}/run.json").read())
+    assert record["config"]["name"] == "tiny" and record["dtype_auto"]  # what `auto` chose, once stages loaded models
 
     calls["train"].clear()
     run(RunConfig(experiment=str(experiment), dry_run=True))
