@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <numeric>
 #include <type_traits>
 #include <vector>
 
@@ -85,6 +87,24 @@ static inline V exp_nonpositive(V x) {
   return y * reinterpret_cast<const V&>(two_to_n);
 }
 
+// The largest of s[0 .. n), n > 0, a vector V at a time (std::max_element compares one float at a time: on a prompt's
+// queries it took longer than the scores themselves).
+template <typename V>
+static inline float max_of(const float* s, int64_t n) {
+  constexpr int lanes = sizeof(V) / sizeof(float);
+  V top = V{} + s[0];
+  int64_t j = 0;
+  for (; j + lanes <= n; j += lanes) {
+    V block;
+    std::memcpy(&block, s + j, sizeof(V));
+    top = block > top ? block : top;
+  }
+  float out = s[0];
+  for (int i = 0; i < lanes; ++i) out = std::max(out, top[i]);
+  for (; j < n; ++j) out = std::max(out, s[j]);
+  return out;
+}
+
 // One (row, KV head): queries q (queries x dim), its slot's keys and values (T: float or at::Half; column j at
 // k + j * stride), each query m attending its first length[m] columns (0: a padding query, out zero). DIM = dim when
 // fixed at compile time (the accumulators then live in registers), else 0. `scores` is this thread's scratch.
@@ -125,7 +145,7 @@ static void attend_row_head(const float* q, const T* k, const T* v, int64_t stri
       continue;
     }
     float* sm = scores.data() + m * longest;
-    const float top = *std::max_element(sm, sm + n);
+    const float top = max_of<vec8>(sm, n);
     vec8 total = {};
     int64_t j = 0;
     for (; j + 8 <= n; j += 8) {
@@ -226,7 +246,7 @@ static void attend_row_head_bf16(const float* q, const at::BFloat16* k, const at
         std::fill(sm, sm + reach, 0.f);
         continue;
       }
-      const float top = *std::max_element(sm, sm + n);
+      const float top = max_of<vec16>(sm, n);
       vec16 total = {};
       for (int64_t j = 0; j < reach; j += 16) {
         vec16 e = exp_nonpositive<vec16, ivec16>(load16(sm + j) - top);
@@ -328,6 +348,149 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
   });
   return out;
 }
+
+// Many queries per (row, KV head), a prompt's prefilled through the kernel: attention as two small matrix products
+// on vdpbf16ps. The row's keys are laid out once with 16 keys' same bf16 pair side by side, so a tile of 6 queries
+// times 64 keys accumulates in 24 registers, each instruction taking one query pair broadcast against 16 keys (the
+// per-query loop above spends as many instructions on each score's lane sum as on its dot products). The values are
+// laid out once as pairs of consecutive keys, so the weighted sums go the same way: one probability pair broadcast
+// against 16 dimensions. As HF's eager attention computes it: scores and softmax in fp32, the probabilities rounded to
+// bf16 and multiplied with the bf16 values, summed in fp32 (the loop above keeps the probabilities in fp32). The
+// queries go QUERY_TILE at a time, so their scores stay in L2 however long the prompt.
+constexpr int64_t SCORE_TILE = 6, QUERY_TILE = 48;  // queries per register tile; per scores tile (a multiple of 6)
+// from how many queries per (row, KV head) the tiled path runs (a decoding step has a KV head's query heads, a verify
+// also each draft token's: fewer)
+constexpr int64_t TILED_QUERIES = 32;
+
+struct TiledScratch {
+  std::vector<uint32_t> keys, values, query_pairs;  // bf16 pairs: keys block-transposed, values by key pairs, queries
+  std::vector<float> scores;
+  std::vector<uint16_t> probabilities;  // bf16, a query tile's, each row `padded` wide
+};
+
+// scores[r][16 b + i] = scale * q_r . k_(16 b + i), for the tile's 6 queries and NB blocks of 16 keys
+template <int NB, int PAIRS>
+static inline void score_tile(const uint32_t* query_pairs, const uint32_t* keys, float* scores, int64_t padded, float scale) {
+  __m512 acc[SCORE_TILE][NB];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
+  for (int p = 0; p < PAIRS; ++p) {
+    __m512bh key[NB];
+    for (int b = 0; b < NB; ++b) key[b] = (__m512bh)_mm512_loadu_si512(keys + (b * PAIRS + p) * 16);
+    for (int r = 0; r < SCORE_TILE; ++r) {
+      const __m512bh query = (__m512bh)_mm512_set1_epi32(static_cast<int>(query_pairs[r * PAIRS + p]));
+      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], key[b], query);
+    }
+  }
+  for (int r = 0; r < SCORE_TILE; ++r)
+    for (int b = 0; b < NB; ++b) _mm512_storeu_ps(scores + r * padded + 16 * b, _mm512_mul_ps(acc[r][b], _mm512_set1_ps(scale)));
+}
+
+// out[r] = sum over key pairs jp < pairs of the probability pair (r, jp) . the value pair jp, for R queries
+template <int CHUNKS, int R>
+static inline void weigh_tile(const uint32_t* probabilities, int64_t padded_pairs, const uint32_t* values, int64_t pairs,
+                              int64_t members, float* out) {
+  constexpr int64_t dim = 32 * CHUNKS, vectors = dim / 16;
+  __m512 acc[R][vectors];
+  for (auto& row : acc)
+    for (auto& a : row) a = _mm512_setzero_ps();
+  for (int64_t jp = 0; jp < pairs; ++jp) {
+    __m512bh value[vectors];
+    for (int c = 0; c < vectors; ++c) value[c] = (__m512bh)_mm512_loadu_si512(values + jp * dim + 16 * c);
+    for (int r = 0; r < R; ++r) {
+      const __m512bh p = (__m512bh)_mm512_set1_epi32(static_cast<int>(probabilities[r * padded_pairs + jp]));
+      for (int c = 0; c < vectors; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], value[c], p);
+    }
+  }
+  for (int r = 0; r < members; ++r)
+    for (int c = 0; c < vectors; ++c) _mm512_storeu_ps(out + r * dim + 16 * c, acc[r][c]);
+}
+
+template <int CHUNKS>
+static void attend_row_head_tiled(const float* q, const at::BFloat16* k, const at::BFloat16* v, int64_t stride,
+                                  const int64_t* length, int64_t queries, float scale, float* out, TiledScratch& s) {
+  constexpr int PAIRS = 16 * CHUNKS;
+  constexpr int64_t dim = 32 * CHUNKS, weigh_rows = CHUNKS == 2 ? 6 : 3;  // 24 accumulators either way
+  const int64_t longest = *std::max_element(length, length + queries), blocks = (longest + 15) / 16, padded = blocks * 16;
+  if (longest == 0) {
+    std::fill(out, out + queries * dim, 0.f);
+    return;
+  }
+  // keys: block b, pair p -> the pair p of keys 16 b .. 16 b + 15 (past the longest: the last key again, never used)
+  s.keys.resize(blocks * PAIRS * 16);
+  const uint32_t* key_pairs = reinterpret_cast<const uint32_t*>(k);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t* key = key_pairs + std::min(16 * b + i, longest - 1) * (stride / 2);
+      for (int p = 0; p < PAIRS; ++p) s.keys[(b * PAIRS + p) * 16 + i] = key[p];
+    }
+  // values: key pair jp, dimension d -> (v_2jp[d], v_2jp+1[d]); an odd longest's last pair ends with a zero value
+  const __m512i first_half = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                              37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i second_half = _mm512_add_epi16(first_half, _mm512_set1_epi16(16));
+  const int64_t value_pairs = (longest + 1) / 2;
+  s.values.resize(value_pairs * dim);
+  for (int64_t jp = 0; jp < value_pairs; ++jp)
+    for (int c = 0; c < CHUNKS; ++c) {
+      const __m512i even = _mm512_loadu_si512(v + 2 * jp * stride + 32 * c);
+      const __m512i odd = 2 * jp + 1 < longest ? _mm512_loadu_si512(v + (2 * jp + 1) * stride + 32 * c) : _mm512_setzero_si512();
+      _mm512_storeu_si512(s.values.data() + jp * dim + 32 * c, _mm512_permutex2var_epi16(even, first_half, odd));
+      _mm512_storeu_si512(s.values.data() + jp * dim + 32 * c + 16, _mm512_permutex2var_epi16(even, second_half, odd));
+    }
+  const int64_t tiles = (queries + SCORE_TILE - 1) / SCORE_TILE * SCORE_TILE;  // queries padded with zero queries
+  s.query_pairs.assign(tiles * PAIRS, 0);
+  for (int64_t m = 0; m < queries; ++m)
+    for (int c = 0; c < CHUNKS; ++c)
+      _mm512_storeu_si512(s.query_pairs.data() + (m * CHUNKS + c) * 16,
+                          (__m512i)_mm512_cvtne2ps_pbh(load16(q + m * dim + 32 * c + 16), load16(q + m * dim + 32 * c)));
+  s.scores.resize(QUERY_TILE * padded);
+  s.probabilities.resize(QUERY_TILE * padded);
+  const uint32_t* probabilities = reinterpret_cast<const uint32_t*>(s.probabilities.data());
+  const ivec16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  for (int64_t t0 = 0; t0 < queries; t0 += QUERY_TILE) {
+    const int64_t members = std::min(QUERY_TILE, queries - t0);
+    for (int64_t m0 = 0; m0 < members; m0 += SCORE_TILE) {  // scores up to the longest of each 6 queries
+      const int64_t* l = length + t0 + m0;
+      const int64_t reach = *std::max_element(l, l + std::min(SCORE_TILE, members - m0));
+      const uint32_t* qp = s.query_pairs.data() + (t0 + m0) * PAIRS;
+      float* sp = s.scores.data() + m0 * padded;
+      int64_t b = 0;
+      for (; b + 4 <= (reach + 15) / 16; b += 4) score_tile<4, PAIRS>(qp, s.keys.data() + b * PAIRS * 16, sp + 16 * b, padded, scale);
+      switch ((reach + 15) / 16 - b) {
+        case 3: score_tile<3, PAIRS>(qp, s.keys.data() + b * PAIRS * 16, sp + 16 * b, padded, scale); break;
+        case 2: score_tile<2, PAIRS>(qp, s.keys.data() + b * PAIRS * 16, sp + 16 * b, padded, scale); break;
+        case 1: score_tile<1, PAIRS>(qp, s.keys.data() + b * PAIRS * 16, sp + 16 * b, padded, scale); break;
+      }
+    }
+    for (int64_t r = 0; r < members; ++r) {  // each query's probabilities over its own columns, zero past them
+      const float* sm = s.scores.data() + r * padded;
+      at::BFloat16* pm = reinterpret_cast<at::BFloat16*>(s.probabilities.data() + r * padded);
+      const int64_t n = length[t0 + r];
+      if (n == 0) {
+        std::fill(s.probabilities.data() + r * padded, s.probabilities.data() + (r + 1) * padded, uint16_t{0});
+        continue;
+      }
+      const float top = max_of<vec16>(sm, n);
+      vec16 total = {};
+      float* numerators = s.scores.data() + r * padded;
+      for (int64_t j = 0; j < padded; j += 16) {
+        vec16 e = j < n ? exp_nonpositive<vec16, ivec16>(load16(sm + j) - top) : vec16{};
+        e = lane + (int)j < (int)n ? e : vec16{};
+        total += e;
+        store16(numerators + j, e);
+      }
+      float sum = 0.f;
+      for (int i = 0; i < 16; ++i) sum += total[i];
+      const float inverse = 1.f / sum;
+      for (int64_t j = 0; j < padded; j += 16) store_bf16(pm + j, load16(numerators + j) * inverse);
+    }
+    for (int64_t m0 = 0; m0 < members; m0 += weigh_rows) {
+      const int64_t rows = std::min(weigh_rows, members - m0), *l = length + t0 + m0;
+      weigh_tile<CHUNKS, weigh_rows>(probabilities + m0 * padded / 2, padded / 2, s.values.data(),
+                                     (*std::max_element(l, l + rows) + 1) / 2, rows, out + (t0 + m0) * dim);
+    }
+  }
+}
 #endif
 
 // Every (row, KV head) pair, spread over the threads, each with its own head_dim instantiation.
@@ -343,27 +506,38 @@ static void run(const torch::Tensor& q, const torch::Tensor& keys, const torch::
   float* op = out.data_ptr<float>();
   const int64_t s0 = keys.stride(0), s1 = keys.stride(1), s2 = keys.stride(2);
   const float s = static_cast<float>(scale);
-  // The (row, KV head) items split among the threads by the columns they read, not by their count: rows' lengths
-  // differ (slots fill longest prompt first), and an even split by count left one thread reading most of the cache.
+  // The (row, KV head) items split among the threads by the columns their queries attend, not by their count: rows'
+  // lengths differ (slots fill longest prompt first), and an even split by count left one thread reading most of the
+  // cache; a prompt prefilled through the kernel has as many queries as tokens.
   const int64_t items = rows * heads, parts = std::min<int64_t>(at::get_num_threads(), items);
-  std::vector<int64_t> read(items + 1, 0);  // columns read by items before i (+1 each, so every item counts)
+  std::vector<int64_t> read(items + 1, 0);  // columns attended by items before i (+1 each, so every item counts)
   for (int64_t i = 0; i < items; ++i) {
     const int64_t* length = lp + (i / heads) * queries;
-    read[i + 1] = read[i] + *std::max_element(length, length + queries) + 1;
+    read[i + 1] = read[i] + std::accumulate(length, length + queries, int64_t{1});
   }
   std::vector<int64_t> first(parts + 1);  // part p: items first[p] .. first[p + 1] - 1
   for (int64_t p = 0; p <= parts; ++p)
     first[p] = std::lower_bound(read.begin(), read.end(), read[items] * p / parts) - read.begin();
   at::parallel_for(0, parts, 1, [&](int64_t part_begin, int64_t part_end) {
-    std::vector<float> scores;
+    // each thread's scratch kept from call to call: allocated afresh, its pages were faulted in (and zeroed by the
+    // kernel) on every call, ~10% of a prompt's attention
+    static thread_local std::vector<float> scores;
 #if defined(__AVX512BF16__)
-    std::vector<__m512bh> query_pairs;
+    static thread_local std::vector<__m512bh> query_pairs;
+    static thread_local TiledScratch tiled;
 #endif
     for (int64_t i = first[part_begin]; i < first[part_end]; ++i) {
       const int64_t offset = sp[i / heads] * s0 + (i % heads) * s1, at = i * queries * dim;
       const int64_t* length = lp + (i / heads) * queries;
 #if defined(__AVX512BF16__)
       if constexpr (std::is_same_v<T, at::BFloat16>) {
+        if ((dim == 64 || dim == 128) && queries >= TILED_QUERIES && s2 % 2 == 0) {
+          if (dim == 64)
+            attend_row_head_tiled<2>(qp + at, kp + offset, vp + offset, s2, length, queries, s, op + at, tiled);
+          else
+            attend_row_head_tiled<4>(qp + at, kp + offset, vp + offset, s2, length, queries, s, op + at, tiled);
+          continue;
+        }
         if (dim == 64 || dim == 128) {
           if (dim == 64)
             attend_row_head_bf16<2>(qp + at, kp + offset, vp + offset, s2, length, queries, s, op + at, scores, query_pairs);
