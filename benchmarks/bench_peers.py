@@ -280,18 +280,22 @@ def run(args: argparse.Namespace) -> dict:
     def peak(quantize: str = "none", dtype: torch.dtype = model.dtype) -> float:
         return peak_int8_gflops(*shape) if quantize == "int8" else peak_matmul_gflops(dtype, *shape)
 
+    # Each engine is built once and called every round, as a dataset job keeps its engine across calls and as
+    # llama-server's cache is allocated at its start-up (untimed): an engine's first call also pays its cache's first
+    # touch (on a VM seconds per GB), its later calls reuse those pages.
+    engines = {"sdft": HFEngine(model, tokenizer),
+               **{f"sdft_{v}": HFEngine(model_fp32, tokenizer, **options) for v, options in variants.items()}}
     rounds, texts = [], {}
     for r in range(args.rounds):
         outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in variants), "llama_server")}
         samples: list[float] = []
-        ours = sampled_around(lambda: timed(sdft_tokens, HFEngine(model, tokenizer), prompts, args.new_tokens,
-                                            outputs["sdft"]), peak, samples)
+        ours = sampled_around(lambda: timed(sdft_tokens, engines["sdft"], prompts, args.new_tokens, outputs["sdft"]),
+                              peak, samples)
         bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
         fast, fast_bounds = {}, {}
         for v, options in variants.items():  # each bounded by its own arithmetic's rate (fp32 or int8 linears)
             name, quantize, variant_samples = f"sdft_{v}", options.get("quantize", "none"), []
-            fast[name] = sampled_around(lambda: timed(sdft_tokens, HFEngine(model_fp32, tokenizer, **options), prompts,
-                                                      args.new_tokens, outputs[name]),
+            fast[name] = sampled_around(lambda: timed(sdft_tokens, engines[name], prompts, args.new_tokens, outputs[name]),
                                         lambda: peak(quantize, torch.float32), variant_samples)
             variant_bound = compute_bound(model_fp32, tokenizer, prompts, [c.n_tokens for c in outputs[name]],
                                           variant_samples, "int8 linears" if quantize == "int8" else None)

@@ -106,6 +106,28 @@ def test_refilled_slots_decode_each_row_as_it_would_alone(tiny):
     assert complete(model, tokenizer, prompts, decode_rows=3, **config) == alone
 
 
+@pytest.mark.skipif(ragged_attention.kernel() is None, reason="the cache is allocated once only with the kernel")
+def test_kv_cache_buffers_are_kept_for_the_next_call_and_never_shared_by_two_calls(tiny):
+    """An engine keeps its cache buffers for its next call (their pages are already in: on a VM the first touch is the
+    cost), and two calls running side by side never share them: each decodes as it would alone."""
+    model, tokenizer = tiny
+    engine = HFEngine(model, tokenizer)
+    decoding = DecodingOptions(max_new_tokens=12).decoding()
+    alone = {i: c.text for batch in engine.complete(PROMPTS, decoding) for i, c in batch}
+    kept = [buffer.data_ptr() for buffer in engine.kv_arena]
+    assert len(kept) == 2 * model.config.num_hidden_layers
+    calls, texts = [engine.complete(PROMPTS, decoding), engine.complete(PROMPTS[::-1], decoding)], [{}, {}]
+    running = [0, 1]
+    while running:  # one batch of each call in turn: the second starts while the first holds the buffers
+        for k in list(running):
+            try:
+                texts[k].update((i, c.text) for i, c in next(calls[k]))
+            except StopIteration:
+                running.remove(k)
+    assert texts[0] == alone and texts[1] == {len(PROMPTS) - 1 - i: text for i, text in alone.items()}
+    assert [buffer.data_ptr() for buffer in engine.kv_arena] == kept  # the first call's, given back
+
+
 def test_shared_template_prefix_is_prefilled_once_and_changes_nothing(tiny, monkeypatch):
     model, tokenizer = tiny
     prompts = [render("alpaca", {"instruction": p}, tokenizer) for p in PROMPTS] + PROMPTS[:2]

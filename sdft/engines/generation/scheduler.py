@@ -102,6 +102,7 @@ class HFEngine:
         self.token_budget = token_budget or cache_token_budget(model)
         self.quantize = quantize
         self.kv_cache = kv_cache
+        self.kv_arena: list[torch.Tensor | None] | None = []  # the lean stepper's cache buffers, lent to one call at a time
         lean_cpu = model.device.type == "cpu" and model.dtype == torch.float32 and LeanLlamaStepper.supports(model)
         if quantize != "none" and not (lean_cpu and "fbgemm" in torch.backends.quantized.supported_engines):
             raise _lean_cpu_only(f"quantize: {quantize}", "PyTorch's fbgemm", model)
@@ -133,10 +134,15 @@ class HFEngine:
             order = [todo[k] for k in sorted(range(len(todo)), key=lambda k: (-lengths[k], k))]
             row_tokens = len(token_ids[order[0]]) + decoding.max_new_tokens  # cache columns a row may need at most
             slots = max(1, min(self.decode_rows, self.token_budget // row_tokens, len(order)))
-            stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]),
-                                       columns=row_tokens + MAX_DRAFT,  # a verify writes its draft past the row's end
-                                       quantize=self.quantize, kv_cache=self.kv_cache)
-            yield from self._generate(stepper, order, token_ids, prompts, decoding)
+            # the last call's cache buffers, kept for the next call (a call running beside this one allocates its own)
+            arena, self.kv_arena = self.kv_arena, None
+            try:
+                stepper = LeanLlamaStepper(self.model, slots, shared_prefixes([token_ids[i] for i in todo]),
+                                           columns=row_tokens + MAX_DRAFT,  # a verify writes its draft past the row's end
+                                           quantize=self.quantize, kv_cache=self.kv_cache, arena=arena)
+                yield from self._generate(stepper, order, token_ids, prompts, decoding)
+            finally:
+                self.kv_arena = arena if arena is not None else self.kv_arena
             return
         for batch in plan_batches(lengths, self.decode_rows, decoding.max_new_tokens, self.token_budget):
             yield from self._generate(HFStepper(self.model, self.tokenizer.pad_token_id, len(batch)),
