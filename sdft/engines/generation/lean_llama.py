@@ -190,7 +190,7 @@ class LeanLlamaStepper:
         self.arena.extend([None] * (index + 1 - len(self.arena)))
         buffer, size = self.arena[index], math.prod(shape)
         if buffer is None or buffer.numel() < size or buffer.dtype != like.dtype or buffer.device != like.device:
-            self.arena[index] = buffer = None  # the old buffer freed before its successor is allocated
+            self.arena[index] = None  # the old buffer freed before its successor is allocated
             buffer = self.arena[index] = fault_in(like.new_empty(size))
         return buffer[:size].view(shape)
 

@@ -185,6 +185,25 @@ typedef int ivec16 __attribute__((vector_size(64)));
 static inline vec16 load16(const float* p) { return *reinterpret_cast<const loose16*>(p); }
 static inline void store16(float* p, vec16 v) { *reinterpret_cast<loose16*>(p) = v; }
 static inline __m512bh load_pairs(const at::BFloat16* p) { return (__m512bh)_mm512_loadu_si512(p); }
+// 32 fp32 values rounded to bf16 (nearest even), in order: 16 pairs of consecutive values
+static inline __m512bh bf16_pairs(const float* p) { return _mm512_cvtne2ps_pbh(load16(p + 16), load16(p)); }
+
+// Softmax numerators in place: exp(s - max) for each of s[0 .. n), n > 0, zero from n up to `end` (a multiple of 16);
+// their sum.
+static inline float exp_in_place(float* s, int64_t n, int64_t end) {
+  const ivec16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+  const float top = max_of<vec16>(s, n);
+  vec16 total = {};
+  for (int64_t j = 0; j < end; j += 16) {
+    vec16 e = j < n ? exp_nonpositive<vec16, ivec16>(load16(s + j) - top) : vec16{};
+    e = lane + (int)j < (int)n ? e : vec16{};
+    total += e;
+    store16(s + j, e);
+  }
+  float sum = 0.f;
+  for (int i = 0; i < 16; ++i) sum += total[i];
+  return sum;
+}
 
 // The lane sums of 16 vectors as one vector: out[c] = sum of a[c]'s lanes (lane_sums' rounds, one more).
 static inline vec16 lane_sums16(const vec16* a) {
@@ -210,9 +229,7 @@ static void attend_row_head_bf16(const float* q, const at::BFloat16* k, const at
   const int64_t longest = *std::max_element(length, length + queries), padded = (longest + 15) / 16 * 16;
   scores.resize((queries + 1) * padded);  // one more row: zeros, the weights of a group's missing members
   query_pairs.resize(queries * CHUNKS);
-  for (int64_t m = 0; m < queries; ++m)
-    for (int c = 0; c < CHUNKS; ++c)
-      query_pairs[m * CHUNKS + c] = _mm512_cvtne2ps_pbh(load16(q + m * dim + 32 * c + 16), load16(q + m * dim + 32 * c));
+  for (int64_t i = 0; i < queries * CHUNKS; ++i) query_pairs[i] = bf16_pairs(q + 32 * i);
   // scores: 16 columns at a time, each block of keys read from memory once for all the queries (then from L1); the
   // last block's columns past the longest length re-read its last key (their scores are never used)
   for (int64_t j0 = 0; j0 < longest; j0 += 16) {
@@ -232,7 +249,6 @@ static void attend_row_head_bf16(const float* q, const at::BFloat16* k, const at
   }
   // per `group` queries: each one's softmax over its own columns (zero up to the group's longest), then the weighted
   // sums of the values, each value row widened once for the group
-  const ivec16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t m0 = 0; m0 < queries; m0 += group) {
     const int64_t members = std::min(group, queries - m0);
     const int64_t reach = *std::max_element(length + m0, length + m0 + members);
@@ -246,17 +262,7 @@ static void attend_row_head_bf16(const float* q, const at::BFloat16* k, const at
         std::fill(sm, sm + reach, 0.f);
         continue;
       }
-      const float top = max_of<vec16>(sm, n);
-      vec16 total = {};
-      for (int64_t j = 0; j < reach; j += 16) {
-        vec16 e = exp_nonpositive<vec16, ivec16>(load16(sm + j) - top);
-        e = lane + (int)j < (int)n ? e : vec16{};
-        total += e;
-        store16(sm + j, e);
-      }
-      float sum = 0.f;
-      for (int i = 0; i < 16; ++i) sum += total[i];
-      inverse[r] = 1.f / sum;
+      inverse[r] = 1.f / exp_in_place(sm, n, (reach + 15) / 16 * 16);
     }
     vec16 even[group][CHUNKS] = {}, odd[group][CHUNKS] = {};
     for (int64_t j = 0; j < reach; ++j) {
@@ -439,14 +445,10 @@ static void attend_row_head_tiled(const float* q, const at::BFloat16* k, const a
     }
   const int64_t tiles = (queries + SCORE_TILE - 1) / SCORE_TILE * SCORE_TILE;  // queries padded with zero queries
   s.query_pairs.assign(tiles * PAIRS, 0);
-  for (int64_t m = 0; m < queries; ++m)
-    for (int c = 0; c < CHUNKS; ++c)
-      _mm512_storeu_si512(s.query_pairs.data() + (m * CHUNKS + c) * 16,
-                          (__m512i)_mm512_cvtne2ps_pbh(load16(q + m * dim + 32 * c + 16), load16(q + m * dim + 32 * c)));
+  for (int64_t i = 0; i < queries * CHUNKS; ++i) _mm512_storeu_si512(s.query_pairs.data() + 16 * i, (__m512i)bf16_pairs(q + 32 * i));
   s.scores.resize(QUERY_TILE * padded);
   s.probabilities.resize(QUERY_TILE * padded);
   const uint32_t* probabilities = reinterpret_cast<const uint32_t*>(s.probabilities.data());
-  const ivec16 lane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
   for (int64_t t0 = 0; t0 < queries; t0 += QUERY_TILE) {
     const int64_t members = std::min(QUERY_TILE, queries - t0);
     for (int64_t m0 = 0; m0 < members; m0 += SCORE_TILE) {  // scores up to the longest of each 6 queries
@@ -463,26 +465,15 @@ static void attend_row_head_tiled(const float* q, const at::BFloat16* k, const a
       }
     }
     for (int64_t r = 0; r < members; ++r) {  // each query's probabilities over its own columns, zero past them
-      const float* sm = s.scores.data() + r * padded;
+      float* sm = s.scores.data() + r * padded;
       at::BFloat16* pm = reinterpret_cast<at::BFloat16*>(s.probabilities.data() + r * padded);
       const int64_t n = length[t0 + r];
       if (n == 0) {
         std::fill(s.probabilities.data() + r * padded, s.probabilities.data() + (r + 1) * padded, uint16_t{0});
         continue;
       }
-      const float top = max_of<vec16>(sm, n);
-      vec16 total = {};
-      float* numerators = s.scores.data() + r * padded;
-      for (int64_t j = 0; j < padded; j += 16) {
-        vec16 e = j < n ? exp_nonpositive<vec16, ivec16>(load16(sm + j) - top) : vec16{};
-        e = lane + (int)j < (int)n ? e : vec16{};
-        total += e;
-        store16(numerators + j, e);
-      }
-      float sum = 0.f;
-      for (int i = 0; i < 16; ++i) sum += total[i];
-      const float inverse = 1.f / sum;
-      for (int64_t j = 0; j < padded; j += 16) store_bf16(pm + j, load16(numerators + j) * inverse);
+      const float inverse = 1.f / exp_in_place(sm, n, padded);
+      for (int64_t j = 0; j < padded; j += 16) store_bf16(pm + j, load16(sm + j) * inverse);
     }
     for (int64_t m0 = 0; m0 < members; m0 += weigh_rows) {
       const int64_t rows = std::min(weigh_rows, members - m0), *l = length + t0 + m0;
