@@ -643,3 +643,7 @@ def test_greedy_tokens_is_argmax_first_of_ties():
         logits = torch.randn(96, 4099, generator=generator).mul(2).round().to(dtype)  # many rows tie at their maximum
         logits[:, [3, 700, 4000]] = 9
         assert torch.equal(greedy_tokens(logits), logits.argmax(-1)) and (greedy_tokens(logits) == 3).all()
+        logits[0], logits[1, 4098], logits[2, 17] = float("-inf"), 10, float("inf")  # all -inf; past the last 16; inf
+        for view in (logits, logits[:, 5:], logits[:, :17]):  # strided rows; fewer columns than a vector's two
+            assert torch.equal(greedy_tokens(view), view.argmax(-1))
+        assert greedy_tokens(logits)[:3].tolist() == [0, 4098, 17]

@@ -72,7 +72,7 @@ def prefills(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
 
 
 def fuses_bf16() -> bool:
-    """Whether the kernel's fused bf16 SiLU·up and RMSNorm are built here (a CPU with AVX-512 BF16)."""
+    """Whether the kernel's fused bf16 SiLU·up, RMSNorm and argmax are built here (a CPU with AVX-512 BF16)."""
     return kernel() is not None and hasattr(kernel(), "silu_mul")
 
 
@@ -84,6 +84,11 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm of bf16 rows (fp32 statistics, the normalized row rounded, times the weight): one pass."""
     return kernel().rms_norm(hidden, weight, eps)
+
+
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's argmax of bf16 logits (rows, vocab), the first of tied maxima: one vectorised pass, rows over threads."""
+    return kernel().argmax_rows(logits)
 
 
 def decode_layer(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
