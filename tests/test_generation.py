@@ -615,7 +615,7 @@ def test_residual_add_inside_the_matmul_is_bitwise_the_add_after_it(dtype):
 
 @pytest.mark.skipif(not ragged_attention.fuses_bf16(), reason="the fused bf16 ops are built on AVX-512 BF16 CPUs only")
 def test_fused_bf16_silu_mul_and_rms_norm_are_hf_modules_results():
-    """A bf16 model's SiLU·up and RMSNorm, each one pass in the kernel: SiLU·up bitwise torch's two ops (wide inputs,
+    """A bf16 model's SiLU·up and RMSNorm (alone or after a residual add), each one pass in the kernel: SiLU·up bitwise torch's two ops (wide inputs,
     so exp's both tails are hit), RMSNorm HF's own module up to the last bf16 bit in a rare row (fp32 sums in another
     order), at decoding's and prefill's row counts and for a strided view as the stepper passes them."""
     from transformers.models.llama.modeling_llama import LlamaRMSNorm
@@ -633,6 +633,13 @@ def test_fused_bf16_silu_mul_and_rms_norm_are_hf_modules_results():
         differs = fused != expected
         assert differs.sum() <= rows * 576 // 1000
         assert ((fused.float() - expected.float()).abs()[differs] <= expected.float().abs()[differs] / 64).all()
+        # a residual connection and the next norm in one pass: the sum bitwise torch's bf16 add (left in the first
+        # argument), the norm bitwise the kernel's RMSNorm of that sum
+        out, residual = hidden.contiguous() * 5, hidden.contiguous()
+        total = out + residual
+        assert torch.equal(ragged_attention.add_rms_norm(out, residual, norm.weight, norm.variance_epsilon),
+                           ragged_attention.rms_norm(total, norm.weight, norm.variance_epsilon))
+        assert torch.equal(out, total)
 
 
 def test_greedy_tokens_is_argmax_first_of_ties():

@@ -360,14 +360,28 @@ class LeanLlamaStepper:
         tables, writes the layer's K/V to the cache and attends."""
         hidden = self.model.model.embed_tokens(input_ids)  # input_ids, positions: (rows, width) -> (rows, width, hidden)
         cos, sin = self.model.model.rotary_emb(hidden, positions)  # (rows, width, head_dim)
+        normed = self._norm(self.layers[0].layer.input_layernorm, hidden)
         for layer_index, weights in enumerate(self.layers):
             layer = weights.layer
-            qkv = weights.qkv(self._norm(layer.input_layernorm, hidden))  # (rows, width, (heads + 2 kv_heads) head_dim)
+            qkv = weights.qkv(normed)  # (rows, width, (heads + 2 kv_heads) head_dim)
             # attend: -> (rows, width, hidden)
-            hidden = weights.o.plus(attend(layer_index, qkv, cos, sin, layer.self_attn.scaling), hidden)
-            gate_up = weights.gate_up(self._norm(layer.post_attention_layernorm, hidden))  # (rows, width, 2 intermediate)
-            hidden = weights.down.plus(self._gated(layer, gate_up), hidden)
+            hidden, normed = self._residual(weights.o, attend(layer_index, qkv, cos, sin, layer.self_attn.scaling),
+                                            hidden, layer.post_attention_layernorm)
+            gate_up = weights.gate_up(normed)  # (rows, width, 2 intermediate)
+            following = self.layers[layer_index + 1].layer.input_layernorm if layer_index + 1 < len(self.layers) else None
+            hidden, normed = self._residual(weights.down, self._gated(layer, gate_up), hidden, following)
         return hidden  # (rows, width, hidden)
+
+    def _residual(self, linear: PackedLinear, x: torch.Tensor, residual: torch.Tensor, norm: torch.nn.Module | None
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(residual + linear(x), `norm` of it): a sublayer's residual connection and the norm after it (the next
+        sublayer's; None after the last layer, whose norm `_logits` applies to the rows it needs). For a bf16 model
+        where the kernel is built, the add and the norm are one pass; else the add is fused into the matmul (fp32)."""
+        if self.fuses and norm is not None:
+            total = linear(x)
+            return total, ragged_attention.add_rms_norm(total, residual, norm.weight, norm.variance_epsilon)
+        total = linear.plus(x, residual)
+        return total, None if norm is None else self._norm(norm, total)
 
     def _norm(self, norm: torch.nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         """The model's RMSNorm: the kernel's one pass for a bf16 model where it is built, else torch's op."""

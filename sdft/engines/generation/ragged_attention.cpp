@@ -327,11 +327,25 @@ torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   return out;
 }
 
-// HF's RMSNorm of bf16 rows: bf16(x * rsqrt(mean(x^2) + eps)) (in fp32) times the bf16 weight, rounded.
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
-  const int64_t dim = x.size(-1);
+// HF's RMSNorm of one bf16 row from its squares' lane sums: bf16(x * rsqrt(mean(x^2) + eps)) (in fp32) times the bf16
+// weight, rounded.
+static inline void normalize_row(const at::BFloat16* in, vec16 squares, const at::BFloat16* weight, int64_t dim,
+                                 double eps, at::BFloat16* out) {
+  float sum = 0.f;
+  for (int l = 0; l < 16; ++l) sum += squares[l];
+  const float inverse = 1.f / std::sqrt(sum / static_cast<float>(dim) + static_cast<float>(eps));
+  for (int64_t i = 0; i < dim; i += 16) store_bf16(out + i, widen16(weight + i) * round16(widen16(in + i) * inverse));
+}
+
+static void check_norm(const torch::Tensor& x, const torch::Tensor& weight) {
   TORCH_CHECK(x.scalar_type() == torch::kBFloat16 && weight.scalar_type() == torch::kBFloat16 && x.stride(-1) == 1 &&
-              weight.is_contiguous() && weight.numel() == dim && dim % 16 == 0);
+              weight.is_contiguous() && weight.numel() == x.size(-1) && x.size(-1) % 16 == 0);
+}
+
+// HF's RMSNorm of bf16 rows.
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  check_norm(x, weight);
+  const int64_t dim = x.size(-1);
   const auto flat = x.reshape({-1, dim});
   const int64_t rows = flat.size(0), stride = flat.stride(0);
   auto out = torch::empty(x.sizes(), x.options());
@@ -345,11 +359,34 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
         const vec16 v = widen16(in + r * stride + i);
         squares += v * v;
       }
-      float sum = 0.f;
-      for (int l = 0; l < 16; ++l) sum += squares[l];
-      const float inverse = 1.f / std::sqrt(sum / static_cast<float>(dim) + static_cast<float>(eps));
-      for (int64_t i = 0; i < dim; i += 16)
-        store_bf16(op + r * dim + i, widen16(wp + i) * round16(widen16(in + r * stride + i) * inverse));
+      normalize_row(in + r * stride, squares, wp, dim, eps, op + r * dim);
+    }
+  });
+  return out;
+}
+
+// A residual connection and the next RMSNorm in one pass over the rows (two ops over the activations before): x +=
+// residual, each sum rounded to bf16 as torch's bf16 add rounds it, then HF's RMSNorm of the sums. x (a linear's
+// fresh output) and residual contiguous, the same shape; -> the norm's output.
+torch::Tensor add_rms_norm(torch::Tensor& x, const torch::Tensor& residual, const torch::Tensor& weight, double eps) {
+  check_norm(x, weight);
+  TORCH_CHECK(x.is_contiguous() && residual.is_contiguous() && residual.scalar_type() == torch::kBFloat16 &&
+              residual.sizes() == x.sizes());
+  const int64_t dim = x.size(-1), rows = x.numel() / dim;
+  auto out = torch::empty(x.sizes(), x.options());
+  at::BFloat16* xp = x.data_ptr<at::BFloat16>();
+  const at::BFloat16* rp = residual.data_ptr<at::BFloat16>();
+  const at::BFloat16* wp = weight.data_ptr<at::BFloat16>();
+  at::BFloat16* op = out.data_ptr<at::BFloat16>();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      vec16 squares{};
+      for (int64_t i = r * dim; i < (r + 1) * dim; i += 16) {
+        const vec16 v = round16(widen16(xp + i) + widen16(rp + i));
+        store_bf16(xp + i, v);
+        squares += v * v;
+      }
+      normalize_row(xp + r * dim, squares, wp, dim, eps, op + r * dim);
     }
   });
   return out;
@@ -737,6 +774,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #if defined(__AVX512BF16__)
   m.def("silu_mul", &silu_mul, "bf16(silu(gate)) * up of a bf16 [gate, up] projection");
   m.def("rms_norm", &rms_norm, "HF's RMSNorm of bf16 rows");
+  m.def("add_rms_norm", &add_rms_norm, "x += residual (bf16), then HF's RMSNorm of x");
   m.def("argmax_rows", &argmax_rows, "each row's argmax (first of ties) over bf16 logits");
 #endif
 }

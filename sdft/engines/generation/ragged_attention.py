@@ -72,7 +72,8 @@ def prefills(keys: torch.Tensor, query_dtype: torch.dtype) -> bool:
 
 
 def fuses_bf16() -> bool:
-    """Whether the kernel's fused bf16 SiLU·up, RMSNorm and argmax are built here (a CPU with AVX-512 BF16)."""
+    """Whether the kernel's fused bf16 SiLU·up, RMSNorm (alone or after a residual add) and argmax are built here (a
+    CPU with AVX-512 BF16)."""
     return kernel() is not None and hasattr(kernel(), "silu_mul")
 
 
@@ -84,6 +85,12 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HF's RMSNorm of bf16 rows (fp32 statistics, the normalized row rounded, times the weight): one pass."""
     return kernel().rms_norm(hidden, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x += residual (bf16, rounded as torch's add), then HF's RMSNorm of x, in one pass: a residual connection and the
+    norm after it."""
+    return kernel().add_rms_norm(x, residual, weight, eps)
 
 
 def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
