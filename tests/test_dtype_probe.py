@@ -52,9 +52,9 @@ def test_measured_once_per_machine_then_cached(probe, tmp_path, monkeypatch):
     assert len(probe.calls) == measured
     cache = json.loads((tmp_path / "dtype_probe.json").read_text())
     (key, entry), = cache.items()
-    assert dtype_probe.cpu_model() in key and torch.__version__ in key
+    assert dtype_probe.cpu_identity() in key and torch.__version__ in key
     assert entry["chosen"] == "bf16" and entry["bf16_speedup"] == pytest.approx(2.0)
-    monkeypatch.setattr(dtype_probe, "cpu_model", lambda: "Another CPU")  # another machine measures afresh
+    monkeypatch.setattr(dtype_probe, "cpu_flags_hash", lambda: "0ther0ne")  # same model name, other flags: measured afresh
     assert resolve_dtype("auto", "cpu") == torch.float32
     assert len(probe.calls) > measured and len(json.loads((tmp_path / "dtype_probe.json").read_text())) == 2
 

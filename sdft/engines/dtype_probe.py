@@ -4,13 +4,14 @@ Whether bf16 pays on a CPU is not readable from its flags: on an AMD EPYC with A
 an Intel Xeon with the same flag at half the fp32 rate (docs/design.md §5). So both are timed on the model's MLP projection at a
 decoding batch (64 rows) and a prefill chunk (512 rows), interleaved so a load spike hits both; bf16 is chosen only when
 it is at least `BF16_MARGIN` faster, since fp32 is the exact one. fp16 is never a candidate on CPU (slow, and activations
-overflow); a model too small for its matmuls to be more than call overhead (test models) gets fp32 unmeasured. The figures are cached in `cache/dtype_probe.json`, keyed by CPU model, torch version, threads and shapes
+overflow); a model too small for its matmuls to be more than call overhead (test models) gets fp32 unmeasured. The figures are cached in `cache/dtype_probe.json`, keyed by CPU (model, family and flags), torch version, threads and shapes
 (delete the file to measure again), and every decision of this process is recorded in run.json.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import platform
 import time
@@ -28,14 +29,37 @@ DEFAULT_SHAPE = (576, 1536)  # the embedded SmolLM2-135M: hidden, intermediate
 _decisions: dict[str, dict] = {}
 
 
-def cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            name, _, value = line.partition(":")
+            fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_flags_hash() -> str:
+    """8 hex digits of the CPU's flag set: what a build with -march=native depends on."""
+    fields = _cpuinfo()
+    return hashlib.sha256((fields.get("flags") or platform.processor()).encode()).hexdigest()[:8]
+
+
+def cpu_identity() -> str:
+    """The CPU as the probe's cache tells machines apart: its model name, family/model/stepping and flag set. In these
+    VMs the model name alone is a bare "AMD EPYC" on a Zen 4 and a Zen 5 alike, whose bf16 matmuls ran at 440 and 850
+    GFLOP/s: a cache folder shared between them would have reused one's decision on the other."""
+    fields = _cpuinfo()
+    generation = "/".join(fields.get(name, "?") for name in ("cpu family", "model", "stepping"))
+    return f"{cpu_model()} ({generation}, flags {cpu_flags_hash()})"
 
 
 def linear_shape(model_path: str | Path | None) -> tuple[int, int]:
@@ -92,7 +116,7 @@ def measure(shape: tuple[int, int], rounds: int = 3) -> dict:
 
 
 def probe_key(shape: tuple[int, int]) -> str:
-    return f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shape[0]}x{shape[1]}"
+    return f"{cpu_identity()} | torch {torch.__version__} | {torch.get_num_threads()} threads | {shape[0]}x{shape[1]}"
 
 
 def cpu_auto_dtype(shape: tuple[int, int] = DEFAULT_SHAPE) -> torch.dtype:

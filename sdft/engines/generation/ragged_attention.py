@@ -11,15 +11,14 @@ compiled extension per machine; torch runs each as a chain of bf16 ops)."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
-import platform
 from pathlib import Path
 
 import torch
 
 from ...paths import cache_dir
+from ..dtype_probe import cpu_flags_hash
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 log = logging.getLogger(__name__)
@@ -33,7 +32,7 @@ def kernel():
     from torch.utils.cpp_extension import load
 
     # -march=native: one build per CPU flag set (a cache folder may be shared by machines that differ)
-    build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}-{_cpu_flags()}"
+    build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}-{cpu_flags_hash()}"
     build.mkdir(parents=True, exist_ok=True)
     try:
         return load("sdft_ragged_attention", [str(SOURCE)], build_directory=str(build), verbose=False,
@@ -41,13 +40,6 @@ def kernel():
     except Exception as error:  # no compiler / ninja: the matmul attention is the same arithmetic, only slower
         log.warning("ragged decoding attention not built (%s); using matmul attention", str(error).splitlines()[0])
         return None
-
-
-def _cpu_flags() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    text = cpuinfo.read_text() if cpuinfo.is_file() else platform.processor()
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), text)
-    return hashlib.sha256(flags.encode()).hexdigest()[:8]
 
 
 def serves(head_dim: int) -> bool:
