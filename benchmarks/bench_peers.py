@@ -1,6 +1,7 @@
 """Generation throughput against the peers a user who generates a whole dataset would pick, on the same prompts: llama.cpp's
 own `llama-server` (continuous batching, at its best slot count), CTranslate2's `generate_batch`, transformers' own
-continuous batching (`generate_batch`), plus the machine's compute bound for the workload and sdft's share of it.
+continuous batching (`generate_batch`), plus the machine's compute bound for the workload, its memory bound (weights
+and K/V read at the measured read rate) and sdft's share of each and of the lower of the two (the roofline).
 
 128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, the model already loaded; sdft and the fastest
 peer (llama-server) alternate for three rounds and each ratio is the median of the rounds' own; the slower peers run once;
@@ -15,6 +16,7 @@ reported as null.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -32,7 +34,7 @@ import torch
 from sdft.checks import math_check
 from sdft.engines.dtype_probe import best_seconds, matmul_seconds
 from sdft.engines.generation import HFEngine, shared_prefixes
-from sdft.engines.generation.lean_llama import Int8Linear, PackedLinear
+from sdft.engines.generation.lean_llama import Int8Linear, LeanLlamaStepper, PackedLinear
 from sdft.engines.models import embedded_gguf_path, load_model, resolve_model
 from sdft.jsonl import read_jsonl
 from sdft.options import DecodingOptions
@@ -232,6 +234,18 @@ def peak_int8_gflops(hidden: int, intermediate: int) -> float:
     return max(rates)
 
 
+@functools.cache
+def _far_past_caches() -> torch.Tensor:
+    return torch.ones(1 << 28)  # 1 GiB of fp32, allocated once: past any cache of these machines (L3 up to 480 MB)
+
+
+def read_bandwidth_gb_s() -> float:
+    """The best rate at which torch's threads read memory far past the caches (an fp32 sum over 1 GiB): what reading the
+    weights and the KV cache could run at."""
+    buffer = _far_past_caches()
+    return buffer.numel() * buffer.element_size() / best_seconds(buffer.sum, budget=0.5) / 1e9
+
+
 def sampled_around(work, sample, samples: list[float]):
     """work(), with `sample()` (a peak matmul rate) taken right before and right after it into `samples`. This
     machine's speed drifts by up to 2x within minutes, so a bound is taken at the moments the work it bounds ran, not
@@ -262,6 +276,25 @@ def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], pe
             "tok_s": round(sum(generated) / (flops / (rate * 1e9)), 1)}
 
 
+def memory_bound(model, tokenizer, prompts: list[str], generated: list[int], bandwidth_samples: list[float]) -> dict:
+    """Tokens/s the workload would reach if decoding only had to read memory, at the best read rate sampled around
+    sdft's run: each decoding forward reads every Linear's weights once (all rows in one batch, so as many forwards as
+    the longest row has tokens to decode) and each decoded token reads its context's K/V once in every layer. A decoder
+    without drafts reads at least this (drafts share one read of a row's K/V among several tokens). On a CPU whose bf16
+    matmuls run on AMX this bound, not the compute bound, is the lower one."""
+    config = model.config
+    size = model.dtype.itemsize
+    prompt_lens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+    per_column = 2 * config.num_hidden_layers * config.num_key_value_heads * LeanLlamaStepper.head_dim_of(config) * size
+    # the token decoded t-th (t = 1 .. n-1; the first comes from the prompt's forward) reads p + t columns
+    kv = per_column * sum((n - 1) * p + (n - 1) * n // 2 for p, n in zip(prompt_lens, generated) if n > 1)
+    weights = linear_flops_per_token(model) // 2 * size * max(max(generated) - 1, 0)
+    rate = max(bandwidth_samples)
+    return {"read_gb_s": round(rate, 1), "read_samples_gb_s": [round(sample, 1) for sample in bandwidth_samples],
+            "kv_gb": round(kv / 1e9, 2), "weights_gb": round(weights / 1e9, 2),
+            "tok_s": round(sum(generated) / ((kv + weights) / (rate * 1e9)), 1)}
+
+
 def run(args: argparse.Namespace) -> dict:
     """sdft (as `--dtype auto` picks, and with each of FAST_VARIANTS) and the fastest peer (llama-server) alternate for
     `args.rounds` rounds: this machine's speed drifts by up to 2x within minutes, so each round's ratio compares runs
@@ -289,9 +322,14 @@ def run(args: argparse.Namespace) -> dict:
     for r in range(args.rounds):
         outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in variants), "llama_server")}
         samples: list[float] = []
-        ours = sampled_around(lambda: timed(sdft_tokens, engines["sdft"], prompts, args.new_tokens, outputs["sdft"]),
-                              peak, samples)
-        bound = compute_bound(model, tokenizer, prompts, [c.n_tokens for c in outputs["sdft"]], samples)
+        bandwidths: list[float] = []
+        ours = sampled_around(lambda: sampled_around(
+            lambda: timed(sdft_tokens, engines["sdft"], prompts, args.new_tokens, outputs["sdft"]), peak, samples),
+            read_bandwidth_gb_s, bandwidths)
+        generated = [c.n_tokens for c in outputs["sdft"]]
+        bound = compute_bound(model, tokenizer, prompts, generated, samples)
+        memory = memory_bound(model, tokenizer, prompts, generated, bandwidths)
+        roofline = min(bound["tok_s"], memory["tok_s"])  # the slower of computing and reading
         fast, fast_bounds = {}, {}
         for v, options in variants.items():  # each bounded by its own arithmetic's rate (fp32 or int8 linears)
             name, quantize, variant_samples = f"sdft_{v}", options.get("quantize", "none"), []
@@ -302,7 +340,8 @@ def run(args: argparse.Namespace) -> dict:
             fast_bounds[v] = {**variant_bound, "sdft_share": round(fast[name]["tok_s"] / variant_bound["tok_s"], 3)}
         server = run_llama_server(slots[0], threads, prompts, args.new_tokens, outputs["llama_server"]) if slots else None
         rounds.append({"sdft": ours, **fast, "llama_server": server, "fast_bounds": fast_bounds,
-                       "bound": {**bound, "sdft_share": round(ours["tok_s"] / bound["tok_s"], 3)}})
+                       "bound": {**bound, "sdft_share": round(ours["tok_s"] / bound["tok_s"], 3), "memory": memory,
+                                 "roofline_tok_s": roofline, "sdft_share_of_roofline": round(ours["tok_s"] / roofline, 3)}})
         if r == 0:
             texts = {name: [getattr(o, "text", o) for o in out] for name, out in outputs.items() if out}
     ours = median_round([r["sdft"] for r in rounds])
@@ -366,10 +405,15 @@ def quality(rows: list[dict], texts: dict[str, list[str]]) -> dict:
 
 
 def median_bound(bounds: list[dict]) -> dict:
-    """One engine's bound over rounds: the round of median share, with the median share and every round's."""
+    """One engine's bound over rounds: the round of median share, with the median share and every round's (of the
+    roofline too, where measured)."""
     shares = [b["sdft_share"] for b in bounds]
     middle = min(bounds, key=lambda b: abs(b["sdft_share"] - statistics.median(shares)))
-    return {**middle, "sdft_share": round(statistics.median(shares), 3), "rounds_share": shares}
+    medians = {"sdft_share": round(statistics.median(shares), 3), "rounds_share": shares}
+    if "sdft_share_of_roofline" in middle:
+        roofline = [b["sdft_share_of_roofline"] for b in bounds]
+        medians |= {"sdft_share_of_roofline": round(statistics.median(roofline), 3), "rounds_share_of_roofline": roofline}
+    return {**middle, **medians}
 
 
 def median_round(runs: list[dict]) -> dict:

@@ -79,6 +79,8 @@ def ratios(results: dict) -> dict:
         shown["gen_accepted_pct"] = results["gen_quality"]["accepted_pct"]
     if "gen_compute_bound" in results:
         shown["gen_share_of_compute_bound"] = results["gen_compute_bound"]["sdft_share"]
+        if "sdft_share_of_roofline" in results["gen_compute_bound"]:
+            shown["gen_share_of_roofline"] = results["gen_compute_bound"]["sdft_share_of_roofline"]
     for variant, bound in results.get("gen_fast_compute_bound", {}).items():
         shown[f"gen_{variant}_share_of_own_compute_bound"] = bound["sdft_share"]
     if "train_compute_bound" in results:
