@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from sdft.checks import math_check
+from sdft.engines.dtype_probe import cpu_flags, cpu_identity
 from sdft.jsonl import read_jsonl
 from sdft.engines.generation import HFEngine
 from sdft.engines.models import embedded_gguf_path, load_model, needs_bos
@@ -125,10 +126,14 @@ def peak_rss_mb() -> int:
 
 
 def machine_info() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version()}
+    """The machine a run measured: the CPU as the dtype probe tells CPUs apart (these VMs give a Zen 4 and a Zen 5, or
+    Xeons with and without AMX, the same model name) and the matrix units its bf16 matmuls may use."""
+    flags = cpu_flags()
+    units = [name for name, flag in (("AMX", "amx_bf16"), ("AVX-512 BF16", "avx512_bf16"), ("AVX-512", "avx512f"))
+             if flag in flags]
+    return {"cpu": cpu_identity(), "matrix_units": units, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version()}
+
 
 
 def distill_quality(n: int, new_tokens: int) -> dict:

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "training": ["--steps", "3", "--rounds", "1"] if args.quick else []}
     planned = [(part, part_argv[part]) for part in PARTS if part in args.parts]
     earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results = {}
+    results = {"machine": bench_generation.machine_info()}  # this run's, whichever parts it measures
     for part, part_argv in planned:
         results |= in_fresh_process(part, part_argv)
         write(results, earlier)  # a run stopped in a later part keeps this one's figures

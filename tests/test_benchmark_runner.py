@@ -34,18 +34,22 @@ def test_a_complete_run_labels_nothing_it_measured(tmp_path, monkeypatch):
     results = tmp_path / "latest.json"
     monkeypatch.setattr(run_all, "RESULTS", results)
     monkeypatch.setattr(run_all, "in_fresh_process", lambda name, argv: {f"{name}_speedup": 3.0})
+    monkeypatch.setattr(run_all.bench_generation, "machine_info", lambda: {"cpu": "this one"})
     run_all.main(["--quick"])
     written = json.loads(results.read_text())
-    assert written == {"generation_speedup": 3.0, "peers_speedup": 3.0, "training_speedup": 3.0}
+    assert written == {"machine": {"cpu": "this one"}, "generation_speedup": 3.0, "peers_speedup": 3.0,
+                       "training_speedup": 3.0}
 
 
 def test_parts_not_run_keep_their_earlier_figures(tmp_path, monkeypatch):
     results = tmp_path / "latest.json"
-    results.write_text(json.dumps({"training_speedup": 1.5, "peers_speedup": 2.0}))
+    results.write_text(json.dumps({"training_speedup": 1.5, "peers_speedup": 2.0, "machine": {"cpu": "an earlier one"}}))
     monkeypatch.setattr(run_all, "RESULTS", results)
+    monkeypatch.setattr(run_all.bench_generation, "machine_info", lambda: {"cpu": "this one"})
     ran = []
     monkeypatch.setattr(run_all, "in_fresh_process", lambda name, argv: ran.append(name) or {f"{name}_speedup": 3.0})
     run_all.main(["--parts", "peers"])
     assert ran == ["peers"]
-    assert json.loads(results.read_text()) == {"training_speedup": 1.5, "peers_speedup": 3.0,
+    # the machine is always this run's: the kept figures are labelled as another run's
+    assert json.loads(results.read_text()) == {"training_speedup": 1.5, "peers_speedup": 3.0, "machine": {"cpu": "this one"},
                                                "kept_from_earlier_run": ["training_speedup"]}

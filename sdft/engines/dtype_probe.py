@@ -47,6 +47,11 @@ def cpu_model() -> str:
     return _cpuinfo().get("model name") or platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's flags as /proc/cpuinfo lists them (empty where there is none)."""
+    return set(_cpuinfo().get("flags", "").split())
+
+
 def cpu_flags_hash() -> str:
     """8 hex digits of the CPU's flag set: what a build with -march=native depends on."""
     fields = _cpuinfo()
