@@ -135,7 +135,6 @@ def machine_info() -> dict:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
-
 def distill_quality(n: int, new_tokens: int) -> dict:
     """Greedy bf16 vs fp32 on the scorer distillation itself applies: the share of GSM8K rewrites the math check accepts
     (the model sees the reference answer, so it is well off the floor), with a paired bootstrap of the difference, plus

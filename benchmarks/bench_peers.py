@@ -276,7 +276,7 @@ def compute_bound(model, tokenizer, prompts: list[str], generated: list[int], pe
             "tok_s": round(sum(generated) / (flops / (rate * 1e9)), 1)}
 
 
-def memory_bound(model, tokenizer, prompts: list[str], generated: list[int], bandwidth_samples: list[float]) -> dict:
+def memory_bound(model, prompt_lens: list[int], generated: list[int], bandwidth_samples: list[float]) -> dict:
     """Tokens/s the workload would reach if decoding only had to read memory, at the best read rate sampled around
     sdft's run: each decoding forward reads every Linear's weights once (all rows in one batch, so as many forwards as
     the longest row has tokens to decode) and each decoded token reads its context's K/V once in every layer. A decoder
@@ -284,7 +284,6 @@ def memory_bound(model, tokenizer, prompts: list[str], generated: list[int], ban
     matmuls run on AMX this bound, not the compute bound, is the lower one."""
     config = model.config
     size = model.dtype.itemsize
-    prompt_lens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     per_column = 2 * config.num_hidden_layers * config.num_key_value_heads * LeanLlamaStepper.head_dim_of(config) * size
     # the token decoded t-th (t = 1 .. n-1; the first comes from the prompt's forward) reads p + t columns
     kv = per_column * sum((n - 1) * p + (n - 1) * n // 2 for p, n in zip(prompt_lens, generated) if n > 1)
@@ -303,6 +302,7 @@ def run(args: argparse.Namespace) -> dict:
     threads = torch.get_num_threads()
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
     prompts = gsm8k_prompts(tokenizer, args.prompts)
+    prompt_lens = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
     variants = {v: FAST_VARIANTS[v] for v in args.variants}
     slots = ((args.slots, {}) if args.slots and llama_server_binary() else
              llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS))
@@ -328,7 +328,7 @@ def run(args: argparse.Namespace) -> dict:
             read_bandwidth_gb_s, bandwidths)
         generated = [c.n_tokens for c in outputs["sdft"]]
         bound = compute_bound(model, tokenizer, prompts, generated, samples)
-        memory = memory_bound(model, tokenizer, prompts, generated, bandwidths)
+        memory = memory_bound(model, prompt_lens, generated, bandwidths)
         roofline = min(bound["tok_s"], memory["tok_s"])  # the slower of computing and reading
         fast, fast_bounds = {}, {}
         for v, options in variants.items():  # each bounded by its own arithmetic's rate (fp32 or int8 linears)

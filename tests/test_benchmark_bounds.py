@@ -11,13 +11,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_peers  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
 
 
-class WordTokenizer:
-    """One token per word: prompt lengths the test can count."""
-
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": list(range(len(text.split())))}
-
-
 @pytest.fixture(scope="module")
 def model():
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -29,20 +22,20 @@ def model():
 
 def test_memory_bound_counts_each_decoded_tokens_context_and_the_weights_of_each_forward(model):
     # K/V per cache column: 2 (K and V) x 2 layers x 2 KV heads x head_dim 8 x 4 bytes = 256 bytes.
-    # Row "a b c", 4 tokens: the 3 decoded after the first read 4, 5 and 6 columns; row "a b", 1 token: no decoding.
+    # A 3-token prompt, 4 tokens: the 3 decoded after the first read 4, 5 and 6 columns; a 2-token prompt, 1 token: none.
     kv = 256 * (4 + 5 + 6)
     # Linears per layer: q 32x32, k and v 32x16, o 32x32, gate and up 64x32, down 32x64; the LM head 100x32 (its weight
     # tied to the embeddings, read again as the head). Read once by each of the longest row's 3 decoding forwards.
     weights = (2 * (1024 + 512 + 512 + 1024 + 3 * 2048) + 3200) * 4 * 3
-    bound = bench_peers.memory_bound(model, WordTokenizer(), ["a b c", "a b"], [4, 1], [1.0, 2.0])
+    bound = bench_peers.memory_bound(model, [3, 2], [4, 1], [1.0, 2.0])
     assert bound["read_gb_s"] == 2.0  # the best sample
     assert bound["kv_gb"] == round(kv / 1e9, 2) and bound["weights_gb"] == round(weights / 1e9, 2)
     assert bound["tok_s"] == pytest.approx(5 / ((kv + weights) / 2e9), rel=1e-3)
 
 
 def test_memory_bound_of_a_bf16_model_reads_half_the_bytes(model):
-    fp32 = bench_peers.memory_bound(model, WordTokenizer(), ["a b c"], [4], [2.0])
-    bf16 = bench_peers.memory_bound(model.to(torch.bfloat16), WordTokenizer(), ["a b c"], [4], [2.0])
+    fp32 = bench_peers.memory_bound(model, [3], [4], [2.0])
+    bf16 = bench_peers.memory_bound(model.to(torch.bfloat16), [3], [4], [2.0])
     model.float()
     assert bf16["tok_s"] == pytest.approx(2 * fp32["tok_s"], rel=1e-3)
 
