@@ -11,6 +11,7 @@ class HFStepper:
 
     refills = False
     speculates = False
+    admits_beside = False
     compacts = True
 
     def __init__(self, model, pad_id: int, slots: int):

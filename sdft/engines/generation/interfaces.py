@@ -42,9 +42,15 @@ class Stepper(Protocol):
     refills: bool  # rows may be admitted into free slots while others decode (else only into an empty stepper)
     speculates: bool  # has `verify` and `advance`: several fed tokens per slot in one forward
     compacts: bool  # finished slots still cost work until dropped by `select`
+    admits_beside: bool  # has `admit_beside`: new rows prefilled in the forward that feeds the others
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
         """Prefill prompts (token ids) into these free slots; their next-token logits, (len(slots), vocab)."""
+        ...
+
+    def admit_beside(self, slots: list[int], batch_ids: list[list[int]], fed: list[list[int] | None]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`admit` into free slots and `verify(fed)` for the others in one forward: (admitted rows' logits, fed tokens')."""
         ...
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:

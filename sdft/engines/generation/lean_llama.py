@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import itertools
 import math
 import sys
 import warnings
@@ -146,6 +147,7 @@ class LeanLlamaStepper:
         # allocated once (the matmul attention's cache grows and shrinks as it goes)
         self.arena = arena if self.ragged else None
         self.ragged_prefill = ragged_attention.prefills(self.keys[0], model.dtype)
+        self.admits_beside = self.ragged_prefill  # new rows prefill in a decoding step's forward (`admit_beside`)
         # a bf16 model's RMSNorm and SiLU·up as the kernel's one-pass ops (AVX-512 BF16), where its shapes fit them
         self.fuses = (model.device.type == "cpu" and model.dtype == torch.bfloat16 and config.hidden_act == "silu"
                       and config.hidden_size % 16 == 0 and config.intermediate_size % 16 == 0
@@ -236,7 +238,7 @@ class LeanLlamaStepper:
         """One forward over new rows' tokens past `prefix` (whose K/V is reused), right-padded, so each row's cache
         starts at column 0."""
         if self.ragged_prefill:
-            return self._prefill_ragged(slots, batch_ids, prefix)
+            return self._prefill_ragged(slots, batch_ids)
         device, shared = self.lengths.device, len(prefix)
         width = max(len(ids) for ids in batch_ids) - shared
         input_ids = torch.tensor([ids[shared:] + [0] * (width + shared - len(ids)) for ids in batch_ids], device=device)
@@ -263,24 +265,43 @@ class LeanLlamaStepper:
         self.lengths[index] = lengths
         return self._logits(hidden[torch.arange(len(slots), device=device), lengths - shared - 1])
 
-    def _prefill_ragged(self, slots: list[int], batch_ids: list[list[int]], prefix: tuple[int, ...]) -> torch.Tensor:
-        """Prefill through the decoding kernel: each new slot holds the shared prefix's K/V, then is fed the rest of its
-        prompt as one long draft (packed, no padding; each token attends to its slot's columns up to itself)."""
-        device, shared = self.lengths.device, len(prefix)
-        index = torch.tensor(slots, device=device)
+    def _prefill_ragged(self, slots: list[int], batch_ids: list[list[int]],
+                        beside: list[list[int] | None] | None = None) -> torch.Tensor:
+        """Prefill through the decoding kernel: each new slot holds its shared prefix's K/V, then is fed the rest of its
+        prompt as one long draft (packed, no padding; each token attends to its slot's columns up to itself). Fed
+        `beside` (other slots' tokens, as `verify`), the same forward runs them too: the new rows' logits come first,
+        then those of every token fed beside."""
+        device = self.lengths.device
+        prefixes = [self._prefix_of(ids) for ids in batch_ids]
         self._fit(max(len(ids) for ids in batch_ids))
-        for layer_index, (k, v) in enumerate(self._prefix_kv(prefix) if shared else ()):
-            self.keys[layer_index][index, :, :shared] = k.to(self.keys[layer_index].dtype)
-            self.values[layer_index][index, :, :shared] = v.to(self.values[layer_index].dtype)
-        self.lengths[index] = shared
-        inputs: list[list[int] | None] = [None] * self.slots
-        for s, ids in zip(slots, batch_ids):
-            inputs[s] = ids[shared:]
-        hidden = self._decode(inputs)  # the fed tokens slot by slot, in slot order
-        order = sorted(range(len(slots)), key=lambda k: slots[k])
-        last = torch.tensor([len(batch_ids[k]) - shared for k in order], device=device).cumsum(0) - 1
+        for prefix in set(prefixes) - {()}:
+            rows = torch.tensor([s for s, p in zip(slots, prefixes) if p == prefix], device=device)
+            for layer_index, (k, v) in enumerate(self._prefix_kv(prefix)):
+                self.keys[layer_index][rows, :, : len(prefix)] = k.to(self.keys[layer_index].dtype)
+                self.values[layer_index][rows, :, : len(prefix)] = v.to(self.values[layer_index].dtype)
+        index = torch.tensor(slots, device=device)
+        self.lengths[index] = torch.tensor([len(p) for p in prefixes], device=device)
+        inputs = list(beside) if beside else [None] * self.slots
+        for s, ids, prefix in zip(slots, batch_ids, prefixes):
+            inputs[s] = ids[len(prefix) :]
+        hidden = self._decode(inputs, frozenset(slots) if beside else frozenset())  # fed tokens in slot order
+        ends = list(itertools.accumulate(len(tokens) if tokens else 0 for tokens in inputs))
+        wanted = [ends[s] - 1 for s in slots]  # each new row's last prompt token, in the order asked
+        new = set(slots)
+        wanted += [t for s, tokens in enumerate(beside or ()) if tokens and s not in new
+                   for t in range(ends[s] - len(tokens), ends[s])]
         self.lengths[index] = torch.tensor([len(ids) for ids in batch_ids], device=device)
-        return self._logits(hidden[last])[torch.tensor(order, device=device).argsort()]
+        return self._logits(hidden[torch.tensor(wanted, device=device)])
+
+    def admit_beside(self, slots: list[int], batch_ids: list[list[int]], fed: list[list[int] | None]
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prefill new rows into free slots in the forward that feeds the other slots `fed`, as `verify` does (their
+        lengths kept until `advance`): a row's prompt beside a decoding step makes one fuller matmul of the two. The
+        new rows' next-token logits, and the fed tokens' as `verify` gives them."""
+        if not self.admits_beside:
+            raise ValueError("admit_beside needs the ragged prefill (a bf16 cache read with AVX-512 BF16)")
+        logits = self._prefill_ragged(slots, batch_ids, fed)
+        return logits[: len(slots)], logits[len(slots) :]
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
         """Next-token logits of the slots fed a token, each written at its slot's own length; idle slots (None) reset."""
@@ -295,12 +316,13 @@ class LeanLlamaStepper:
         slot past what was accepted, and K/V written beyond that is masked out until overwritten."""
         return self._logits(self._decode(fed))
 
-    def _decode(self, inputs: list[list[int] | None]) -> torch.Tensor:
+    def _decode(self, inputs: list[list[int] | None], apart: frozenset[int] = frozenset()) -> torch.Tensor:
         """Hidden states of the tokens fed to each slot (None: idle), (fed tokens, hidden): each written to its slot's
         cache from the slot's length on and attending to the cache up to itself. The linears run the fed tokens only,
         packed one after another, so a slot fed one token beside slots fed drafts costs no padding; attention sees them
-        padded per slot (a padded query attends nothing). The kernel runs the fed slots only; the matmul attention runs
-        every slot: its cache cannot be read row by row uncopied."""
+        padded per slot (a padded query attends nothing). The kernel runs the fed slots only, the slots `apart` (prompts
+        beside a step) in a call of their own, so the step's rows are not padded to a prompt's width; the matmul
+        attention runs every slot: its cache cannot be read row by row uncopied."""
         device = self.lengths.device
         fed = [s for s, tokens in enumerate(inputs) if tokens]
         rows = fed if self.ragged else list(range(self.slots))
@@ -314,9 +336,9 @@ class LeanLlamaStepper:
         column = self.lengths[slot] + offset
         ids = torch.tensor([[t for s in fed for t in inputs[s]]], device=device)
         self._fit(int(column.max()) + 1)
-        if self.ragged:  # query g * width + j of a row (query head g of a KV head, fed token j) sees j's columns
-            seen = torch.zeros((len(rows), width), dtype=torch.long, device=device).index_put_((row, offset), column + 1)
-            lengths = seen.repeat(1, group)  # 0 for padding: a query the kernel skips
+        if self.ragged:  # each part's fed tokens (their places in `ids`) and the kernel's arguments for them
+            parts = [self._ragged_part(inputs, part) for part in ([s for s in fed if s not in apart],
+                                                                  [s for s in fed if s in apart]) if part]
         else:  # fed token j of a slot sees its cache up to its own column: (rows, 1, 1, width, cache columns)
             columns = self.lengths[index][:, None] + torch.arange(width, device=device)  # (rows, width): padded too
             hidden_columns = torch.arange(self.keys[0].shape[2], device=device)[None, None, :] > columns[:, :, None]
@@ -326,9 +348,17 @@ class LeanLlamaStepper:
             # qkv (1, tokens, (heads + 2 kv_heads) head_dim), cos and sin (1, tokens, head_dim): the fed tokens one after
             # another
             keys, values = self.keys[layer_index], self.values[layer_index]
-            if self.ragged:  # all of the below in one call
-                return ragged_attention.decode_layer(qkv[0], cos[0], sin[0], keys, values, slot, column, row, offset, index,
-                                                     lengths, self.heads, scale)[None]
+            if self.ragged:  # all of the below in one call per part
+                if len(parts) == 1:
+                    return ragged_attention.decode_layer(qkv[0], cos[0], sin[0], keys, values, *parts[0][1], self.heads,
+                                                         scale)[None]
+                out = None
+                for tokens, arguments in parts:
+                    part = ragged_attention.decode_layer(qkv[0, tokens], cos[0, tokens], sin[0, tokens], keys, values,
+                                                         *arguments, self.heads, scale)
+                    out = part.new_empty((qkv.shape[1], part.shape[1])) if out is None else out
+                    out[tokens] = part
+                return out[None]
             q, k, v = self._rotated(qkv, cos, sin)  # q (1, heads, tokens, head_dim), k and v (1, kv_heads, tokens, head_dim)
             keys[slot, :, column] = k[0].transpose(0, 1).to(keys.dtype)
             values[slot, :, column] = v[0].transpose(0, 1).to(values.dtype)
@@ -345,6 +375,23 @@ class LeanLlamaStepper:
             return out.view(len(rows), self.heads, width, self.head_dim)[row, :, offset].flatten(1)[None]
 
         return self._forward(ids, column[None], attend)[0]
+
+    def _ragged_part(self, inputs: list[list[int] | None], slots: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The places among all fed tokens of those fed to `slots` (in slot order), and the kernel's arguments for
+        them: each token's slot, column, attention row and offset among its slot's tokens, the rows' slots, and the
+        rows' query lengths (query g * width + j of a row, query head g of a KV head and fed token j, sees j's columns;
+        0 for padding: a query the kernel skips)."""
+        device, group = self.lengths.device, self.heads // self.kv_heads
+        starts = list(itertools.accumulate((len(tokens) if tokens else 0 for tokens in inputs), initial=0))
+        tokens = torch.tensor([t for s in slots for t in range(starts[s], starts[s + 1])], device=device)
+        row = torch.tensor([r for r, s in enumerate(slots) for _ in inputs[s]], device=device)
+        offset = torch.tensor([j for s in slots for j in range(len(inputs[s]))], device=device)
+        index = torch.tensor(slots, device=device)
+        slot = index[row]
+        column = self.lengths[slot] + offset
+        width = max(len(inputs[s]) for s in slots)
+        seen = torch.zeros((len(slots), width), dtype=torch.long, device=device).index_put_((row, offset), column + 1)
+        return tokens, (slot, column, row, offset, index, seen.repeat(1, group))
 
     def advance(self, counts: list[int]) -> None:
         """Move each slot past the `counts` fed tokens `verify` kept."""

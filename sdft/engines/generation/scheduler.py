@@ -157,36 +157,50 @@ class HFEngine:
         held: list[_Row | None] = [None] * stepper.slots  # the row decoding in each slot
         while pending or any(held):
             free = [s for s, row in enumerate(held) if row is None]
-            fed = None
+            decoding_rows = list(held)  # the rows already decoding, each in its slot
+            new: list[int] = []  # the slots taking a waiting row in this forward
             if pending and free and (stepper.refills or len(free) == len(held)):
-                active = free[: len(pending)]
-                for s in active:
+                new = free[: len(pending)]
+                for s in new:
                     i = pending.popleft()
                     held[s] = _Row(i, len(token_ids[i]), _row_generator(decoding.seed, prompts[i]) if sampled else None)
-                logits = stepper.admit(active, [token_ids[held[s].index] for s in active])
+            new_ids = [token_ids[held[s].index] for s in new]
+            fed = None
+            if new and not (stepper.admits_beside and any(decoding_rows)
+                            and sum(map(len, new_ids)) <= stepper.PREFILL_TOKENS):
+                logits = stepper.admit(new, new_ids)
+                active, rows = new, [held[s] for s in new]
+                chosen = [[token] for token in _choose(logits, decoding, _generators(rows, sampled)).tolist()]
             else:
-                if stepper.compacts and not pending and len(free) >= max(1, len(held) // 8):
+                if stepper.compacts and not pending and not new and len(free) >= max(1, len(held) // 8):
                     # Drop finished slots once they are an eighth of the batch: the cache copy costs about a step.
                     keep = [s for s, row in enumerate(held) if row is not None]
                     stepper.select(keep)
-                    held = [held[s] for s in keep]
-                fed = self._drafts(held, token_ids) if stepper.speculates and not sampled else None
-                if fed is None:
-                    logits = stepper.step([row.tokens[-1] if row else None for row in held])
+                    held = decoding_rows = [held[s] for s in keep]
+                fed = self._drafts(decoding_rows, token_ids) if stepper.speculates and not sampled else None
+                if new:  # the new rows prefilled in the decoding rows' forward
+                    fed = fed or [[row.tokens[-1]] if row else None for row in decoding_rows]
+                    new_logits, logits = stepper.admit_beside(new, new_ids, fed)
+                elif fed is None:
+                    logits = stepper.step([row.tokens[-1] if row else None for row in decoding_rows])
                 else:
                     logits = stepper.verify(fed)
-                active = [s for s, row in enumerate(held) if row is not None]  # the slots fed, whose logits came back
-            rows = [held[s] for s in active]
-            if fed is None:
-                generators = [row.generator for row in rows] if sampled else None
-                chosen = [[token] for token in _choose(logits, decoding, generators).tolist()]
-            else:
-                greedy = iter(greedy_tokens(logits).tolist())  # fed tokens slot by slot
-                chosen = [_kept(fed[s], [next(greedy) for _ in fed[s]]) for s in active]
-                counts = [0] * len(held)
-                for s, tokens in zip(active, chosen):
-                    counts[s] = len(tokens)  # the fed last token and the accepted draft now sit in the cache
-                stepper.advance(counts)
+                active = [s for s, row in enumerate(decoding_rows) if row is not None]  # the slots fed, in order
+                rows = [held[s] for s in active]
+                if fed is None or sampled:  # one fed token a row (sampled rows are never drafted)
+                    chosen = [[token] for token in _choose(logits, decoding, _generators(rows, sampled)).tolist()]
+                else:
+                    greedy = iter(greedy_tokens(logits).tolist())  # fed tokens slot by slot
+                    chosen = [_kept(fed[s], [next(greedy) for _ in fed[s]]) for s in active]
+                if fed is not None:
+                    counts = [0] * len(held)
+                    for s, tokens in zip(active, chosen):
+                        counts[s] = len(tokens)  # the fed last token and the accepted draft now sit in the cache
+                    stepper.advance(counts)
+                if new:
+                    new_rows = [held[s] for s in new]
+                    new_chosen = _choose(new_logits, decoding, _generators(new_rows, sampled)).tolist()
+                    active, rows, chosen = active + new, rows + new_rows, chosen + [[token] for token in new_chosen]
             finished = []
             for s, row, tokens in zip(active, rows, chosen):
                 for token in tokens:
@@ -256,6 +270,10 @@ def _kept(fed: list[int], greedy: list[int]) -> list[int]:
         if j + 1 == len(fed) or fed[j + 1] != token:
             break
     return kept
+
+
+def _generators(rows: list[_Row], sampled: bool) -> list[torch.Generator] | None:
+    return [row.generator for row in rows] if sampled else None
 
 
 def _row_generator(seed: int, prompt: str) -> torch.Generator:
