@@ -597,6 +597,58 @@ def test_bf16_prompts_prefilled_through_the_kernel_match_sdpa_prefill(embedded_t
         assert (steps[0] - steps[1]).abs().max() / steps[1].abs().max() < 5e-2
 
 
+@pytest.mark.skipif(not (ragged_attention.kernel() and ragged_attention.kernel().reads_bf16_pairs()),
+                    reason="rows are admitted beside a step only where prompts are prefilled through the kernel")
+def test_rows_admitted_beside_a_step_match_admitting_them_after_it(embedded_tokenizer, monkeypatch):
+    """A waiting row prefilled in the forward that steps and verifies the decoding rows (`admit_beside`) gives bitwise
+    the logits, lengths and cache of admitting it in a forward of its own after that step; the engine's outputs are the
+    same with it on or off, on more prompts than slots."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(embedded_tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    model = LlamaForCausalLM(config).to(torch.bfloat16).eval()
+    prompts = [render("alpaca", {"instruction": p}, embedded_tokenizer) for p in PROMPTS]
+    ids = HFEngine(model, embedded_tokenizer).encode(prompts)
+    prefixes = shared_prefixes(ids)
+    beside, apart = (LeanLlamaStepper(model, 4, prefixes, columns=128) for _ in range(2))
+    assert beside.admits_beside
+    with torch.inference_mode():
+        first = [stepper.admit([0, 2, 1], ids[:3]) for stepper in (beside, apart)]
+        assert torch.equal(*first)
+        tokens = first[0].argmax(-1).tolist()
+        fed = [[tokens[0]], [tokens[2], 5, 7], [tokens[1]], None]  # slot 1 verifies a draft; slot 3 is free
+        new_logits, fed_logits = beside.admit_beside([3], [ids[3]], fed)
+        expected_fed = apart.verify(fed)
+        apart.advance([1, 1, 1, 0])
+        expected_new = apart.admit([3], [ids[3]])
+        beside.advance([1, 1, 1, 0])
+        assert torch.equal(new_logits, expected_new) and torch.equal(fed_logits, expected_fed)
+        assert torch.equal(beside.lengths, apart.lengths)
+        for cache in ("keys", "values"):
+            for layer in range(config.num_hidden_layers):
+                for slot, length in enumerate(beside.lengths.tolist()):
+                    assert torch.equal(getattr(beside, cache)[layer][slot, :, :length],
+                                       getattr(apart, cache)[layer][slot, :, :length])
+    admitted_beside = []
+    with monkeypatch.context() as patch:
+        admit_beside = LeanLlamaStepper.admit_beside
+        patch.setattr(LeanLlamaStepper, "admit_beside",
+                      lambda self, *args: admitted_beside.append(args[0]) or admit_beside(self, *args))
+        fused = complete(model, embedded_tokenizer, prompts, decode_rows=2, max_new_tokens=12)
+    with monkeypatch.context() as patch:
+        construct = LeanLlamaStepper.__init__
+
+        def without_beside(self, *args, **kwargs):
+            construct(self, *args, **kwargs)
+            self.admits_beside = False
+
+        patch.setattr(LeanLlamaStepper, "__init__", without_beside)
+        plain = complete(model, embedded_tokenizer, prompts, decode_rows=2, max_new_tokens=12)
+    assert admitted_beside and fused == plain
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_residual_add_inside_the_matmul_is_bitwise_the_add_after_it(dtype):
     """`PackedLinear.plus` (oneDNN's add post-op in fp32) gives the very sums of adding the residual after the matmul,
