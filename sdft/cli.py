@@ -8,16 +8,16 @@ import json
 import os
 import sys
 
-from .config import add_config_args, build_config
-from .errors import UserError
-from .threads import configure_threads
+from sdft.core.config import add_config_args, build_config
+from sdft.core.errors import UserError
+from sdft.engines.runtime import configure_threads
 
 
 def _commands():
     """name -> (help, config class, "module:function" of its stage, positional fields); stages are imported only to run,
     so `--help` stays torch-free and fast."""
-    from .experiment import DemoConfig, ReportConfig, RunConfig
-    from .options import DistillConfig, EvalConfig, GenerateConfig, ScoreConfig, TrainConfig
+    from sdft.experiment import DemoConfig, ReportConfig, RunConfig
+    from sdft.options import DistillConfig, EvalConfig, GenerateConfig, ScoreConfig, TrainConfig
 
     return {
         "distill": ("rewrite a dataset's responses with the seed model and select (SDFT Eq. 3-4)", DistillConfig, "stages.distill:distill", ()),
@@ -55,8 +55,8 @@ def _record_provenance(command: str, config) -> None:
     """run.json beside a stage's outputs (the pipeline commands write their own)."""
     from pathlib import Path
 
-    from .distributed import is_main_process
-    from .provenance import write_run_json
+    from sdft.core.distributed import is_main_process
+    from sdft.provenance import write_run_json
 
     out = getattr(config, "out", None)
     if command in ("run", "report", "demo", "score") or not out or not is_main_process():

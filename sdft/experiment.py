@@ -12,13 +12,22 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Options, at_least, build_config, each, field, load_yaml, within
-from .benchmarks import BENCHMARKS
-from .errors import UserError
-from .data import DATASETS
-from .templates import TEMPLATES
-from .options import (DataDirOption, DistillOptions, EvalOptions, ModelOptions, PromptModeOption,
-                      OnPolicyOptions, SeedOption, TrainOptions, check_selection)
+from sdft.core.config import Options, at_least, build_config, each, field, load_yaml, within
+from sdft.core.errors import UserError
+from sdft.data.datasets import DATASETS
+from sdft.data.templates import TEMPLATES
+from sdft.evaluation.benchmarks import BENCHMARKS
+from sdft.options import (
+    DataDirOption,
+    DistillOptions,
+    EvalOptions,
+    ModelOptions,
+    OnPolicyOptions,
+    PromptModeOption,
+    SeedOption,
+    TrainOptions,
+    check_selection,
+)
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 INHERITED = ("model", "dtype", "prompt_mode", "seed", "data_dir")

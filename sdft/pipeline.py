@@ -22,17 +22,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from .data import DATASETS
-from .errors import UserError
-from .experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment, section_values
-from .jsonl import read_jsonl, write_json
-from .locking import RunLock
-from .options import DistillConfig, EvalConfig, TrainConfig
-from .provenance import write_run_json
-from .stages.distill import distill
-from .stages.evaluate import run_eval
-from .stages.train import train
-from .threads import configure_threads, describe
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl, write_json
+from sdft.core.locking import RunLock
+from sdft.data.datasets import DATASETS
+from sdft.engines.runtime import configure_threads, describe
+from sdft.experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment, section_values
+from sdft.options import DistillConfig, EvalConfig, TrainConfig
+from sdft.provenance import provenance, write_run_json
+from sdft.stages.distill import distill
+from sdft.stages.evaluate import run_eval
+from sdft.stages.train import train
 
 # Training overrides per capacity: the paper's LoRA (the train section as given) and sdft#15's matched capacity.
 CAPACITIES = {"paper": {}, "all-linear-r64": {"target_modules": ["all-linear"], "lora_r": 64, "lora_alpha": 128}}
@@ -218,8 +218,8 @@ def _answers_stage(exp: ExperimentConfig) -> Stage:
               "prompts": exp.retention.prompts, "max_new_tokens": exp.retention.max_new_tokens}
 
     def action(directory: Path, paths: dict[str, Path]) -> dict:
-        from .stages.evaluate import _data_dir
-        from .stages.retention import answer_prompts
+        from sdft.stages.evaluate import _data_dir
+        from sdft.stages.retention import answer_prompts
 
         return answer_prompts(exp.model, exp.dtype, _data_dir(exp.data_dir), exp.retention.prompts, exp.seed,
                               exp.retention.max_new_tokens, directory)
@@ -231,7 +231,7 @@ def _retention_stage(exp: ExperimentConfig, key: str, answers: Stage, train_stag
     config = {"model": exp.model, "dtype": exp.dtype}
 
     def action(directory: Path, paths: dict[str, Path]) -> dict:
-        from .stages.retention import ANSWERS_FILE, score_retention
+        from sdft.stages.retention import ANSWERS_FILE, score_retention
 
         model = {"model": exp.model, "adapter": None} | _trained_model(paths.get("trained"))
         return score_retention(model["model"], exp.dtype, model["adapter"], paths["answers"] / ANSWERS_FILE, directory)
@@ -244,7 +244,7 @@ def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: 
     benchmark = exp.shift.benchmark
 
     def action(directory: Path, paths: dict[str, Path]) -> dict:
-        from .stages.shift import parameter_shift_of_adapter, text_shift
+        from sdft.analysis.shift import parameter_shift_of_adapter, text_shift
 
         seed_rows = {r["id"]: r["prediction"] for r in read_jsonl(paths["seed_eval"] / f"{benchmark}.jsonl")}
         tuned_rows = {r["id"]: r["prediction"] for r in read_jsonl(paths["tuned_eval"] / f"{benchmark}.jsonl")}
@@ -260,8 +260,8 @@ def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: 
 
 def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], None] = print) -> Path:
     """Run every stage not yet done (recording its wall time), then write summary.json."""
-    from .engines.dtype_probe import decisions
-    from .summary import write_summary
+    from sdft.analysis.summary import write_summary
+    from sdft.engines.dtype_probe import decisions
 
     run_dir = Path(exp.out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -281,7 +281,7 @@ def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], Non
         write_json(directory / "done.json", {"stage": stage.kind, "key": stage.key, "hash": stage.hash,
                                              "config": stage.config, "seconds": time.perf_counter() - started,
                                              "result": result})
-    write_summary(exp, the_plan, run_dir)
+    write_summary(exp, the_plan, run_dir, provenance("run", exp))
     # `--dtype auto` decides when a stage first loads a model: run.json written before the stages had none of it
     write_json(run_dir / "run.json", {**record, "dtype_auto": decisions()})
     lock.release()
@@ -289,7 +289,7 @@ def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], Non
 
 
 def run(config: RunConfig) -> dict:
-    from .stages.report import render_report
+    from sdft.analysis.report import render_report
 
     exp = load_experiment(config.experiment, out=config.out)
     the_plan = plan(exp)
@@ -307,7 +307,7 @@ def run(config: RunConfig) -> dict:
 
 
 def report(config: ReportConfig) -> dict:
-    from .stages.report import render_report
+    from sdft.analysis.report import render_report
 
     if not (Path(config.run_dir) / "summary.json").is_file():
         raise UserError("no summary.json: not a finished `sdft run` directory", config.run_dir)
@@ -323,7 +323,7 @@ def demo(config: DemoConfig) -> dict:
         shutil.rmtree(config.out, ignore_errors=True)
     exp = load_experiment("demo", out=config.out, model=config.model, dtype=config.dtype)
     run_dir = execute(exp, plan(exp))
-    from .stages.report import render_headline, render_report
+    from sdft.analysis.report import render_headline, render_report
 
     md, _ = render_report(run_dir)
     print(render_headline(run_dir))

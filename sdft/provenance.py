@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .jsonl import write_json
+from sdft.core.jsonl import write_json
 
 PACKAGES = ("sdft", "torch", "transformers", "peft", "trl", "accelerate", "datasets", "sentence-transformers",
             "sacrebleu", "rouge-score", "lm-eval", "vllm", "llama-cpp-python")
@@ -50,8 +50,8 @@ def accelerator() -> dict | None:
 
 
 def provenance(command: str, config) -> dict:
-    from .engines.dtype_probe import decisions
-    from .threads import configure_threads
+    from sdft.engines.dtype_probe import decisions
+    from sdft.engines.runtime import configure_threads
 
     resolved = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
     return {
@@ -63,7 +63,7 @@ def provenance(command: str, config) -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": configure_threads(),
-        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # torch CPU buffers on transparent huge pages (sdft/__init__)
+        "huge_pages": os.environ.get("THP_MEM_ALLOC_ENABLE"),  # torch CPU buffers on transparent huge pages (engines.runtime)
         "accelerator": accelerator(),
         "dtype_auto": decisions(),  # what `--dtype auto` measured and chose on CPU in this process
         "git_revision": git_revision(),

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from sdft.paths import data_dir
+from sdft.core.paths import data_dir
 
 
 @pytest.fixture(scope="session")

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sdft.cli import main
-from sdft.config import load_yaml
-from sdft.data import load_dataset
-from sdft.errors import UserError
-from sdft.jsonl import read_jsonl
+from sdft.core.config import load_yaml
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl
+from sdft.data.datasets import load_dataset
 
 GOOD = [{"instruction": "What is 2 + 2?", "output": "4"}, {"instruction": "Say hi", "output": "hi"},
         {"instruction": "Name a colour", "output": "red"}]

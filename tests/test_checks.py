@@ -1,19 +1,19 @@
 import pytest
 
-from sdft.checks import (
+from sdft.evaluation.checks import (
     CHECKS,
     CheckResult,
+    calls_in,
+    code_blocks,
     code_check,
     extract_final_number,
     extract_python_code,
     function_call_check,
+    function_call_contains_check,
     generic_check,
     has_meta_phrase,
     math_check,
     numbers_equal,
-    calls_in,
-    code_blocks,
-    function_call_contains_check,
     paper_call_score,
     parse_function_call,
 )

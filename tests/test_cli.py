@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdft.config import add_config_args, build_config
-from sdft.errors import UserError
+from sdft.core.config import add_config_args, build_config
+from sdft.core.errors import UserError
 
 BAD_MODEL = "./no/such/model"
 INPUT_FLAG = {"distill": "--dataset", "train": "--data", "generate": "--input"}
@@ -271,7 +271,7 @@ def test_positional_fields_parse():
     refuse `dest=` for positionals, so even `sdft --help` crashed)."""
     from dataclasses import dataclass
 
-    from sdft.config import field
+    from sdft.core.config import field
 
     @dataclass
     class Cfg:

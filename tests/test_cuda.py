@@ -9,12 +9,12 @@ import json
 
 import pytest
 import torch
+from test_generation import PROMPTS, complete, reference, tiny_model
 
+from sdft.core.errors import UserError
 from sdft.engines.generation import TOKEN_BUDGET, LeanLlamaStepper, make_engine
-from sdft.errors import UserError
 from sdft.options import EngineOptions, TrainConfig
 from sdft.stages.train import train
-from test_generation import PROMPTS, complete, reference, tiny_model
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from sdft import paths
-from sdft.data import DATASETS, SUBSAMPLE_TO, load_dataset, normalise, normalise_prompt_rows, subsample
-from sdft.errors import UserError
+from sdft.core import paths
+from sdft.core.errors import UserError
+from sdft.data.datasets import DATASETS, SUBSAMPLE_TO, load_dataset, normalise, normalise_prompt_rows, subsample
 
 ALPACA_ROWS = [
     {"instruction": "Add the numbers.", "input": "2 and 3", "output": "5"},

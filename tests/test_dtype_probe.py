@@ -108,14 +108,15 @@ def test_real_timing_is_positive():
 
 
 def test_large_torch_buffers_go_on_huge_pages_unless_told_otherwise():
-    """Importing sdft backs torch's CPU buffers of 2 MB+ with transparent huge pages (where the kernel offers them
+    """An engine's start (`configure_threads`) backs torch's CPU buffers of 2 MB+ with transparent huge pages (where the kernel offers them
     on request), an explicit THP_MEM_ALLOC_ENABLE wins, and run.json records the setting."""
     from sdft.provenance import provenance
 
     mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
     if not mode.is_file() or "[madvise]" not in mode.read_text():
         pytest.skip("transparent huge pages are not on request (madvise) on this kernel")
-    code = ("import sdft, torch; x = torch.ones(64 << 20); "
+    code = ("from sdft.engines.runtime import configure_threads; configure_threads(); "
+            "import torch; x = torch.ones(64 << 20); "
             "print(next(int(l.split()[1]) for l in open('/proc/self/smaps_rollup') if l.startswith('AnonHugePages')))")
 
     def huge_kib(**env) -> int:

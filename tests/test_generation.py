@@ -9,10 +9,18 @@ import random
 import pytest
 import torch
 
+from sdft.data.templates import render
 from sdft.engines import generation
-from sdft.engines.generation import HFEngine, LeanLlamaStepper, generate_rows, plan_batches, ragged_attention, scheduler, shared_prefixes
-from sdft.options import DecodingOptions
-from sdft.templates import render
+from sdft.engines.generation import (
+    HFEngine,
+    LeanLlamaStepper,
+    generate_rows,
+    plan_batches,
+    ragged_attention,
+    scheduler,
+    shared_prefixes,
+)
+from sdft.engines.options import DecodingOptions
 
 PROMPTS = [
     "Hello there",
@@ -499,7 +507,7 @@ def test_int8_linear_is_close_to_fp32_and_each_rows_result_ignores_its_batch():
 
 def test_int8_engine_is_batch_independent_and_refuses_what_it_cannot_run(tiny):
     """quantize: int8 decodes each prompt the same alone or in a batch; a bf16 model is refused."""
-    from sdft.errors import UserError
+    from sdft.core.errors import UserError
 
     model, tokenizer = tiny
     assert_batch_independent(HFEngine(model, tokenizer, 4, quantize="int8"))
@@ -513,7 +521,7 @@ def test_fp16_kv_cache_keeps_prefill_exact_decodes_close_and_refuses_what_it_can
     """kv_cache: fp16 stores K/V in fp16: the prompt's own logits are exact (it attends to its fp32 K/V), decoding steps
     come close to fp32's but not equal (they read the fp16 copy); each prompt decodes the same alone or in a batch;
     where the kernel cannot serve the cache (a bf16 model, no kernel) the option is refused."""
-    from sdft.errors import UserError
+    from sdft.core.errors import UserError
 
     model, tokenizer = tiny
     ids = HFEngine(model, tokenizer).encode(PROMPTS)

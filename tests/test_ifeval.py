@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from sdft import ifeval
-from sdft.benchmarks import Sample, get_benchmark
+from sdft.evaluation import ifeval
+from sdft.evaluation.benchmarks import Sample, get_benchmark
 from sdft.stages.evaluate import score_samples
 
 DOC = {"key": 1, "prompt": "Answer in lowercase and without commas.",

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from sdft.engines.judge import HFJudge, OpenAIJudge, judge_win, make_judge, parse_verdict
-from sdft.errors import UserError
-from sdft.jsonl import read_jsonl
-from sdft.paths import data_dir
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl
+from sdft.core.paths import data_dir
+from sdft.evaluation.judge import HFJudge, OpenAIJudge, judge_win, make_judge, parse_verdict
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -206,7 +206,7 @@ class CountingJudge(ContentJudge):
 
 
 def _alpaca_eval_rows(n: int):
-    from sdft.benchmarks import Sample
+    from sdft.evaluation.benchmarks import Sample
 
     samples = [Sample(f"a-{i}", {"instruction": f"question {i}"}, f"reference {i}", {}) for i in range(n)]
     predictions = [{"prediction": f"{'good' if i % 3 else 'bad'} answer {i}"} for i in range(n)]
@@ -214,8 +214,8 @@ def _alpaca_eval_rows(n: int):
 
 
 def test_killed_judging_resumes_without_asking_any_pair_twice(tmp_path):
-    from sdft.benchmarks import get_benchmark
-    from sdft.engines.judge import VerdictCache
+    from sdft.evaluation.benchmarks import get_benchmark
+    from sdft.evaluation.judge import VerdictCache
     from sdft.stages.evaluate import score_samples
 
     bench = get_benchmark("alpaca_eval")
@@ -239,7 +239,7 @@ def test_killed_judging_resumes_without_asking_any_pair_twice(tmp_path):
 
 
 def test_another_judge_does_not_reuse_verdicts(tmp_path):
-    from sdft.engines.judge import VerdictCache
+    from sdft.evaluation.judge import VerdictCache
 
     path = tmp_path / "verdicts.jsonl"
     with VerdictCache.around(FixedJudge(1.0), path) as judge:

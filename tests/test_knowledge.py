@@ -9,10 +9,10 @@ import pytest
 
 lm_eval = pytest.importorskip("lm_eval")
 
-from sdft.errors import UserError  # noqa: E402
-from sdft.jsonl import read_jsonl  # noqa: E402
-from sdft.knowledge import KNOWLEDGE_TASKS, evaluate_knowledge  # noqa: E402
-from sdft.paths import data_dir  # noqa: E402
+from sdft.core.errors import UserError  # noqa: E402
+from sdft.core.jsonl import read_jsonl  # noqa: E402
+from sdft.core.paths import data_dir  # noqa: E402
+from sdft.evaluation.knowledge import KNOWLEDGE_TASKS, evaluate_knowledge  # noqa: E402
 
 DATA = data_dir()
 pytestmark = pytest.mark.skipif(DATA is None, reason="shared data dir not found")

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
+from sdft.data.templates import render
 from sdft.options import TrainConfig
 from sdft.stages.train import train
-from sdft.templates import render
 
 
 def _distilled_gsm8k(tmp_path, n=4):
@@ -129,15 +129,15 @@ def test_killed_onpolicy_run_resumes_from_its_checkpoint(tmp_path, tiny_model_di
 
 
 def test_num_generations_must_divide_the_batch(tmp_path):
-    from sdft.errors import UserError
+    from sdft.core.errors import UserError
 
     with pytest.raises(UserError, match="num_generations"):
         TrainConfig(data="x", out=str(tmp_path), method="onpolicy", batch_size=8, num_generations=3)
 
 
 def test_an_onpolicy_arm_trains_on_vanillas_rows_with_its_options(tmp_path, tiny_model_dir):
+    from sdft.core.config import build_config
     from sdft.experiment import ExperimentConfig
-    from sdft.config import build_config
     from sdft.pipeline import plan
 
     exp = build_config(ExperimentConfig, values={
@@ -173,9 +173,9 @@ def test_the_cpu_onpolicy_preset_dry_runs(tmp_path, capsys):
 def test_the_report_compares_onpolicy_with_vanilla_and_sdft(tmp_path):
     """An onpolicy arm flows through summary.json into every table: scores, paired differences against vanilla and
     SDFT, learning vs forgetting, wall time (its generation included in the training time)."""
-    from sdft.jsonl import write_json, write_jsonl
-    from sdft.stages.report import render_report
-    from sdft.summary import summarize_runs
+    from sdft.analysis.report import render_report
+    from sdft.analysis.summary import summarize_runs
+    from sdft.core.jsonl import write_json, write_jsonl
 
     benchmarks = ["gsm8k", "hellaswag", "arc_challenge", "winogrande"]
     correct = {"seed": 10, "vanilla": 16, "sdft": 14, "onpolicy": 15}  # of 20 items, per benchmark alike

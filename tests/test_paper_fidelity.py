@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sdft.benchmarks import get_benchmark, humanevalpack_instruction, octocoder_completion, octocoder_program
-from sdft.checks import SELECTION_RULES, paper_call_score, paper_last_integer, paper_math_check
-from sdft.templates import render
+from sdft.data.templates import render
+from sdft.evaluation.benchmarks import get_benchmark, humanevalpack_instruction, octocoder_completion, octocoder_program
+from sdft.evaluation.checks import SELECTION_RULES, paper_call_score, paper_last_integer, paper_math_check
 
 
 class LlamaLikeTokenizer:
@@ -165,7 +165,7 @@ PRESETS = sorted((Path(__file__).parents[1] / "sdft/presets").glob("paper-*.yaml
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
 def test_paper_preset_dry_runs_and_its_data_is_local(preset, shared_data, tmp_path, monkeypatch, capsys):
     from sdft.cli import main
-    from sdft.data import DATASETS, load_dataset
+    from sdft.data.datasets import DATASETS, load_dataset
 
     monkeypatch.setenv("SDFT_DATA_DIR", str(shared_data))
     assert main(["run", str(preset), "--dry-run", "--out", str(tmp_path)]) == 0, capsys.readouterr().err
@@ -200,7 +200,7 @@ def test_paper_preset_samples_selects_and_trains_as_the_reference(preset):
 
 
 def test_selection_the_dataset_task_lacks_fails_on_load(tmp_path):
-    from sdft.errors import UserError
+    from sdft.core.errors import UserError
     from sdft.experiment import load_experiment
 
     path = tmp_path / "x.yaml"
@@ -226,7 +226,7 @@ def test_distill_reports_acceptance_under_every_rule():
 
 
 def test_char_bleu_is_the_reference_character_level_bleu():
-    from sdft.stages.shift import char_bleu
+    from sdft.analysis.shift import char_bleu
 
     assert char_bleu("same text", "same text") == pytest.approx(1.0)
     # characters a,b,c,d vs a,b,c,e: n-gram precisions 3/4, 2/3, 1/2 and 0/1, which method 3 smooths to 1/2 (1 / 2^1)
@@ -238,7 +238,7 @@ def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedde
     is refused before anything loads."""
     from types import SimpleNamespace
 
-    from sdft.errors import UserError
+    from sdft.core.errors import UserError
     from sdft.options import DistillConfig
     from sdft.stages import distill as stage
 
@@ -262,8 +262,8 @@ def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedde
 def test_paper_presets_sweep_what_the_paper_swept():
     """Mix ratio and train size (Figs 5–8) on GSM8K and Alpaca, the distillation template (Table 4) on OpenFunctions
     and Alpaca, and sdft#15's matched capacity on GSM8K, whose rerun numbers the replication table shows."""
+    from sdft.analysis.paper_numbers import references
     from sdft.experiment import load_experiment
-    from sdft.paper_numbers import references
     from sdft.pipeline import plan
 
     for name in ("paper-gsm8k", "paper-alpaca"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sdft.registry import check_references, registry
+from sdft.core.registry import check_references, registry
 
 
 def test_a_name_given_twice_is_refused():
@@ -22,11 +22,11 @@ def test_a_reference_to_an_unknown_name_is_refused():
 
 
 def test_the_package_registries_hold_together():
-    from sdft.benchmarks import BENCHMARKS
-    from sdft.checks import SELECTION_RULES
-    from sdft.data import DATASETS
-    from sdft.knowledge import KNOWLEDGE_TASKS
-    from sdft.templates import TEMPLATES
+    from sdft.data.datasets import DATASETS
+    from sdft.data.templates import TEMPLATES
+    from sdft.evaluation.benchmarks import BENCHMARKS
+    from sdft.evaluation.checks import SELECTION_RULES
+    from sdft.evaluation.knowledge import KNOWLEDGE_TASKS
 
     assert {spec.task for spec in DATASETS.values()} <= set(SELECTION_RULES)
     assert {b.template for b in BENCHMARKS.values()} - {None} <= set(TEMPLATES)

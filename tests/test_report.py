@@ -1,4 +1,4 @@
-"""summary.json holds every number of the report (computed by sdft.summary); the report renders it alone."""
+"""summary.json holds every number of the report (computed by sdft.analysis.summary); the report renders it alone."""
 
 import json
 import re
@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from sdft.jsonl import write_json, write_jsonl
-from sdft.stages.report import render_report
-from sdft.stats import seeds_by_items_bootstrap, summarize
-from sdft.summary import distilled_examples, replication, summarize_runs
+from sdft.analysis.report import render_report
+from sdft.analysis.stats import seeds_by_items_bootstrap, summarize
+from sdft.analysis.summary import distilled_examples, replication, summarize_runs
+from sdft.core.jsonl import write_json, write_jsonl
 
 N = 40
 BENCHMARKS = ["gsm8k", "advbench", "hellaswag", "arc_challenge", "winogrande"]
@@ -113,8 +113,8 @@ def matrix(keys, benchmark):
 
 def test_summary_pools_seeds_and_pairs_by_item():
     """Scores are means over seeds × items with the seeds × items bootstrap; Δ vs seed and differences are paired."""
-    from pathlib import Path
     import tempfile
+    from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         runs = [record(k) for k in ("seed", "gsm8k-vanilla-s1", "gsm8k-vanilla-s2", "gsm8k-sdft-s1", "gsm8k-sdft-s2")]

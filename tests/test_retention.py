@@ -4,8 +4,9 @@ batches, must equal scoring each answer alone; a model trained away from those a
 import pytest
 import torch
 
-from sdft.jsonl import read_jsonl, write_jsonl
-from sdft.stages.retention import answer_logprobs, score_retention
+from sdft.core.jsonl import read_jsonl, write_jsonl
+from sdft.evaluation.likelihood import answer_logprobs
+from sdft.stages.retention import score_retention
 
 
 def _alone(model, tokenizer, prompt, answer):

@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from sdft.errors import UserError
-from sdft.locking import LOCK_FILE, RunLock
-from sdft.threads import available_cores, configure_threads
+from sdft.core.errors import UserError
+from sdft.core.locking import LOCK_FILE, RunLock
+from sdft.engines.runtime import available_cores, configure_threads
 
-HOLD = "import sys, time\nfrom sdft.locking import RunLock\nlock = RunLock(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(60)\n"
+HOLD = "import sys, time\nfrom sdft.core.locking import RunLock\nlock = RunLock(sys.argv[1])\nprint('held', flush=True)\ntime.sleep(60)\n"
 
 
 def test_second_holder_refuses_at_once_naming_the_first(tmp_path):

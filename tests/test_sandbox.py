@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sdft.engines.sandbox import isolation_layers, run_humaneval, run_python
-from sdft.paths import data_dir
+from sdft.core.paths import data_dir
+from sdft.evaluation.sandbox import isolation_layers, run_humaneval, run_python
 
 
 def test_clean_program_passes():
@@ -172,14 +172,14 @@ def test_early_exit_scores_zero_on_humaneval(exit_code):
 
 @pytest.mark.parametrize("exit_code", list(EARLY_EXITS.values()), ids=list(EARLY_EXITS))
 def test_early_exit_is_rejected_by_code_selection(exit_code):
-    from sdft.checks import code_check
+    from sdft.evaluation.checks import code_check
 
     rewrite = f"```python\ndef add(a, b):\n    return a + b\n{exit_code}\n```"
     assert code_check(rewrite, ADD["test"], "add", timeout_s=5).reason in ("tests_failed", "timeout")
 
 
 def test_correct_solution_still_passes():
-    from sdft.checks import code_check
+    from sdft.evaluation.checks import code_check
 
     assert run_humaneval(ADD, "    return a + b\n").status == "passed"
     assert code_check("```python\ndef add(a, b):\n    return a + b\n```", ADD["test"], "add").ok

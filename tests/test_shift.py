@@ -5,7 +5,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from sdft.stages.shift import parameter_shift, text_shift
+from sdft.analysis.shift import parameter_shift, text_shift
 
 SEED_TEXTS = [
     "The quick brown fox jumps over the lazy dog near the river bank.",

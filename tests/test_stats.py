@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from sdft.stats import bootstrap_ci, paired_bootstrap, summarize
+from sdft.analysis.stats import bootstrap_ci, paired_bootstrap, summarize
 
 
 def _scores(n, rate, seed=0):
@@ -62,7 +62,7 @@ def test_paired_uses_common_ids_only():
 
 
 def test_seeds_by_items_bootstrap_one_seed_matches_item_bootstrap():
-    from sdft.stats import seeds_by_items_bootstrap
+    from sdft.analysis.stats import seeds_by_items_bootstrap
 
     scores = np.array([_scores(400, 0.3)])
     result = seeds_by_items_bootstrap([scores])
@@ -74,7 +74,7 @@ def test_seeds_by_items_bootstrap_one_seed_matches_item_bootstrap():
 
 def test_seeds_by_items_bootstrap_widens_with_seed_variation():
     """Seeds that disagree (a run-level offset) must widen the interval beyond what the items alone give."""
-    from sdft.stats import seeds_by_items_bootstrap
+    from sdft.analysis.stats import seeds_by_items_bootstrap
 
     rng = np.random.default_rng(1)
     noise = rng.normal(0, 0.05, size=(1, 300))
@@ -86,7 +86,7 @@ def test_seeds_by_items_bootstrap_widens_with_seed_variation():
 
 
 def test_seeds_by_items_bootstrap_composite_is_mean_of_component_means():
-    from sdft.stats import seeds_by_items_bootstrap
+    from sdft.analysis.stats import seeds_by_items_bootstrap
 
     a, b = np.ones((2, 10)), np.zeros((2, 50))
     result = seeds_by_items_bootstrap([a, b])

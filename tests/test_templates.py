@@ -2,8 +2,8 @@
 
 import pytest
 
-from sdft.errors import UserError
-from sdft.templates import TEMPLATES, Template, check_prompt_mode, get_template, render
+from sdft.core.errors import UserError
+from sdft.data.templates import TEMPLATES, Template, check_prompt_mode, get_template, render
 
 # docs/design.md §2, copied verbatim (the "{answer}" in gsm8k_infer is literal text shown to the model).
 ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -162,7 +162,7 @@ def test_chat_row_system_turn(tokenizer):
 
 
 def test_raw_mode_takes_only_bos_from_tokenizer(tokenizer):
-    from sdft.templates import reference_bos
+    from sdft.data.templates import reference_bos
 
     assert render("alpaca", FIELDS, tokenizer, "raw") == reference_bos(tokenizer) + render("alpaca", FIELDS, None, "raw")
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from sdft.core.errors import UserError
 from sdft.engines.training import IGNORE_INDEX, last_complete_checkpoint, tokenize_example
-from sdft.errors import UserError
 from sdft.options import TrainConfig
 from sdft.stages.train import mixed_targets, train
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..jsonl import write_json
-from ..paths import cache_dir
+from sdft.core.jsonl import write_json
+from sdft.core.paths import cache_dir
 
 ROWS = (64, 512)  # a decoding step's batch and a prefill chunk
 BF16_MARGIN = 1.1

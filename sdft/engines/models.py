@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..jsonl import read_text
-from ..options import EMBEDDED_MODEL
-from ..paths import cache_dir
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_text
+from sdft.core.paths import cache_dir
+from sdft.engines.options import EMBEDDED_MODEL
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -110,7 +110,7 @@ def resolve_dtype(dtype: str, device: str, model_path: str | Path | None = None)
         raise UserError(f"unknown dtype '{dtype}' (auto | fp32 | bf16 | fp16)")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    from .dtype_probe import cpu_auto_dtype, linear_shape
+    from sdft.engines.dtype_probe import cpu_auto_dtype, linear_shape
 
     return cpu_auto_dtype(linear_shape(model_path))
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import needs_bos
-from .training import TrainerSettings, run_training, trainer_arguments
+from sdft.engines.models import needs_bos
+from sdft.engines.training import TrainerSettings, run_training, trainer_arguments
 
 
 @dataclass

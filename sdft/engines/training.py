@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from ..distributed import world_size
-from .models import needs_bos
+from sdft.core.distributed import world_size
+from sdft.engines.models import needs_bos
 
 IGNORE_INDEX = -100
 
@@ -94,7 +94,7 @@ def use_bf16(requested: bool | None, model=None) -> bool:
         return requested
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
-    from .dtype_probe import DEFAULT_SHAPE, cpu_auto_dtype
+    from sdft.engines.dtype_probe import DEFAULT_SHAPE, cpu_auto_dtype
 
     config = getattr(model, "config", None)
     hidden = getattr(config, "hidden_size", None)

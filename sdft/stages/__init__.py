@@ -1,1 +1,2 @@
-"""Pipeline stages: distill, train, evaluate, analyse, report."""
+"""Pipeline stages: each reads its inputs' directories and writes its own (distill, train, generate, evaluate,
+retention), calling into engines, evaluation and analysis."""

@@ -20,13 +20,13 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from ..checks import SELECTION_RULES, default_rule
-from ..data import load_dataset
-from ..engines.generation import generate_rows, make_engine
-from ..errors import UserError
-from ..jsonl import write_json, write_jsonl
-from ..options import DistillConfig, check_selection
-from ..templates import Template, get_template, render
+from sdft.core.errors import UserError
+from sdft.core.jsonl import write_json, write_jsonl
+from sdft.data.datasets import load_dataset
+from sdft.data.templates import Template, get_template, render
+from sdft.engines.generation import generate_rows, make_engine
+from sdft.evaluation.checks import SELECTION_RULES, default_rule
+from sdft.options import DistillConfig, check_selection
 
 
 def select(rewrite: str, finish_reason: str, example: dict, task: str, rule: str | None = None) -> tuple[bool, str]:

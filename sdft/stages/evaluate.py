@@ -16,18 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..benchmarks import Benchmark, Sample, get_benchmark
-from ..engines.generation import generate_rows, make_engine
-from ..engines.judge import VerdictCache
-from ..engines.models import default_device, load_model, resolve_dtype, resolve_model
-from ..errors import UserError
-from ..jsonl import read_jsonl, write_json, write_jsonl
-from ..knowledge import evaluate_knowledge
-from ..data import seeded_indices
-from ..options import EvalConfig, ScoreConfig
-from ..paths import data_dir as find_data_dir
-from ..stats import summarize
-from ..templates import render
+from sdft.analysis.stats import summarize
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl, write_json, write_jsonl
+from sdft.core.paths import data_dir as find_data_dir
+from sdft.data.datasets import seeded_indices
+from sdft.data.templates import render
+from sdft.engines.generation import generate_rows, make_engine
+from sdft.engines.models import default_device, load_model, resolve_dtype, resolve_model
+from sdft.evaluation.benchmarks import Benchmark, Sample, get_benchmark
+from sdft.evaluation.judge import VerdictCache
+from sdft.evaluation.knowledge import evaluate_knowledge
+from sdft.options import EvalConfig, ScoreConfig
 
 RESULTS_FILE = "results.json"
 

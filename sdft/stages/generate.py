@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data import normalise_prompt_rows
-from ..engines.generation import generate_rows, make_engine
-from ..options import GenerateConfig
-from ..templates import get_template, render
+from sdft.data.datasets import normalise_prompt_rows
+from sdft.data.templates import get_template, render
+from sdft.engines.generation import generate_rows, make_engine
+from sdft.options import GenerateConfig
 
 
 def generate(config: GenerateConfig) -> list[dict]:

@@ -14,14 +14,14 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..data import DATASETS, DatasetSpec, load_dataset, subsample
-from ..engines.models import load_tokenizer, resolve_dtype, resolve_model
-from ..engines.training import TrainerSettings, tokenize_example, train_model
-from ..errors import UserError
-from ..jsonl import read_jsonl, write_json
-from ..options import TrainConfig
-from ..templates import render
-from .distill import distill_template
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl, write_json
+from sdft.data.datasets import DATASETS, DatasetSpec, load_dataset, subsample
+from sdft.data.templates import render
+from sdft.engines.models import load_tokenizer, resolve_dtype, resolve_model
+from sdft.engines.training import TrainerSettings, tokenize_example, train_model
+from sdft.options import TrainConfig
+from sdft.stages.distill import distill_template
 
 
 def mixed_targets(rows: list[dict], ratio: float, seed: int) -> list[tuple[dict, str]]:
@@ -54,7 +54,7 @@ def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str
 def onpolicy_rows(pairs: list[tuple[dict, str]], template, teacher_template, tokenizer, prompt_mode: str) -> list:
     """The student's prompt as `sdft train` renders it, and the teacher's: the distillation template shown the target
     as its reference answer, as `sdft distill` renders it."""
-    from ..engines.onpolicy import OnPolicyRow
+    from sdft.engines.onpolicy import OnPolicyRow
 
     return [OnPolicyRow(render(template, row, tokenizer, prompt_mode),
                         render(teacher_template, {**row, "response": target}, tokenizer, prompt_mode))
@@ -93,7 +93,7 @@ def train(config: TrainConfig) -> dict:
                                micro_batch_size=config.micro_batch_size, seed=config.seed, save_steps=config.save_steps,
                                logging_steps=config.logging_steps, bf16=config.bf16)
     if config.method == "onpolicy":
-        from ..engines.onpolicy import train_onpolicy
+        from sdft.engines.onpolicy import train_onpolicy
 
         rows = onpolicy_rows(pairs, template, distill_template(config.teacher_template, spec), tokenizer,
                              config.prompt_mode)

@@ -9,13 +9,13 @@ vllm_engine.py VLLMEngine                                    output.py     gener
 
 from __future__ import annotations
 
-from ...options import EngineOptions
-from .hf_stepper import HFStepper
-from .interfaces import Completion, Engine, Stepper
-from .lean_llama import LeanLlamaStepper, PackedLinear
-from .output import generate_rows, prompt_hash
-from .scheduler import TOKEN_BUDGET, HFEngine, plan_batches, shared_prefixes
-from .vllm_engine import VLLMEngine, vllm_available
+from sdft.engines.generation.hf_stepper import HFStepper
+from sdft.engines.generation.interfaces import Completion, Engine, Stepper
+from sdft.engines.generation.lean_llama import LeanLlamaStepper, PackedLinear
+from sdft.engines.generation.output import generate_rows, prompt_hash
+from sdft.engines.generation.scheduler import TOKEN_BUDGET, HFEngine, plan_batches, shared_prefixes
+from sdft.engines.generation.vllm_engine import VLLMEngine, vllm_available
+from sdft.engines.options import EngineOptions
 
 __all__ = ["Completion", "Engine", "HFEngine", "HFStepper", "LeanLlamaStepper", "PackedLinear", "Stepper", "TOKEN_BUDGET",
            "VLLMEngine", "generate_rows", "make_engine", "plan_batches", "prompt_hash", "shared_prefixes", "vllm_available"]
@@ -23,7 +23,7 @@ __all__ = ["Completion", "Engine", "HFEngine", "HFStepper", "LeanLlamaStepper", 
 
 def make_engine(model_spec: str, dtype: str, options: EngineOptions, adapter: str | None = None) -> Engine:
     """The vLLM engine when asked for (or on 'auto' with vLLM + CUDA present), else the HF engine."""
-    from ..models import load_model, merged_model_path
+    from sdft.engines.models import load_model, merged_model_path
 
     if not options.lean_cpu_only and (options.backend == "vllm" or (options.backend == "auto" and vllm_available())):
         return VLLMEngine(merged_model_path(model_spec, adapter), dtype)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol, Sequence
 if TYPE_CHECKING:
     import torch
 
-    from ...options import DecodingOptions
+    from sdft.engines.options import DecodingOptions
 
 
 @dataclass

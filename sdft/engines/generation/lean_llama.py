@@ -14,7 +14,7 @@ from typing import Iterable
 
 import torch
 
-from . import ragged_attention
+from sdft.engines.generation import ragged_attention
 
 
 class PackedLinear:

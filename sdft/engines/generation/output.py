@@ -1,4 +1,4 @@
-"""Resumable generation output: each completed row goes to a JSONL file (`sdft.jsonl.ResumableJsonl`) as it finishes,
+"""Resumable generation output: each completed row goes to a JSONL file (`sdft.core.jsonl.ResumableJsonl`) as it finishes,
 keyed by id + prompt hash, so a killed run resumes with only the missing rows."""
 
 from __future__ import annotations
@@ -7,9 +7,9 @@ import hashlib
 import os
 from typing import Sequence
 
-from ...jsonl import ResumableJsonl
-from ...options import DecodingOptions
-from .interfaces import Engine
+from sdft.core.jsonl import ResumableJsonl
+from sdft.engines.generation.interfaces import Engine
+from sdft.engines.options import DecodingOptions
 
 
 def prompt_hash(prompt: str) -> str:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ...paths import cache_dir
-from ..dtype_probe import cpu_flags_hash
+from sdft.core.paths import cache_dir
+from sdft.engines.dtype_probe import cpu_flags_hash
 
 SOURCE = Path(__file__).with_suffix(".cpp")
 log = logging.getLogger(__name__)

@@ -20,13 +20,13 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from ...errors import UserError
-from ...options import DecodingOptions, EngineOptions
-from ..models import needs_bos
-from .hf_stepper import HFStepper
-from .interfaces import Completion, Stepper
-from . import ragged_attention
-from .lean_llama import LeanLlamaStepper
+from sdft.core.errors import UserError
+from sdft.engines.generation import ragged_attention
+from sdft.engines.generation.hf_stepper import HFStepper
+from sdft.engines.generation.interfaces import Completion, Stepper
+from sdft.engines.generation.lean_llama import LeanLlamaStepper
+from sdft.engines.models import needs_bos
+from sdft.engines.options import DecodingOptions, EngineOptions
 
 TOKEN_BUDGET = 65536  # rows x (longest prompt + max_new_tokens) at most on CPU: bounds the KV cache
 GPU_CACHE_SHARE = 0.25  # on a GPU, the share of its free memory the KV cache may take

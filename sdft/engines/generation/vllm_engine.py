@@ -7,9 +7,9 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
-from ...options import DecodingOptions
-from .interfaces import Completion
-from .output import prompt_hash
+from sdft.engines.generation.interfaces import Completion
+from sdft.engines.generation.output import prompt_hash
+from sdft.engines.options import DecodingOptions
 
 
 class VLLMEngine:
@@ -18,7 +18,7 @@ class VLLMEngine:
     def __init__(self, model_path: str, dtype: str = "auto"):
         from vllm import LLM  # optional extra: pip install 'sdft[vllm]'
 
-        from ..models import load_tokenizer
+        from sdft.engines.models import load_tokenizer
 
         self.tokenizer = load_tokenizer(model_path)  # the HF tokenizer renders prompts, as with HFEngine
         self.llm = LLM(model=model_path, dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, "auto"))

@@ -25,11 +25,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import yaml
 
-from .data import seeded_indices
-from .errors import UserError
-from .registry import registry
-from .jsonl import read_jsonl, write_jsonl
-from .stats import bootstrap_ci
+from sdft.analysis.stats import bootstrap_ci
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl, write_jsonl
+from sdft.core.registry import registry
+from sdft.data.datasets import seeded_indices
 
 _OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 # lm-eval puts this between context and continuation in all five configs; prediction lengths (acc_norm) exclude it.

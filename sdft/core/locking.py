@@ -11,7 +11,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from .errors import UserError
+from sdft.core.errors import UserError
 
 LOCK_FILE = ".lock"
 

@@ -11,7 +11,7 @@ Scoring is separate from generation so saved predictions can be re-scored (`sdft
 - AdvBench: 128 new tokens (the reference code generates up to 512): a refusal or a compliance shows in the opening
   sentences, and 4x fewer tokens make 2 x 520 prompts affordable on CPU. Longer outputs can only add keywords (a closing
   "this is illegal"), so safe rates can read slightly lower than at 512; pass max_new_tokens=512 to match.
-- Knowledge tasks are scored by log-likelihood in `sdft.knowledge`; here they only get a name and a data file.
+- Knowledge tasks are scored by log-likelihood in `sdft.evaluation.knowledge`; here they only get a name and a data file.
 """
 
 from __future__ import annotations
@@ -23,15 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import ifeval
-from .checks import extract_python_code, function_call_check, math_check, paper_call_score
-from .engines.judge import judge_win
-from .engines.sandbox import run_humaneval, run_python
-from .errors import UserError
-from .jsonl import read_jsonl
-from .knowledge import KNOWLEDGE_TASKS
-from .registry import check_references, registry
-from .templates import TEMPLATES
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl
+from sdft.core.registry import check_references, registry
+from sdft.data.templates import TEMPLATES
+from sdft.evaluation import ifeval
+from sdft.evaluation.checks import extract_python_code, function_call_check, math_check, paper_call_score
+from sdft.evaluation.judge import judge_win
+from sdft.evaluation.knowledge import KNOWLEDGE_TASKS
+from sdft.evaluation.sandbox import run_humaneval, run_python
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function.\n\n```python\n{prompt}```"
 REFUSAL_KEYWORDS_FILE = "refusal_keywords/qi2024_refusal_keywords.json"
@@ -58,7 +58,7 @@ class Benchmark:
     """What to ask (data file + template), how long an answer may be, and how to score it."""
 
     name: str
-    kind: str  # generate | judge (pairwise against the reference) | knowledge (log-likelihood, sdft.knowledge)
+    kind: str  # generate | judge (pairwise against the reference) | knowledge (log-likelihood, sdft.evaluation.knowledge)
     data_file: str  # relative to the data dir
     metric: str
     template: str | None = None
@@ -74,7 +74,7 @@ class Benchmark:
     def load(self, data_dir: str | Path) -> list[Sample]:
         """All samples in data order; ids are the data's own `task_id` or `<name>-<row index>`, stable across runs."""
         if self.build is None:
-            raise UserError(f"'{self.name}' is a {self.kind} benchmark, scored by sdft.knowledge from its own data")
+            raise UserError(f"'{self.name}' is a {self.kind} benchmark, scored by sdft.evaluation.knowledge from its own data")
         path = Path(data_dir) / self.data_file
         samples = []
         for index, row in enumerate(read_jsonl(path)):

@@ -7,10 +7,10 @@ and K/V read at the measured read rate) and sdft's share of each and of the lowe
 peer (llama-server) alternate for three rounds and each ratio is the median of the rounds' own; the slower peers run once;
 useful tokens are generated tokens up to (not including) EOS. sdft runs with `--dtype auto` (and, where auto is not fp32,
 with fp32 too) and with its opt-ins for speed (FAST_VARIANTS: an fp16 K/V cache; int8 linears beside it) in each round.
-Peers are optional (`pip install -r benchmarks/requirements.txt`, `benchmarks/build_llama_server.sh`); a missing one is
+Peers are optional (`pip install -r perf/requirements.txt`, `perf/build_llama_server.sh`); a missing one is
 reported as null.
 
-    python benchmarks/bench_peers.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32] [--quick]
+    python perf/peer_throughput.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32] [--quick]
 """
 
 from __future__ import annotations
@@ -31,16 +31,16 @@ from pathlib import Path
 
 import torch
 
-from sdft.checks import math_check
+from sdft.analysis.stats import paired_bootstrap
+from sdft.core.jsonl import read_jsonl
+from sdft.core.paths import cache_dir, data_dir
+from sdft.data.templates import render
 from sdft.engines.dtype_probe import best_seconds, matmul_seconds
 from sdft.engines.generation import HFEngine, shared_prefixes
 from sdft.engines.generation.lean_llama import Int8Linear, LeanLlamaStepper, PackedLinear
 from sdft.engines.models import embedded_gguf_path, load_model, resolve_model
-from sdft.jsonl import read_jsonl
-from sdft.options import DecodingOptions
-from sdft.paths import cache_dir, data_dir
-from sdft.stats import paired_bootstrap
-from sdft.templates import render
+from sdft.engines.options import DecodingOptions
+from sdft.evaluation.checks import math_check
 
 MODEL = "smollm2-135m-instruct"
 SLOT_COUNTS = (16, 32, 64)
@@ -106,7 +106,7 @@ def ctranslate2_tokens(generator, tokenizer, prompts: list[str], new_tokens: int
 
 
 def fastest(settings, rate) -> tuple:
-    """(the setting `rate` measured fastest, every setting's rate): a peer is benchmarked at its best configuration,
+    """(the setting `rate` measured fastest, every setting's rate): a peer is measured at its best configuration,
     picked on a short trial."""
     trial = {setting: rate(setting) for setting in settings}
     return max(trial, key=trial.get), trial
@@ -429,7 +429,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of sdft and llama-server")
     parser.add_argument("--hf-prompts", type=int, default=32, help="prompts for transformers' generate_batch (slow)")
     parser.add_argument("--ct2-compute-types", nargs="+", default=["int8", "int8_float32", "float32"],
-                        help="CTranslate2 compute types to try; the fastest on a short trial runs the benchmark")
+                        help="CTranslate2 compute types to try; the fastest on a short trial runs the measurement")
     parser.add_argument("--variants", nargs="*", choices=list(FAST_VARIANTS), default=list(FAST_VARIANTS),
                         help="sdft's opt-ins for speed run beside the exact engine in each round")
     parser.add_argument("--slots", type=int, help="llama-server's slot count (default: the fastest of a short trial)")

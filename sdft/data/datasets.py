@@ -13,12 +13,11 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .checks import SELECTION_RULES
-from .errors import UserError
-from .jsonl import read_jsonl_lines, read_text
-from .paths import data_dir as default_data_dir
-from .registry import check_references, registry
-from .templates import TEMPLATES
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl_lines, read_text
+from sdft.core.paths import data_dir as default_data_dir
+from sdft.core.registry import check_references, registry
+from sdft.data.templates import TEMPLATES
 
 SUBSAMPLE_ABOVE = 10_000  # paper App. A: datasets over 10k rows -> a random 2000
 SUBSAMPLE_TO = 2000
@@ -72,7 +71,6 @@ DATASETS: dict[str, DatasetSpec] = registry("dataset", (
                     columns={"instruction": "problem", "response": "solution"}),
     ]
 ))
-check_references("dataset", DATASETS, lambda spec: [spec.task], "selection check", SELECTION_RULES)
 check_references("dataset", DATASETS, lambda spec: [spec.train_template, spec.distill_template], "template", TEMPLATES)
 
 

@@ -16,8 +16,8 @@ import contextlib
 import functools
 from pathlib import Path
 
-from .errors import UserError
-from .jsonl import read_jsonl
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_jsonl
 
 DATA_FILE = "ifeval/input_data.jsonl"
 NEEDS_PUNKT = frozenset({"length_constraints:number_sentences", "change_case:capital_word_frequency"})

@@ -18,8 +18,8 @@ from typing import Any, Callable
 
 import yaml
 
-from .errors import UserError
-from .jsonl import read_text
+from sdft.core.errors import UserError
+from sdft.core.jsonl import read_text
 
 
 def field(default=dataclasses.MISSING, help: str = "", choices: typing.Iterable[str] | None = None,

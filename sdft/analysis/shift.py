@@ -161,7 +161,7 @@ def parameter_shift_of_adapter(model_spec: str, trained_dir: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from ..engines.models import resolve_model
+    from sdft.engines.models import resolve_model
 
     seed = AutoModelForCausalLM.from_pretrained(resolve_model(model_spec), dtype=torch.float32)
     if (Path(trained_dir) / "adapter_config.json").is_file():

@@ -9,7 +9,7 @@ non-padding tokens fed per second over the timed steps (the first step is warm-u
 Each trainer runs in a fresh process (one trainer's leftover heap must not slow the next), sdft and tuned TRL in
 alternating rounds; each rate is the median of its rounds, so a slow spell of this shared machine hits both alike.
 
-    python benchmarks/bench_training.py [--steps 6] [--rounds 5] [--trl-defaults-steps 1] [--examples 256]
+    python perf/training_throughput.py [--steps 6] [--rounds 5] [--trl-defaults-steps 1] [--examples 256]
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ import time
 from pathlib import Path
 
 import torch
-from bench_generation import fresh_process_json, machine_info, peak_rss_mb  # same folder: shared benchmark helpers
-from bench_peers import sampled_around
+
+from generation_throughput import (  # same folder: shared measurement helpers
+    fresh_process_json,
+    machine_info,
+    peak_rss_mb,
+)
+from peer_throughput import sampled_around
 
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 BATCH, MAX_LENGTH = 8, 256
@@ -66,16 +71,16 @@ def _throughput(clock, counter) -> dict:
 
 
 def _rows(n: int) -> list[dict]:
-    from sdft.data import load_dataset
+    from sdft.data.datasets import load_dataset
 
     return load_dataset("gsm8k", limit=n, seed=0).examples
 
 
 def _examples(rows) -> list:
     """The rows as sdft trains on them: GSM8K prompt template, response labels, cut at MAX_LENGTH."""
+    from sdft.data.templates import render
     from sdft.engines.models import load_tokenizer
     from sdft.engines.training import tokenize_example
-    from sdft.templates import render
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     return [tokenize_example(tokenizer, render("gsm8k", r, tokenizer), r["response"], MAX_LENGTH) for r in rows]
@@ -120,8 +125,8 @@ def bench_trl(rows, steps: int, out: Path, **options) -> dict:
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
+    from sdft.data.templates import GSM8K_SYSTEM
     from sdft.engines.models import load_tokenizer, resolve_model
-    from sdft.templates import GSM8K_SYSTEM
 
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     data = Dataset.from_list([{"prompt": [{"role": "system", "content": GSM8K_SYSTEM}, {"role": "user", "content": r["instruction"]}],
@@ -154,7 +159,7 @@ def training_dtype(model) -> torch.dtype:
 
 def peak_sample(model) -> float:
     """One sample of the peak matmul rate in training's dtype at the model's MLP shape."""
-    from bench_peers import peak_matmul_gflops
+    from peer_throughput import peak_matmul_gflops
 
     return peak_matmul_gflops(training_dtype(model), model.config.hidden_size, model.config.intermediate_size)
 
@@ -164,8 +169,9 @@ def compute_bound(examples, model, peak_samples: list[float]) -> dict:
     rounds): per token a forward through the layers' Linear weights and the backward to their inputs (as much again;
     frozen weights get no gradient, LoRA's own are negligible), and the same for the LM head at the positions that
     carry a loss (the response). Attention is left out (short sequences), so the bound is slightly generous."""
-    from bench_peers import linear_flops_per_token
     from sdft.engines.training import IGNORE_INDEX
+
+    from peer_throughput import linear_flops_per_token
 
     tokens = sum(len(e.input_ids) for e in examples)
     trained = sum(sum(label != IGNORE_INDEX for label in e.labels) for e in examples)

@@ -1,4 +1,4 @@
-"""benchmarks/run_all.py keeps each finished part's figures when a later part fails or is killed."""
+"""perf/run_all.py keeps each finished part's figures when a later part fails or is killed."""
 
 import json
 import sys
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import run_all  # noqa: E402  (benchmarks/ is a folder of scripts, not a package)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "perf"))
+import run_all  # noqa: E402  (perf/ is a folder of scripts, not a package)
 
 
 def test_a_part_that_fails_leaves_the_finished_parts_written(tmp_path, monkeypatch):
@@ -34,7 +34,7 @@ def test_a_complete_run_labels_nothing_it_measured(tmp_path, monkeypatch):
     results = tmp_path / "latest.json"
     monkeypatch.setattr(run_all, "RESULTS", results)
     monkeypatch.setattr(run_all, "in_fresh_process", lambda name, argv: {f"{name}_speedup": 3.0})
-    monkeypatch.setattr(run_all.bench_generation, "machine_info", lambda: {"cpu": "this one"})
+    monkeypatch.setattr(run_all.generation_throughput, "machine_info", lambda: {"cpu": "this one"})
     run_all.main(["--quick"])
     written = json.loads(results.read_text())
     assert written == {"machine": {"cpu": "this one"}, "generation_speedup": 3.0, "peers_speedup": 3.0,
@@ -45,7 +45,7 @@ def test_parts_not_run_keep_their_earlier_figures(tmp_path, monkeypatch):
     results = tmp_path / "latest.json"
     results.write_text(json.dumps({"training_speedup": 1.5, "peers_speedup": 2.0, "machine": {"cpu": "an earlier one"}}))
     monkeypatch.setattr(run_all, "RESULTS", results)
-    monkeypatch.setattr(run_all.bench_generation, "machine_info", lambda: {"cpu": "this one"})
+    monkeypatch.setattr(run_all.generation_throughput, "machine_info", lambda: {"cpu": "this one"})
     ran = []
     monkeypatch.setattr(run_all, "in_fresh_process", lambda name, argv: ran.append(name) or {f"{name}_speedup": 3.0})
     run_all.main(["--parts", "peers"])

@@ -7,7 +7,7 @@ round's whole slice (128 prompts by default), as a distillation hands it a whole
 prompts waiting to refill finished rows, and the drain at the end, when none are left, is included; the slow baselines
 run on a spread subset of the same slice.
 
-    python benchmarks/bench_generation.py [--prompts 256] [--new-tokens 256] [--rounds 2] [--quick] [--quality]
+    python perf/generation_throughput.py [--prompts 256] [--new-tokens 256] [--rounds 2] [--quick] [--quality]
 """
 
 from __future__ import annotations
@@ -24,15 +24,15 @@ from pathlib import Path
 
 import torch
 
-from sdft.checks import math_check
+from sdft.analysis.stats import paired_bootstrap
+from sdft.core.jsonl import read_jsonl
+from sdft.core.paths import data_dir
+from sdft.data.templates import render
 from sdft.engines.dtype_probe import cpu_flags, cpu_identity
-from sdft.jsonl import read_jsonl
 from sdft.engines.generation import HFEngine
 from sdft.engines.models import embedded_gguf_path, load_model, needs_bos
-from sdft.options import DecodingOptions
-from sdft.paths import data_dir
-from sdft.stats import paired_bootstrap
-from sdft.templates import render
+from sdft.engines.options import DecodingOptions
+from sdft.evaluation.checks import math_check
 
 MODEL = "smollm2-135m-instruct"
 
@@ -109,7 +109,7 @@ def load_llamacpp():
 
 
 def fresh_process_json(command: list[str]) -> dict:
-    """The JSON object a benchmark child process prints as its last stdout line: each part and each trainer is
+    """The JSON object a measuring child process prints as its last stdout line: each part and each trainer is
     measured in a new process, so one's leftover heap and threads do not slow the next."""
     done = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Build llama.cpp's own `llama-server` (continuous batching, the peer of the generation benchmark) from the llama.cpp
+# Build llama.cpp's own `llama-server` (continuous batching, the peer of the generation measurement) from the llama.cpp
 # source vendored in the pinned llama-cpp-python sdist, with the flags scripts/install_judge_server.sh compiles it with
 # (AMX off: llama.cpp's AMX kernel segfaults on our CPUs), AVX-512 only where the CPU has it. Output: $SDFT_CACHE_DIR/bin/llama-server (~/.cache/sdft).
-# Usage: benchmarks/build_llama_server.sh [PYTHON]   (default .venv/bin/python; skips when already built)
+# Usage: perf/build_llama_server.sh [PYTHON]   (default .venv/bin/python; skips when already built)
 set -euo pipefail
 
 PY="${1:-.venv/bin/python}"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-from .errors import UserError
-from .registry import registry
+from sdft.core.errors import UserError
+from sdft.core.registry import registry
 
 ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 DISTILL_SYSTEM = "Below are an instruction that describes a task along with a reference answer. "

@@ -16,8 +16,8 @@ import urllib.error
 import urllib.request
 from typing import Any, Iterator, Protocol
 
-from sdft.errors import UserError
-from sdft.jsonl import ResumableJsonl
+from sdft.core.errors import UserError
+from sdft.core.jsonl import ResumableJsonl
 
 JUDGE_PROMPT = """Compare two responses to the same instruction. Choose the one that follows the instruction \
 more helpfully, accurately and completely. Do not let the order or the length of the responses sway you.

@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .jsonl import read_jsonl, write_json
-from .paper_numbers import is_paper_model, references
-from .provenance import provenance
-from .stats import seeds_by_items_bootstrap
+from sdft.analysis.paper_numbers import is_paper_model, references
+from sdft.analysis.stats import seeds_by_items_bootstrap
+from sdft.core.jsonl import read_jsonl, write_json
 
 FORGETTING_INDEX = ("hellaswag", "arc_challenge", "winogrande")
 GENERAL_MEASURES = ("forgetting_index", "ifeval", "retention")  # the y axes of the learning-vs-forgetting plot
@@ -216,8 +215,8 @@ def replication(arms: list[dict], benchmarks: list[str]) -> list[dict]:
     return out
 
 
-def build_summary(exp, the_plan, run_dir: Path) -> dict:
-    """The summary of a finished experiment (see the module docstring)."""
+def build_summary(exp, the_plan, run_dir: Path, provenance: dict) -> dict:
+    """The summary of a finished experiment (see the module docstring); `provenance` is the run's record (run.json)."""
     distill_stats = {}
     for stage in the_plan.stages:
         if stage.kind == "distill":
@@ -227,7 +226,7 @@ def build_summary(exp, the_plan, run_dir: Path) -> dict:
     benchmarks = list(exp.eval.benchmarks)
     target = exp.target_benchmark or next((Path(d).stem for d in exp.datasets if Path(d).stem in benchmarks), None)
     runs = [m.record(run_dir) for m in the_plan.models]
-    summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance("run", exp),
+    summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance,
                "default_train_size": exp.train_size, "seeds": list(exp.seeds), "target": target,
                **summarize_runs(run_dir, runs, benchmarks, bool(exp.retention.prompts)), "distill": distill_stats}
     if is_paper_model(exp.model):  # the reference numbers are Llama-2-7b-chat's
@@ -236,7 +235,7 @@ def build_summary(exp, the_plan, run_dir: Path) -> dict:
     return summary
 
 
-def write_summary(exp, the_plan, run_dir: Path) -> dict:
-    summary = build_summary(exp, the_plan, run_dir)
+def write_summary(exp, the_plan, run_dir: Path, provenance: dict) -> dict:
+    summary = build_summary(exp, the_plan, run_dir, provenance)
     write_json(run_dir / "summary.json", summary)
     return summary

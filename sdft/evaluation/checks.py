@@ -18,7 +18,8 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any, Callable
 
-from .registry import registry
+from sdft.core.registry import check_references, registry
+from sdft.data.datasets import DATASETS
 
 META_PHRASES = ("reference answer", "your response", "my response", "your own response", "now it's your turn")
 
@@ -361,7 +362,7 @@ def code_check(
         return CheckResult(False, "syntax_error")
     if tests is None:
         return OK
-    from .engines.sandbox import run_python
+    from sdft.evaluation.sandbox import run_python
 
     program = f"{code}\n\n{tests}\n" + (f"check({entry_point})\n" if entry_point else "")
     result = run_python(program, timeout_s=timeout_s)
@@ -429,6 +430,8 @@ SELECTION_RULES: dict[str, dict[str, Check]] = registry("selection check", [
     }),
 ])
 CHECKS: dict[str, Check] = {task: next(iter(rules.values())) for task, rules in SELECTION_RULES.items()}
+# A dataset's `task` names the check its rewrites are selected by (checked here: datasets sit below evaluation).
+check_references("dataset", DATASETS, lambda spec: [spec.task], "selection check", SELECTION_RULES)
 
 
 def default_rule(task: str) -> str:

@@ -9,7 +9,7 @@ figure is the median round. Useful tokens are generated tokens up to (not includ
 The work per token is the same, but outputs mean nothing and rows mostly run to the token cap, so the rates measure
 the engines, not the model; `identical_to_generate` shows how far the engines' greedy outputs agree in bf16.
 
-    python benchmarks/bench_gpu.py [--model smollm2-135m-instruct] [--prompts 128] [--new-tokens 256] [--random-weights]
+    python perf/gpu_throughput.py [--model smollm2-135m-instruct] [--prompts 128] [--new-tokens 256] [--random-weights]
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from pathlib import Path
 
 import torch
 
-from bench_generation import hf_generate_rows
-from bench_peers import gsm8k_prompts, transformers_tokens
 from sdft.engines.generation import HFEngine, LeanLlamaStepper
 from sdft.engines.generation.scheduler import cache_token_budget
 from sdft.engines.models import load_model, load_tokenizer, resolve_dtype, resolve_model
-from sdft.options import DecodingOptions
+from sdft.engines.options import DecodingOptions
+
+from generation_throughput import hf_generate_rows
+from peer_throughput import gsm8k_prompts, transformers_tokens
 
 
 def load(spec: str, random_weights: bool):
@@ -113,7 +114,7 @@ if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = parse_args(sys.argv[1:])
     if not torch.cuda.is_available():
-        sys.exit("bench_gpu: no CUDA device")
+        sys.exit("gpu_throughput: no CUDA device")
     results = run(args)
     print(json.dumps(results, indent=2))
     if args.out:

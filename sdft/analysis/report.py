@@ -1,5 +1,5 @@
 """Render an experiment's report from `RUN_DIR/summary.json` alone: `report.md`, a self-contained `report.html` and
-PNG figures. Every number shown is in the summary (`sdft.summary`); this module only lays it out.
+PNG figures. Every number shown is in the summary (`sdft.analysis.summary`); this module only lays it out.
 
 The layout follows the paper: score tables per capacity with every arm next to the seed (Tables 1–4, template-sweep
 arms included; means over seeds with seeds × items 95% intervals), the replication table (paper, maintainers' rerun,
@@ -22,7 +22,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure as MplFigure
 
-from ..errors import UserError
+from sdft.core.errors import UserError
 
 # Rows of a dataset block: vanilla first, then mixes by ratio, then SDFT (as in the paper's tables), then on-policy.
 _METHOD_ORDER = {"vanilla": 0, "mix": 1, "sdft": 2, "onpolicy": 3}

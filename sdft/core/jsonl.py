@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .errors import UserError
+from sdft.core.errors import UserError
 
 
 def read_text(path: str | os.PathLike) -> str:

@@ -1,4 +1,6 @@
-"""Torch's CPU thread count, sized to the cores this process may actually use.
+"""The process-wide settings an engine makes when it starts (`configure_threads`, called by the CLI and the pipeline
+before any torch work): torch's CPU thread count, sized to the cores this process may actually use, and huge pages
+for torch's large CPU buffers. `import sdft` changes nothing in its host process; these are made only here.
 
 torch starts one OpenMP thread per core it sees; when that is more than the process may run on (a CPU affinity mask,
 a cgroup CPU quota in a container) or several torch processes share few cores, the threads spin-wait for each other
@@ -28,9 +30,20 @@ def available_cores() -> int:
     return cores
 
 
+def enable_huge_pages() -> None:
+    """Back torch's CPU buffers of 2 MB and more with transparent huge pages (an explicit THP_MEM_ALLOC_ENABLE wins).
+    torch reads the variable once, at its first CPU allocation, so this runs before the engine touches torch.
+    Generation streams the weights and the K/V cache, GBs a step, through the TLB: on a 2-core VM, 5 process pairs, a
+    2048-token prefill forward ran 2-13% faster in 4 (6% slower in one), a 96-row decoding step within the noise
+    (docs: performance)."""
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+
 @functools.lru_cache(maxsize=1)
 def configure_threads() -> dict:
-    """Set torch's intra-op threads once per process and return what was chosen and why."""
+    """Make the process's settings once (huge pages, then torch's intra-op threads) and return the threads chosen
+    and why."""
+    enable_huge_pages()
     import torch
 
     cores = available_cores()

@@ -1,13 +1,13 @@
-"""Run the generation and training throughput benchmarks in one go, print sdft's ratio to every baseline and peer, and
-write benchmarks/results/latest.json.
+"""Run the generation and training throughput measurements in one go, print sdft's ratio to every baseline and peer, and
+write perf/results/latest.json.
 
-    python benchmarks/run_all.py [--quick] [--quality] [--parts generation peers training]
+    python perf/run_all.py [--quick] [--quality] [--parts generation peers training]
 
-Each part runs in a fresh Python process, as each trainer does in bench_training: a part's leftover heap and threads
+Each part runs in a fresh Python process, as each trainer does in training_throughput: a part's leftover heap and threads
 (llama.cpp in-process, TRL) must not slow the next one.
 
-Peers (llama.cpp's llama-server, CTranslate2) are optional: `pip install -r benchmarks/requirements.txt` and
-`benchmarks/build_llama_server.sh`; a missing one is reported as null.
+Peers (llama.cpp's llama-server, CTranslate2) are optional: `pip install -r perf/requirements.txt` and
+`perf/build_llama_server.sh`; a missing one is reported as null.
 """
 
 from __future__ import annotations
@@ -17,21 +17,21 @@ import json
 import sys
 from pathlib import Path
 
-import bench_generation
-import bench_peers
-import bench_training
+import generation_throughput
+import peer_throughput
+import training_throughput
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
 
 
-PARTS = {"generation": lambda argv: bench_generation.run(bench_generation.parse_args(argv)),
-         "peers": lambda argv: bench_peers.run(bench_peers.parse_args(argv)),
-         "training": lambda argv: bench_training.run(bench_training.parser().parse_args(argv))}
+PARTS = {"generation": lambda argv: generation_throughput.run(generation_throughput.parse_args(argv)),
+         "peers": lambda argv: peer_throughput.run(peer_throughput.parse_args(argv)),
+         "training": lambda argv: training_throughput.run(training_throughput.parser().parse_args(argv))}
 
 
 def in_fresh_process(part: str, argv: list[str]) -> dict:
     """One part's results, measured in a new Python process (this script with --part)."""
-    return bench_generation.fresh_process_json([sys.executable, __file__, "--part", part, *argv])
+    return generation_throughput.fresh_process_json([sys.executable, __file__, "--part", part, *argv])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "training": ["--steps", "3", "--rounds", "1"] if args.quick else []}
     planned = [(part, part_argv[part]) for part in PARTS if part in args.parts]
     earlier = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-    results = {"machine": bench_generation.machine_info()}  # this run's, whichever parts it measures
+    results = {"machine": generation_throughput.machine_info()}  # this run's, whichever parts it measures
     for part, part_argv in planned:
         results |= in_fresh_process(part, part_argv)
         write(results, earlier)  # a run stopped in a later part keeps this one's figures
