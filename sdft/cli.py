@@ -44,8 +44,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def build_parser(commands) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="sdft", description="Self-Distillation Fine-Tuning (arXiv 2402.13669) for chat LLMs.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
+    from sdft import __version__
+
+    parser = OneLineErrorParser(prog="sdft", description="Self-Distillation Fine-Tuning (arXiv 2402.13669) for chat LLMs.",
+                                epilog="`sdft COMMAND --help` lists a command's options.")
+    parser.add_argument("--version", action="version", version=f"sdft {__version__}")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", parser_class=OneLineErrorParser)
     for name, (help_text, config_cls, _, positional) in commands.items():
         add_config_args(sub.add_parser(name, help=help_text, description=help_text), config_cls, positional)
     return parser
@@ -71,7 +75,11 @@ def _record_provenance(command: str, config) -> None:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     commands = _commands()
-    args = build_parser(commands).parse_args(argv)
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
+    if args.command is None:  # bare `sdft`: what it can do, not an error line
+        parser.print_help()
+        return 0
     _, config_cls, stage, _ = commands[args.command]
     try:
         config = build_config(config_cls, args)

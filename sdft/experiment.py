@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from sdft.core.config import Options, at_least, build_config, each, field, load_yaml, within
 from sdft.core.errors import UserError
 from sdft.data.datasets import DATASETS
@@ -89,13 +91,16 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
                     check_selection(self.distill.task or spec.task, self.distill.selection, "distill.selection")
 
 
-def load_experiment(path_or_preset: str, **overrides) -> ExperimentConfig:
-    """The experiment of a YAML file (or a preset name) with top-level `overrides` (out, model...), every key checked;
-    errors name the file and key."""
+def load_experiment(path_or_preset: str, settings: list[str] = (), **overrides) -> ExperimentConfig:
+    """The experiment of a YAML file (or a preset name) with `settings` applied (`key=value`, a dotted key for a
+    section's option, the value read as YAML) and top-level `overrides` (out, model...), every key checked; errors name
+    the file and key."""
     path = Path(path_or_preset)
     if not path.is_file() and (PRESETS_DIR / f"{path_or_preset}.yaml").is_file():
         path = PRESETS_DIR / f"{path_or_preset}.yaml"
     values = load_yaml(str(path))
+    for setting in settings:
+        apply_setting(values, setting)
     for section in SECTIONS:
         given = values.get(section)
         for key in given if isinstance(given, dict) else ():
@@ -109,6 +114,30 @@ def load_experiment(path_or_preset: str, **overrides) -> ExperimentConfig:
     return build_config(ExperimentConfig, values=values, source=str(path))
 
 
+def apply_setting(values: dict, setting: str) -> None:
+    """`train.learning_rate=1e-3` sets values["train"]["learning_rate"] = 0.001 (the value parsed as YAML, so lists,
+    numbers and booleans keep their types); the key itself is checked with the rest of the experiment."""
+    key, sep, text = setting.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set: expected key=value (e.g. train.learning_rate=1e-3), got '{setting}'")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"--set {key}: the value '{text}' is not valid YAML") from None
+    if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            value = float(text)
+        except ValueError:
+            pass
+    *sections, name = key.strip().split(".")
+    target = values
+    for section in sections:
+        target = target.setdefault(section, {})
+        if not isinstance(target, dict):
+            raise UserError(f"--set {key}: '{section}' is not a section")
+    target[name] = value
+
+
 def section_values(options: Options) -> dict:
     """A section's options as keyword arguments for its stage's config (an `omit_default` option only when set)."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
@@ -116,9 +145,17 @@ def section_values(options: Options) -> dict:
 
 
 @dataclass(kw_only=True)
-class RunConfig(Options):
+class SettingsOption(Options):
+    set: list[str] = field([], repeatable=True,
+                           help="override one key of the experiment: key=value, a section's option as section.key "
+                                "(e.g. --set train.learning_rate=1e-3 --set seeds=[1,2]); the value is read as YAML")
+
+
+@dataclass(kw_only=True)
+class RunConfig(SettingsOption):
     experiment: str = field(help="experiment YAML (or a preset name: demo, cpu-small, paper-gsm8k, ...)")
     out: str | None = field(None, help="run directory (default: the config's `out`, else runs/<name>)")
+    model: str | None = field(None, help="seed model for every stage (default: the experiment's)")
     dry_run: bool = field(False, help="check the config, print the stage plan and exit")
 
 
@@ -128,6 +165,6 @@ class ReportConfig(Options):
 
 
 @dataclass(kw_only=True)
-class DemoConfig(ModelOptions):
+class DemoConfig(ModelOptions, SettingsOption):
     out: str = field("demo_out", help="run directory")
     fresh: bool = field(False, help="delete a previous demo run first")

@@ -291,7 +291,7 @@ def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], Non
 def run(config: RunConfig) -> dict:
     from sdft.analysis.report import render_report
 
-    exp = load_experiment(config.experiment, out=config.out)
+    exp = load_experiment(config.experiment, config.set, out=config.out, model=config.model)
     the_plan = plan(exp)
     if config.dry_run:
         run_dir = Path(exp.out)
@@ -321,7 +321,7 @@ def demo(config: DemoConfig) -> dict:
     IFEval and on retention of the seed's own answers."""
     if config.fresh:
         shutil.rmtree(config.out, ignore_errors=True)
-    exp = load_experiment("demo", out=config.out, model=config.model, dtype=config.dtype)
+    exp = load_experiment("demo", config.set, out=config.out, model=config.model, dtype=config.dtype)
     run_dir = execute(exp, plan(exp))
     from sdft.analysis.report import render_headline, render_report
 

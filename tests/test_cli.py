@@ -17,6 +17,7 @@ from sdft.core.config import add_config_args, build_config
 from sdft.core.errors import UserError
 
 BAD_MODEL = "./no/such/model"
+UNREACHABLE_HUB_ID = "no-such-org/no-such-model"
 INPUT_FLAG = {"distill": "--dataset", "train": "--data", "generate": "--input"}
 
 # case -> (input name, file contents or None, what stderr must name). Every case also passes --model ./no/such/model: a
@@ -89,6 +90,12 @@ def cli_results(tmp_path_factory):
     _write_config(cfg / "unknown.yaml", {"dataset": "from_yaml.jsonl", "out": "out_dir", "datset": "typo"})
     jobs[("config", "unknown_key")] = (cfg, ["distill", "--config", "unknown.yaml"])
     jobs[("help", "top")] = (cfg, ["--help"])
+    jobs[("help", "bare")] = (cfg, [])
+    jobs[("help", "version")] = (cfg, ["--version"])
+    hub = root / "hub_model"
+    hub.mkdir()
+    (hub / "good.jsonl").write_text(CASES["model"][1])
+    jobs[("hub", "model")] = (hub, ["distill", "--dataset", "good.jsonl", "--out", "out_dir", "--model", UNREACHABLE_HUB_ID])
     with ThreadPoolExecutor(max_workers=4) as pool:
         futures = {key: pool.submit(run_cli, args, cwd) for key, (cwd, args) in jobs.items()}
         return {key: (futures[key].result(), jobs[key][0]) for key in jobs}
@@ -134,6 +141,32 @@ def test_top_level_help(cli_results):
     assert result["rc"] == 0, result
     for command in ("distill", "train", "generate", "eval", "score", "run", "report", "demo"):
         assert command in result["stdout"]
+
+
+def test_bare_sdft_lists_the_commands_and_version_answers(cli_results):
+    bare, _ = cli_results[("help", "bare")]
+    assert bare["rc"] == 0 and bare["stderr"] == "", bare
+    for command in ("distill", "train", "generate", "eval", "score", "run", "report", "demo"):
+        assert f"    {command} " in bare["stdout"]
+    version, _ = cli_results[("help", "version")]
+    assert version["rc"] == 0 and version["stdout"].strip() == "sdft 0.1.0", version
+
+
+def test_unreachable_hub_model_is_one_line(cli_results):
+    """A hub id that cannot be had (offline here, nothing cached) is named with the reason: exit 2, nothing written."""
+    result, cwd = cli_results[("hub", "model")]
+    assert_user_error(result["stderr"], result["rc"], f"{UNREACHABLE_HUB_ID}: cannot load this model from the Hugging Face hub (")
+    assert sorted(p.name for p in cwd.iterdir()) == ["good.jsonl"]
+
+
+def test_required_options_say_so_in_help(commands, capsys):
+    from sdft.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["distill", "--help"])
+    page = " ".join(capsys.readouterr().out.split())
+    assert "a file, or a hub id (required, here or in --config)" in page
+    assert "--seed SEED seed for subsets" in page and "--seed SEED seed for subsets, sampling, mixing and initialisation (required" not in page
 
 
 def test_config_unknown_key_subprocess(cli_results):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 import sdft.pipeline as pipeline
+from sdft.core.errors import UserError
 from sdft.experiment import RunConfig, load_experiment
 from sdft.pipeline import plan, run
 
@@ -187,3 +188,16 @@ def test_an_option_left_at_its_default_since_it_was_added_keeps_cached_stages(ex
     after = {s.key: s for s in plan(exp).stages}
     assert after["gsm8k_small"].config[option] == value and after["gsm8k_small"].hash != before["gsm8k_small"]
     assert after["seed"].hash == before["seed"]
+
+
+def test_settings_override_a_preset_by_dotted_key():
+    """`sdft run PRESET --set key=value`: a section's option, a top-level list, YAML-typed values; a bad key or form
+    is one user error naming it."""
+    exp = load_experiment("demo", ["train.learning_rate=2e-3", "seeds=[1, 2]", "eval.benchmarks=[openfunctions]"],
+                          model="some/model")
+    assert exp.train.learning_rate == 0.002 and exp.seeds == [1, 2] and exp.eval.benchmarks == ["openfunctions"]
+    assert exp.model == "some/model"
+    with pytest.raises(UserError, match="train.nope"):
+        load_experiment("demo", ["train.nope=1"])
+    with pytest.raises(UserError, match="expected key=value"):
+        load_experiment("demo", ["oops"])

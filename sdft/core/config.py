@@ -23,13 +23,14 @@ from sdft.core.jsonl import read_text
 
 
 def field(default=dataclasses.MISSING, help: str = "", choices: typing.Iterable[str] | None = None,
-          check: Callable[[Any], str | None] | None = None, omit_default: bool = False):
+          check: Callable[[Any], str | None] | None = None, omit_default: bool = False, repeatable: bool = False):
     """A dataclass field with CLI help text, optional allowed `choices` (for a list: of each element) and a `check`
     returning what is wrong with a value (None when it is fine). A dataclass class as default builds a fresh instance.
     `omit_default`: left out of a stage's config (so of its hash) while at its default, so an option added after runs
-    were cached does not re-run their stages."""
+    were cached does not re-run their stages. `repeatable`: a list given on the command line by repeating its flag (for
+    items that may hold commas) instead of comma-separated."""
     metadata = {"help": help, "choices": None if choices is None else tuple(choices), "check": check,
-                "omit_default": omit_default}
+                "omit_default": omit_default, "repeatable": repeatable}
     if isinstance(default, type) and dataclasses.is_dataclass(default):
         return dataclasses.field(default_factory=default, metadata=metadata)
     if isinstance(default, (list, dict)):
@@ -119,8 +120,12 @@ def add_config_args(parser: argparse.ArgumentParser, cls, positional: tuple[str,
             help_text += f" ({' | '.join(f.metadata['choices'])})"
         if f.default is not dataclasses.MISSING and f.default is not None:
             help_text += f" (default: {f.default})"
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in positional:
+            help_text += " (required, here or in --config)"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif kind is list and f.metadata.get("repeatable"):
+            parser.add_argument(flag, action="append", default=None, help=help_text + " [repeat the flag]", **extra)
         elif kind is list:
             item = (typing.get_args(_optional_inner(hints[f.name])) or (str,))[0]
             parser.add_argument(flag, default=None, help=help_text + " [comma-separated]",

@@ -47,7 +47,27 @@ def resolve_model(spec: str) -> str:
         return str(path)
     if path.exists() or spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise UserError("model not found (expected a HF folder, a .gguf file, a hub id or 'smollm2-135m-instruct')", spec)
-    return spec  # a hub id: transformers resolves (and reports) it
+    return _fetchable_hub_id(spec)
+
+
+def _fetchable_hub_id(hub_id: str) -> str:
+    """`hub_id` once its config can be had (from the local cache or the hub); else one line saying why: no such (or a
+    private) repository, a gated one, or no network and nothing cached."""
+    import logging
+
+    from transformers import AutoConfig
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would bury the one line below
+    try:
+        AutoConfig.from_pretrained(hub_id)
+    except Exception as e:  # RepositoryNotFoundError, GatedRepoError, offline: all OSError or ValueError subclasses
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load this model from the Hugging Face hub ({reason})", hub_id) from None
+    finally:
+        hub_log.setLevel(level)
+    return hub_id
 
 
 def _check_config_json(path: Path) -> None:
