@@ -21,7 +21,7 @@ from sdft.evaluation.benchmarks import BENCHMARKS
 from sdft.evaluation.checks import CHECKS, SELECTION_RULES
 
 SELECTION_RULES_NAMES = tuple(dict.fromkeys(name for rules in SELECTION_RULES.values() for name in rules))
-TRUNCATIONS = ("total", "split")
+TRUNCATIONS = ("prompt_start", "total", "split")
 # Everything that needs neither a judge nor the optional lm-eval; add alpaca_eval and the knowledge tasks by name.
 DEFAULT_BENCHMARKS = [name for name, bench in BENCHMARKS.items() if bench.kind == "generate" and bench.in_default_suite]
 
@@ -95,10 +95,12 @@ class TrainOptions(ModelOptions, PromptOptions, DataOptions):
     batch_size: int = field(8, check=at_least(1), help="effective training batch (gradient accumulation makes it up)")
     micro_batch_size: int = field(8, check=at_least(1), help="per-device batch")
     max_length: int = field(1024, check=at_least(1), help="token cutoff per example")
-    truncation: str = field("total", choices=TRUNCATIONS,
-                            help="how max_length cuts a long example: total (prompt + target cut at the end) or split "
-                                 "(LLaMA-Factory's, as the reference trained: prompt and target each cut to a share of "
-                                 "max_length in proportion to their lengths)")
+    truncation: str = field("prompt_start", choices=TRUNCATIONS,
+                            help="how max_length cuts a long example: prompt_start (the target kept, the prompt's start "
+                                 "cut, its BOS kept), total (prompt + target cut at the end: a long prompt leaves no "
+                                 "target, and the row is dropped) or split (LLaMA-Factory's, as the reference trained: "
+                                 "prompt and target each cut to a share of max_length in proportion to their lengths); "
+                                 "on-policy prompts always lose their start")
     finetune: str = field("lora", choices=("lora", "full"), help="LoRA adapter or full fine-tuning")
     lora_r: int = field(8, check=at_least(1), help="LoRA rank")
     lora_alpha: int = field(16, help="LoRA alpha")

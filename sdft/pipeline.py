@@ -219,7 +219,7 @@ def _answers_stage(exp: ExperimentConfig) -> Stage:
 
     def action(directory: Path, paths: dict[str, Path]) -> dict:
         from sdft.stages.evaluate import _data_dir
-        from sdft.stages.retention import answer_prompts
+        from sdft.stages.likelihood import answer_prompts
 
         return answer_prompts(exp.model, exp.dtype, _data_dir(exp.data_dir), exp.retention.prompts, exp.seed,
                               exp.retention.max_new_tokens, directory)
@@ -231,7 +231,7 @@ def _retention_stage(exp: ExperimentConfig, key: str, answers: Stage, train_stag
     config = {"model": exp.model, "dtype": exp.dtype}
 
     def action(directory: Path, paths: dict[str, Path]) -> dict:
-        from sdft.stages.retention import ANSWERS_FILE, score_retention
+        from sdft.stages.likelihood import ANSWERS_FILE, score_retention
 
         model = {"model": exp.model, "adapter": None} | _trained_model(paths.get("trained"))
         return score_retention(model["model"], exp.dtype, model["adapter"], paths["answers"] / ANSWERS_FILE, directory)

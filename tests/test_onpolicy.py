@@ -63,6 +63,7 @@ def test_onpolicy_trains_an_adapter_against_the_distillation_prompt(tmp_path, ti
 
     out = tmp_path / "out"
     assert metrics["method"] == "onpolicy" and metrics["examples"] == 4 and metrics["distilled_targets"] == 0
+    assert metrics["rows"] == {"total": 4, "trained": 4, "prompt_cut": 0, "teacher_prompt_cut": 0}
     # asked for bf16: a CPU run still samples and trains in fp32; on a GPU bf16 is kept (seen on an H200)
     assert seen_bf16 == [torch.cuda.is_available()]
     state = json.loads((out / "checkpoints/checkpoint-2/trainer_state.json").read_text())
@@ -94,6 +95,24 @@ def test_a_prompt_is_tokenized_as_sdft_train_does_one_bos_at_most(embedded_token
     ids = _trainer_class()._tokenize_prompts(trainer, [with_bos, without])
     assert ids[0] == ids[1] == tokenizer(without)["input_ids"] and ids[0].count(bos) == 1
     assert ids[0] == tokenize_example(tokenizer, with_bos, "a", 64).input_ids[:len(ids[0])]
+
+
+def test_a_long_prompt_loses_its_start_but_not_its_bos_and_is_counted(embedded_tokenizer):
+    """TRL cuts a prompt to max_prompt_length at its start, BOS (here the chat template's first token) included; sdft
+    keeps that token, as its supervised default does, and counts the rows whose prompt or teacher's prompt is cut."""
+    from types import SimpleNamespace
+
+    from sdft.engines.onpolicy import OnPolicyRow, _trainer_class, onpolicy_row_counts
+
+    short, long = (embedded_tokenizer.apply_chat_template([{"role": "user", "content": "word " * n}], tokenize=False,
+                                                          add_generation_prompt=True) for n in (2, 100))
+    ids = embedded_tokenizer(long, add_special_tokens=False)["input_ids"]
+    trainer = SimpleNamespace(_tokenizer=embedded_tokenizer, max_prompt_length=64)
+    assert _trainer_class()._tokenize_prompts(trainer, [long, short]) == \
+        [ids[:1] + ids[-63:], embedded_tokenizer(short, add_special_tokens=False)["input_ids"]]
+    rows = [OnPolicyRow(short, long), OnPolicyRow(long, long), OnPolicyRow(short, short)]
+    assert onpolicy_row_counts(embedded_tokenizer, rows, 64) == \
+        {"total": 3, "trained": 3, "prompt_cut": 1, "teacher_prompt_cut": 2}
 
 
 def test_killed_onpolicy_run_resumes_from_its_checkpoint(tmp_path, tiny_model_dir, monkeypatch):

@@ -41,6 +41,45 @@ def test_loss_is_on_the_response_and_its_end_of_turn_token(embedded_tokenizer):
     assert len(cut.input_ids) == len(cut.labels) == 60
 
 
+def _chat_prompt(tokenizer, words: int) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": "word " * words}], tokenize=False,
+                                         add_generation_prompt=True)
+
+
+def test_a_prompt_longer_than_max_length_still_trains_its_target_by_default(embedded_tokenizer):
+    """The default cuts the prompt's start, keeping its leading special token (the chat template's first) and its end,
+    the assistant turn's opening; cut at the end (`total`) the same row keeps no target token."""
+    prompt, target, cutoff = _chat_prompt(embedded_tokenizer, 100), "the answer is 42", 40
+    prompt_ids = embedded_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = embedded_tokenizer(target, add_special_tokens=False)["input_ids"] + [embedded_tokenizer.eos_token_id]
+    assert len(prompt_ids) > cutoff
+    example = tokenize_example(embedded_tokenizer, prompt, target, cutoff)
+    kept_prompt = cutoff - len(target_ids)
+    assert example.input_ids == prompt_ids[:1] + prompt_ids[len(prompt_ids) - kept_prompt + 1:] + target_ids
+    assert example.labels == [IGNORE_INDEX] * kept_prompt + target_ids
+    assert (example.prompt_cut, example.target_cut, example.has_target) == (True, False, True)
+    total = tokenize_example(embedded_tokenizer, prompt, target, cutoff, truncation="total")
+    assert total.input_ids == prompt_ids[:cutoff] and total.labels == [IGNORE_INDEX] * cutoff and not total.has_target
+
+
+def test_a_target_longer_than_max_length_keeps_its_start_beside_the_smallest_prompt(embedded_tokenizer):
+    prompt = _chat_prompt(embedded_tokenizer, 10)
+    prompt_ids = embedded_tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = embedded_tokenizer("b " * 100, add_special_tokens=False)["input_ids"]
+    example = tokenize_example(embedded_tokenizer, prompt, "b " * 100, 30)
+    assert example.input_ids == [prompt_ids[0], prompt_ids[-1]] + target_ids[:28]
+    assert (example.prompt_cut, example.target_cut) == (True, True)
+
+
+def test_total_truncation_cuts_prompt_and_target_at_the_end_as_before(embedded_tokenizer):
+    for prompt, target, cutoff in [("a " * 50, "b " * 50, 60), ("a " * 10, "b " * 10, 60), ("a " * 80, "b", 60)]:
+        prompt_ids = embedded_tokenizer(prompt)["input_ids"]
+        target_ids = embedded_tokenizer(target, add_special_tokens=False)["input_ids"] + [embedded_tokenizer.eos_token_id]
+        example = tokenize_example(embedded_tokenizer, prompt, target, cutoff, truncation="total")
+        assert example.input_ids == (prompt_ids + target_ids)[:cutoff]
+        assert example.labels == ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:cutoff]
+
+
 def infer_max_len(source_len, target_len, cutoff_len, reserved_label_len=1):
     """LLaMA-Factory's, verbatim in effect, from sail-sg/sdft `reproduce` src/llmtuner/data/preprocess.py."""
     max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
@@ -114,6 +153,31 @@ def test_full_finetune_and_vanilla_from_a_plain_dataset(tmp_path, tiny_model_dir
     assert (tmp_path / "full/config.json").is_file() and not (tmp_path / "full/adapter_config.json").exists()
     with pytest.raises(UserError, match="distilled data"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "x"), model=tiny_model_dir, mix_ratio=1.0))
+
+
+def test_rows_cut_or_left_without_a_target_are_counted_and_named(tmp_path, tiny_model_dir, capfd):
+    """A row whose prompt fills max_length trains nothing under `total`: it is dropped, counted in train_metrics.json
+    and named on stderr; the default trains its target and counts its prompt as cut."""
+    data = tmp_path / "plain.jsonl"
+    rows = [{"instruction": "word " * (200 if i < 2 else 1), "output": f"a{i}"} for i in range(4)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def row_counts(name, **options):
+        options = {"max_length": 64, **options}
+        train(TrainConfig(data=str(data), out=str(tmp_path / name), model=tiny_model_dir, max_steps=1, batch_size=2,
+                          micro_batch_size=2, **options))
+        return json.loads((tmp_path / name / "train_metrics.json").read_text())["rows"], capfd.readouterr().err
+
+    counts, err = row_counts("total", truncation="total")
+    assert counts == {"total": 4, "trained": 2, "prompt_cut": 0, "target_cut": 0, "dropped_no_target": 2}
+    assert "fitting 4 rows to max_length 64 (truncation total): 0 prompt_cut, 0 target_cut, 2 dropped_no_target" in err
+    counts, err = row_counts("default")
+    assert counts == {"total": 4, "trained": 4, "prompt_cut": 2, "target_cut": 0, "dropped_no_target": 0}
+    assert "(truncation prompt_start): 2 prompt_cut, 0 target_cut, 0 dropped_no_target" in err
+    counts, err = row_counts("long", max_length=1024)
+    assert counts["trained"] == 4 and "sdft train:" not in err, "nothing cut, nothing said"
+    with pytest.raises(UserError, match="no row keeps a target token"):
+        row_counts("none", truncation="total", max_length=4)
 
 
 def test_response_only_logits_give_the_same_loss(tiny_model_dir, embedded_tokenizer):

@@ -11,6 +11,8 @@ an assistant prefix, raw mode):
   here `privileged_context` is the whole rendered teacher prompt and is used as it is.
 - TRL tokenizes a text prompt with the tokenizer's special tokens, which would put a second BOS after a chat
   template's own; here a prompt is tokenized as `sdft train` tokenizes it (`models.needs_bos`).
+- TRL cuts a prompt longer than max_prompt_length at its start, BOS included; here its leading special token is kept,
+  as `sdft train`'s default truncation keeps it, and `onpolicy_row_counts` says how many prompts are cut.
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sdft.engines.models import needs_bos
-from sdft.engines.training import TrainerSettings, run_training, trainer_arguments
+from sdft.engines.training import (TrainerSettings, keep_prompt_end, leading_special_tokens, prompt_token_ids,
+                                   run_training, trainer_arguments)
 
 
 @dataclass
@@ -44,10 +46,22 @@ def _trainer_class():
 
         def _tokenize_prompts(self, prompts):
             tokenizer = self._tokenizer
-            ids = [tokenizer(p, add_special_tokens=needs_bos(tokenizer, p))["input_ids"] for p in prompts]
-            return [i[-self.max_prompt_length:] for i in ids] if self.max_prompt_length else ids
+            ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+            if not self.max_prompt_length:
+                return ids
+            return [keep_prompt_end(i, self.max_prompt_length, leading_special_tokens(i, tokenizer)) for i in ids]
 
     return RenderedPromptsTrainer
+
+
+def onpolicy_row_counts(tokenizer, rows: list[OnPolicyRow], max_prompt_length: int) -> dict[str, int]:
+    """What max_prompt_length cuts, for train_metrics.json: the rows whose prompt, or whose teacher's prompt (the
+    demonstration in it), loses its start. None is dropped: the answers trained on are sampled, never cut away."""
+    def cut(prompt: str) -> bool:
+        return len(prompt_token_ids(tokenizer, prompt)) > max_prompt_length
+
+    return {"total": len(rows), "trained": len(rows), "prompt_cut": sum(cut(r.prompt) for r in rows),
+            "teacher_prompt_cut": sum(cut(r.teacher_prompt) for r in rows)}
 
 
 def train_onpolicy(model, tokenizer, rows: list[OnPolicyRow], out_dir: Path, settings: TrainerSettings, peft_config,

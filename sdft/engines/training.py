@@ -24,20 +24,66 @@ IGNORE_INDEX = -100
 class TrainingExample:
     input_ids: list[int]
     labels: list[int]
+    prompt_cut: bool = False  # max_length took some of the prompt
+    target_cut: bool = False  # max_length took some of the target
+
+    @property
+    def has_target(self) -> bool:
+        return any(label != IGNORE_INDEX for label in self.labels)
 
 
-def tokenize_example(tokenizer, prompt: str, target: str, max_length: int, truncation: str = "total") -> TrainingExample:
+def prompt_token_ids(tokenizer, prompt: str) -> list[int]:
+    """A rendered prompt's ids, BOS added only where its text (a chat template's) does not already start with it."""
+    return tokenizer(prompt, add_special_tokens=needs_bos(tokenizer, prompt))["input_ids"]
+
+
+def leading_special_tokens(prompt_ids: list[int], tokenizer) -> int:
+    """1 where the prompt opens with a special token (BOS, a chat template's first) that a cut at its start keeps, so
+    the model still sees the start of a sequence; else 0."""
+    return int(len(prompt_ids) > 1 and prompt_ids[0] in tokenizer.all_special_ids)
+
+
+def keep_prompt_end(prompt_ids: list[int], room: int, head: int) -> list[int]:
+    """The prompt in `room` tokens: its `head` leading special tokens and its end, where the question and the opening
+    of the assistant's turn are (the last token wins over the head when only one fits)."""
+    if len(prompt_ids) <= room:
+        return prompt_ids
+    head = min(head, room - 1)
+    return prompt_ids[:head] + prompt_ids[len(prompt_ids) - (room - head):]
+
+
+def tokenize_example(tokenizer, prompt: str, target: str, max_length: int,
+                     truncation: str = "prompt_start") -> TrainingExample:
     """Prompt tokens are masked out of the loss; the target ends with the end-of-turn (EOS) token, which is trained.
-    A long example is cut to `max_length` at its end (`total`) or, as the reference trained, prompt and target each
-    to their share of it (`split`, `split_cutoff`)."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=needs_bos(tokenizer, prompt))["input_ids"]
+    A long example is cut to `max_length` by one of three rules. `prompt_start` keeps the target and cuts the prompt's
+    start (its leading special token kept): cut at the end, a long prompt would leave no target token to train on. A
+    target longer than max_length keeps its start beside the smallest prompt tail (the head and one token). `total`
+    cuts prompt + target at the end; `split` cuts each to its share of max_length, as the reference trained
+    (`split_cutoff`)."""
+    prompt_ids = prompt_token_ids(tokenizer, prompt)
     target_ids = tokenizer(target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    if truncation == "split":
+    if truncation == "prompt_start":
+        head = leading_special_tokens(prompt_ids, tokenizer)
+        kept_target = target_ids[:max(max_length - min(len(prompt_ids), head + 1), 0)]
+        kept_prompt = keep_prompt_end(prompt_ids, max_length - len(kept_target), head)
+    elif truncation == "split":
         prompt_cap, target_cap = split_cutoff(len(prompt_ids), len(target_ids), max_length)
-        prompt_ids, target_ids = prompt_ids[:prompt_cap], target_ids[:target_cap]
-    input_ids = (prompt_ids + target_ids)[:max_length]
-    labels = ([IGNORE_INDEX] * len(prompt_ids) + target_ids)[:max_length]
-    return TrainingExample(input_ids, labels)
+        kept_prompt, kept_target = prompt_ids[:prompt_cap], target_ids[:target_cap]
+    elif truncation == "total":
+        kept_prompt = prompt_ids[:max_length]
+        kept_target = target_ids[:max_length - len(kept_prompt)]
+    else:
+        raise ValueError(f"unknown truncation {truncation!r}")
+    return TrainingExample(kept_prompt + kept_target, [IGNORE_INDEX] * len(kept_prompt) + kept_target,
+                           prompt_cut=len(kept_prompt) < len(prompt_ids), target_cut=len(kept_target) < len(target_ids))
+
+
+def trainable_examples(examples: list[TrainingExample]) -> tuple[list[TrainingExample], dict[str, int]]:
+    """The examples with a target token left to train on, and the row counts train_metrics.json reports: a row that
+    max_length left without any target token is dropped and counted, never trained on nothing silently."""
+    kept = [e for e in examples if e.has_target]
+    return kept, {"total": len(examples), "trained": len(kept), "prompt_cut": sum(e.prompt_cut for e in kept),
+                  "target_cut": sum(e.target_cut for e in kept), "dropped_no_target": len(examples) - len(kept)}
 
 
 def split_cutoff(prompt_len: int, target_len: int, max_length: int) -> tuple[int, int]:

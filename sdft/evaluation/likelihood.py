@@ -1,26 +1,67 @@
-"""Retention, a judge-free forgetting measure: how much log-likelihood a tuned model still assigns to the seed model's
-own answers on general prompts, per answer token, next to what the seed itself assigns.
+"""Log-likelihood measures: the mean log-probability per token a model gives a fixed text after its prompt.
 
-The seed answers general instructions (AlpacaEval's, through the model's chat template with no system prompt of ours,
-greedy) once (`sdft.stages.retention`); every model then scores those answers (`answer_logprobs`): the mean log-probability
-per answer token (end-of-turn included, as training counts it). A model that kept the seed's behaviour keeps that
-number; the change from the seed's own value (≤ 0 for a model that drifted) is the retention shift. It needs no judge
-and no reference answers, and unlike BLEU/ROUGE on greedy outputs it sees the whole distribution, not one sample.
+Two texts, two meanings:
+- Retention (`answer_logprobs`): the seed model's own greedy answers to general prompts (AlpacaEval's, through the
+  model's chat template with no system prompt of ours; answered once by `sdft.stages.likelihood`). A model that kept
+  the seed's behaviour keeps the seed's number. This measures *closeness to the seed* — the paper's §5 mechanism —
+  not retained ability: SDFT trains on the seed's own greedy rewrites, so it can rise above the seed by construction.
+  The end-of-turn token is scored only after an answer that ended by itself; one cut at the length cap never ended,
+  and scoring an appended end would reward models that learned to stop early.
+- Third-party likelihood (`reference_logprobs`): reference answers no model here wrote (AlpacaEval's
+  text-davinci-003 outputs), their first `max_tokens` tokens, no end-of-turn appended. Training on the seed's own
+  text cannot raise it by construction, so a drop from the seed's value is forgetting of general language ability.
 """
 
 from __future__ import annotations
 
-# Answers are scored in batches of about this many tokens, so memory stays flat whatever the answer lengths.
+from dataclasses import dataclass
+
+from sdft.data.templates import render
+from sdft.engines.training import IGNORE_INDEX, prompt_token_ids
+
+# Texts are scored in batches of about this many tokens, so memory stays flat whatever their lengths.
 _TOKENS_PER_BATCH = 8192
 
 
+@dataclass(frozen=True)
+class ScoredText:
+    """A prompt's ids followed by the ids of the text scored after it."""
+
+    prompt_ids: list[int]
+    text_ids: list[int]
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.prompt_ids + self.text_ids
+
+    @property
+    def labels(self) -> list[int]:
+        return [IGNORE_INDEX] * len(self.prompt_ids) + self.text_ids
+
+
 def answer_logprobs(model, tokenizer, answers: list[dict]) -> list[tuple[float, int]]:
-    """(mean log-probability per answer token, answer tokens) of each answer given its prompt."""
+    """Retention: (mean log-probability per answer token, answer tokens) of each answer (`prompt`, `prediction`,
+    `finish_reason`) given its prompt; the end-of-turn token counted only where the answer ended by itself."""
+    texts = [ScoredText(prompt_token_ids(tokenizer, a["prompt"]),
+                        tokenizer(a["prediction"], add_special_tokens=False)["input_ids"]
+                        + ([] if a.get("finish_reason") == "length" else [tokenizer.eos_token_id]))
+             for a in answers]
+    return mean_logprobs(model, tokenizer, texts)
+
+
+def reference_logprobs(model, tokenizer, rows: list[dict], max_tokens: int) -> list[tuple[float, int]]:
+    """Third-party likelihood: (mean log-probability per token, tokens) of each row's reference `output`, its first
+    `max_tokens` tokens, after its `instruction` in the model's chat template (no system prompt of ours)."""
+    texts = [ScoredText(prompt_token_ids(tokenizer, render("plain", {"instruction": r["instruction"]}, tokenizer)),
+                        tokenizer(r["output"], add_special_tokens=False)["input_ids"][:max_tokens])
+             for r in rows]
+    return mean_logprobs(model, tokenizer, texts)
+
+
+def mean_logprobs(model, tokenizer, examples: list[ScoredText]) -> list[tuple[float, int]]:
+    """(mean log-probability per scored token, scored tokens) of each example, batched by similar lengths."""
     import torch
 
-    from sdft.engines.training import IGNORE_INDEX, tokenize_example
-
-    examples = [tokenize_example(tokenizer, a["prompt"], a["prediction"], max_length=1 << 30) for a in answers]
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # similar lengths pad little
     results: list[tuple[float, int]] = [(0.0, 0)] * len(examples)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -6,20 +6,25 @@
 `method: onpolicy` trains the same rows, model, LoRA and budget with on-policy self-distillation instead
 (`engines.onpolicy`): the student answers the training prompt, the teacher is the seed shown the row's target in the
 dataset's distillation template, exactly the prompt `sdft distill` gives the seed.
+
+What max_length cuts is counted per row (`rows` in train_metrics.json, one stderr line when any row was cut or
+dropped): a row left without a target token is dropped, never trained on nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 
+from sdft.core.distributed import is_main_process
 from sdft.core.errors import UserError
 from sdft.core.jsonl import read_jsonl, write_json
 from sdft.data.datasets import DATASETS, DatasetSpec, load_dataset, subsample
 from sdft.data.templates import render
 from sdft.engines.models import load_tokenizer, resolve_dtype, resolve_model
-from sdft.engines.training import TrainerSettings, tokenize_example, train_model
+from sdft.engines.training import TrainerSettings, tokenize_example, train_model, trainable_examples
 from sdft.options import TrainConfig
 from sdft.stages.distill import distill_template
 
@@ -61,6 +66,14 @@ def onpolicy_rows(pairs: list[tuple[dict, str]], template, teacher_template, tok
             for row, target in pairs]
 
 
+def report_row_counts(counts: dict[str, int], max_length: int, rule: str) -> None:
+    """One stderr line when max_length cut or dropped a row: a row trained on less than it holds is never silent."""
+    cuts = {name: n for name, n in counts.items() if name not in ("total", "trained")}
+    if any(cuts.values()) and is_main_process():
+        print(f"sdft train: fitting {counts['total']} rows to max_length {max_length} ({rule}): "
+              + ", ".join(f"{n} {name}" for name, n in cuts.items()), file=sys.stderr)
+
+
 def _stats_dataset(path: Path) -> str | None:
     stats = path.with_name("distill_stats.json")
     if stats.is_file():
@@ -93,17 +106,24 @@ def train(config: TrainConfig) -> dict:
                                micro_batch_size=config.micro_batch_size, seed=config.seed, save_steps=config.save_steps,
                                logging_steps=config.logging_steps, bf16=config.bf16)
     if config.method == "onpolicy":
-        from sdft.engines.onpolicy import train_onpolicy
+        from sdft.engines.onpolicy import onpolicy_row_counts, train_onpolicy
 
         rows = onpolicy_rows(pairs, template, distill_template(config.teacher_template, spec), tokenizer,
                              config.prompt_mode)
+        row_counts = onpolicy_row_counts(tokenizer, rows, config.max_length)
+        report_row_counts(row_counts, config.max_length, "on-policy: a prompt's start is cut")
         trainer, result = train_onpolicy(model, tokenizer, rows, out, settings, lora, config, config.max_length)
     else:
         from peft import get_peft_model
 
-        examples = [tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target,
-                                     config.max_length, config.truncation)
-                    for row, target in pairs]
+        examples, row_counts = trainable_examples([
+            tokenize_example(tokenizer, render(template, row, tokenizer, config.prompt_mode), target,
+                             config.max_length, config.truncation)
+            for row, target in pairs])
+        report_row_counts(row_counts, config.max_length, f"truncation {config.truncation}")
+        if not examples:
+            raise UserError(f"no row keeps a target token within max_length {config.max_length} "
+                            f"(truncation {config.truncation})", config.data)
         torch.manual_seed(config.seed)
         if lora is not None:
             model = get_peft_model(model, lora)
@@ -111,7 +131,7 @@ def train(config: TrainConfig) -> dict:
     trainer.save_model(str(out))  # on every rank (sharded setups gather the weights); the main process writes
     distilled = sum(1 for row, target in pairs if row.get("accepted") and target == row.get("distilled"))
     metrics = {**result.metrics, "method": config.method, "examples": len(pairs), "distilled_targets": distilled,
-               "template": template}
+               "template": template, "rows": row_counts}
     if trainer.is_world_process_zero():  # one writer for the rest under `accelerate launch`
         tokenizer.save_pretrained(str(out))
         if config.merge and config.finetune == "lora":
