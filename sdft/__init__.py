@@ -18,9 +18,10 @@ __version__ = "0.1.0"
 
 # module (relative to sdft) -> the public names it defines
 _IMPORT_STRUCTURE = {
-    "options": ["DistillConfig", "TrainConfig", "GenerateConfig", "EvalConfig", "ScoreConfig"],
+    "options": ["DistillConfig", "ExportConfig", "TrainConfig", "GenerateConfig", "EvalConfig", "ScoreConfig"],
     "experiment": ["RunConfig", "DemoConfig", "ReportConfig", "ExperimentConfig", "load_experiment"],
     "stages.distill": ["distill"],
+    "stages.export": ["export"],
     "stages.train": ["train"],
     "stages.generate": ["generate"],
     "stages.evaluate": ["run_eval", "score"],
@@ -33,10 +34,11 @@ __all__ = ["__version__", *_MODULE_OF]
 if TYPE_CHECKING:
     from sdft.core.errors import UserError
     from sdft.experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment
-    from sdft.options import DistillConfig, EvalConfig, GenerateConfig, ScoreConfig, TrainConfig
+    from sdft.options import DistillConfig, EvalConfig, ExportConfig, GenerateConfig, ScoreConfig, TrainConfig
     from sdft.pipeline import demo, report, run
     from sdft.stages.distill import distill
     from sdft.stages.evaluate import run_eval, score
+    from sdft.stages.export import export
     from sdft.stages.generate import generate
     from sdft.stages.train import train
 

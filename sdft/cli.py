@@ -17,14 +17,16 @@ def _commands():
     """name -> (help, config class, "module:function" of its stage, positional fields); stages are imported only to run,
     so `--help` stays torch-free and fast."""
     from sdft.experiment import DemoConfig, ReportConfig, RunConfig
-    from sdft.options import DistillConfig, EvalConfig, GenerateConfig, ScoreConfig, TrainConfig
+    from sdft.options import DataConfig, DistillConfig, EvalConfig, ExportConfig, GenerateConfig, ScoreConfig, TrainConfig
 
     return {
         "distill": ("rewrite a dataset's responses with the seed model and select (SDFT Eq. 3-4)", DistillConfig, "stages.distill:distill", ()),
+        "export": ("write a distillation as a training set for your own trainer (TRL, LLaMA-Factory)", ExportConfig, "stages.export:export", ("distilled",)),
         "train": ("fine-tune with LoRA (or fully): vanilla, SDFT, or any mix ratio", TrainConfig, "stages.train:train", ()),
         "generate": ("generate completions for a file of prompts", GenerateConfig, "stages.generate:generate", ()),
         "eval": ("run the forgetting benchmarks on a model (+ adapter)", EvalConfig, "stages.evaluate:run_eval", ()),
         "score": ("re-score saved predictions for one benchmark", ScoreConfig, "stages.evaluate:score", ()),
+        "data": ("list the data files and where they come from, or download them (converted, checksummed) into the cache", DataConfig, "stages.data:data", ("action", "names")),
         "run": ("run an experiment config end to end (cached stages) and write the report", RunConfig, "pipeline:run", ("experiment",)),
         "report": ("re-render report.md / report.html from a run directory", ReportConfig, "pipeline:report", ("run_dir",)),
         "demo": ("the main job on the embedded model: distil OpenFunctions rows, train vanilla + SDFT, compare with the seed on the task, IFEval and retention", DemoConfig, "pipeline:demo", ()),
@@ -92,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"sdft {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
-    if isinstance(result, dict) and args.command in ("score", "distill", "eval"):
+    if isinstance(result, dict) and args.command in ("score", "distill", "export", "eval"):
         print(json.dumps(result, indent=2, default=str))
     return 0
 

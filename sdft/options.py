@@ -4,7 +4,8 @@ loading an experiment, imports no torch.
 
 Groups: model, decoding and engine (`ModelOptions`, `DecodingOptions`, `EngineOptions`, `SeedOption`: in
 `sdft.engines.options`, which the engines read), prompt (`PromptModeOption`, `PromptOptions`), data (`DataDirOption`,
-`DataOptions`), judge (`JudgeOptions`), on-policy distillation (`OnPolicyOptions`).
+`DataOptions`), judge (`JudgeOptions`), on-policy distillation (`OnPolicyOptions`), the exported training set
+(`ExportOptions`).
 `XOptions` is what an experiment's `x:` section may set; `XConfig` adds the command's own inputs and outputs.
 """
 
@@ -13,8 +14,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from sdft.core.config import Options, at_least, field, within
+from sdft.core.config import Options, at_least, each, field, within
 from sdft.core.errors import UserError
+from sdft.data.export import FORMATS
+from sdft.data.sources import NAMES as DATA_NAMES
 from sdft.data.templates import PROMPT_MODES
 from sdft.engines.options import AdaptedModelOptions, DecodingOptions, EngineOptions, ModelOptions, SeedOption
 from sdft.evaluation.benchmarks import BENCHMARKS
@@ -82,9 +85,38 @@ class DistillOptions(ModelOptions, PromptOptions, DataOptions, DecodingOptions, 
 
 
 @dataclass(kw_only=True)
-class DistillConfig(DistillOptions):
+class ExportOptions(Options):
+    """The distilled rows as a training set for a trainer of the user's own (`sdft.data.export`)."""
+
+    format: str | None = field(None, choices=FORMATS,
+                               help="write the distilled rows as a training set, train.<format>.jsonl: messages "
+                                    "(OpenAI/TRL chat), prompt-completion (TRL, conversational), alpaca or sharegpt "
+                                    "(LLaMA-Factory); an entry for LLaMA-Factory goes in dataset_info.json beside it")
+    push_to_hub: str | None = field(None, help="also upload the training set to this Hugging Face dataset repo "
+                                               "(needs --format and a hub login)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.push_to_hub and not self.format:
+            raise UserError("push_to_hub: needs --format (the layout to upload)")
+
+
+@dataclass(kw_only=True)
+class DistillConfig(ExportOptions, DistillOptions):
     dataset: str = field(help="registry name (gsm8k, openfunctions, alpaca, dolly, lima, magicoder, multiarith), a file, or a hub id")
     out: str = field(help="output directory")
+
+
+@dataclass(kw_only=True)
+class ExportConfig(ExportOptions):
+    distilled: str = field(help="distilled.jsonl, or the folder holding it: a `sdft distill` output, or a run "
+                                "directory with one distillation")
+    out: str | None = field(None, help="the training set's file (default: train.<format>.jsonl beside distilled.jsonl)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.format is None:
+            raise UserError(f"missing required option: --format ({' | '.join(FORMATS)})")
 
 
 @dataclass(kw_only=True)
@@ -109,6 +141,9 @@ class TrainOptions(ModelOptions, PromptOptions, DataOptions):
     merge: bool = field(False, help="also save the merged model under OUT/merged")
     bf16: bool | None = field(None, help="bf16 mixed precision (default: where the hardware is fast at it)")
     save_steps: int = field(100, check=at_least(1), help="checkpoint every N steps (resume after a kill)")
+    eval_at_steps: list[int] = field([], check=each(at_least(1)), omit_default=True,
+                                     help="also save the trained weights after these optimizer steps (OUT/steps/step-N): "
+                                          "the points of a learning curve, each evaluated by `sdft run`")
     logging_steps: int = field(5, check=at_least(1), help="TensorBoard logging interval")
 
 
@@ -183,3 +218,17 @@ class EvalConfig(AdaptedModelOptions, EvalOptions):
 class ScoreConfig(DataDirOption, JudgeOptions):
     benchmark: str = field(choices=BENCHMARKS, help="benchmark whose data the predictions answer")
     predictions: str = field(help="JSONL with `id` and `prediction` per row, e.g. <benchmark>.generations.jsonl")
+
+
+@dataclass(kw_only=True)
+class DataConfig(DataDirOption):
+    action: str = field("list", choices=("list", "download"),
+                        help="list: each data file, where it comes from and whether it is here; download: fetch, "
+                             "convert and checksum files into the cache the evaluation falls back to")
+    names: list[str] = field([], check=each(lambda name: None if name in DATA_NAMES else
+                                            f"unknown data file or folder '{name}' (see `sdft data list`)"),
+                             help="data files (e.g. gsm8k/sdft_gsm8k_test.jsonl) or folders (e.g. gsm8k); default: all")
+    to: str | None = field(None, help="download into this directory instead of the cache "
+                                      "($SDFT_CACHE_DIR or ~/.cache/sdft, then data/)")
+    mirror: str | None = field(None, help="base URL standing in for https://raw.githubusercontent.com, laid out "
+                                          "OWNER/REPO/COMMIT/PATH (default: $SDFT_DATA_MIRROR)")

@@ -186,6 +186,16 @@ def test_code_check():
     assert CHECKS["code"](good, {"reference": good, "tests": tests, "entry_point": "add"}).ok
 
 
+def test_code_check_completes_a_stub():
+    """HumanEval's score: with a stub, unfenced text is the completion and the tests decide, as the harness runs it."""
+    stub = 'def add(a, b):\n    """Add two numbers."""\n'
+    tests = "def check(candidate):\n    assert candidate(2, 3) == 5\n"
+    assert code_check("    return a + b\n", tests, "add", stub).ok  # a body continuing the stub
+    assert code_check("Here:\n```python\ndef add(a, b):\n    return a + b\n```", tests, "add", stub).ok
+    assert code_check("    return a - b\n", tests, "add", stub) == CheckResult(False, "tests_failed")
+    assert code_check("    return a + b\n", tests, "add") == CheckResult(False, "no_code")  # without one: fenced only
+
+
 def test_registry_kinds():
     assert set(CHECKS) == {"math", "function_call", "code", "generic"}
     assert CHECKS["function_call"](REF, {"reference": REF}).ok

@@ -16,7 +16,8 @@ def test_selection_keeps_only_correct_complete_rewrites():
     assert select("Using the reference answer, the answer is 72.", "stop", example, "math") == (False, "meta_phrase")
     call = {"instruction": "q", "response": "f(a=1, b='x')"}
     assert select('f(b="x", a=1)', "stop", call, "function_call")[0]
-    assert not select("Here it is: f(a=1, b='x')", "stop", call, "function_call")[0]
+    assert select("Here it is: f(a=1, b='x')", "stop", call, "function_call")[0]  # default: a right call anywhere
+    assert not select("Here it is: f(a=1, b='x')", "stop", call, "function_call", "ast_exact")[0]
     assert select("Any answer", "stop", {"instruction": "q", "response": "r"}, "generic") == (True, "ok")
 
 
@@ -31,3 +32,21 @@ def test_distill_writes_rows_and_stats(tmp_path, tiny_model_dir, gsm8k_file):
         assert row["target"] == (row["distilled"] if row["accepted"] else row["original"])
     # a random tiny model cannot reproduce the answers: everything falls back to the original
     assert stats["accepted"] == 0 and all(r["target"] == r["original"] for r in rows)
+
+
+def test_distill_format_writes_a_training_set_keeping_the_users_columns(tmp_path, tiny_model_dir, capsys):
+    from sdft.cli import main
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": chat, "topic": "greeting"}) + "\n")
+    out = tmp_path / "d"
+    assert main(["distill", "--dataset", str(data), "--out", str(out), "--model", tiny_model_dir,
+                 "--max-new-tokens", "4", "--format", "messages"]) == 0
+    assert json.loads(capsys.readouterr().out)["export"]["path"] == str(out / "train.messages.jsonl")
+    (distilled,) = [json.loads(line) for line in (out / "distilled.jsonl").open()]
+    (row,) = [json.loads(line) for line in (out / "train.messages.jsonl").open()]
+    assert distilled["extra_columns"] == {"topic": "greeting"} and row["topic"] == "greeting"
+    assert row["messages"] == [*chat[:2], {"role": "assistant", "content": distilled["target"]}]
+    assert "dataset_info.json" in {p.name for p in out.iterdir()}

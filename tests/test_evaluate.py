@@ -39,17 +39,33 @@ def test_math_gold_scores_one_and_wrong_zero(name, wrong):
     assert score(name, wrong, sample) == 0.0
 
 
-def test_openfunctions_ast_match_and_paper_call_match():
+@pytest.mark.parametrize("shape, primary, ast_match", [
+    ("{call}", 1.0, 1.0),  # a bare correct call
+    ("```python\n{call}\n```", 1.0, 1.0),
+    ("Sure! Here is the call: {call}\nIt finds coffee shops with Wi-Fi.", 1.0, 0.0),  # prose around it: a kept rewrite
+])
+@pytest.mark.parametrize("call, right", [
+    ('coffee_shop.find_nearby(location="San Francisco", amenities="Wi-Fi")', True),
+    ("coffee_shop.find_nearby(amenities='Wi-Fi', location='San Francisco')", True),  # keyword order and quotes are free
+    ('coffee_shop.find_nearby(location="Oakland", amenities="Wi-Fi")', False),
+    ('coffee_shop.find(location="San Francisco", amenities="Wi-Fi")', False),
+])
+def test_openfunctions_call_match_counts_a_right_call_anywhere_and_ast_match_a_bare_one(shape, primary, ast_match, call,
+                                                                                          right):
+    """The primary metric is the check `ast_contains` selects rewrites by; the bare-call format is an extra."""
+    bench, sample = get_benchmark("openfunctions"), first_sample("openfunctions")
+    prediction = shape.format(call=call)
+    assert bench.metric == "call_match"
+    assert bench.score(sample, prediction) == (primary if right else 0.0)
+    assert bench.extra_metrics(sample, prediction)["ast_match"] == (ast_match if right else 0.0)
+
+
+def test_openfunctions_keeps_the_reference_metric_as_an_extra():
     bench, sample = get_benchmark("openfunctions"), first_sample("openfunctions")
     gold = sample.reference  # coffee_shop.find_nearby(location="San Francisco", amenities="Wi-Fi")
-    assert bench.score(sample, gold) == 1.0
+    assert bench.extra_metrics(sample, f"Sure! Here is the call: {gold}")["paper_call_match"] == 1.0
     reordered = 'coffee_shop.find_nearby(amenities="Wi-Fi", location="San Francisco")'
-    assert bench.score(sample, reordered) == 1.0
-    assert bench.score(sample, 'coffee_shop.find_nearby(location="Oakland", amenities="Wi-Fi")') == 0.0
-    prose = f"Sure! Here is the call: {gold}"  # the paper's substring rule accepts it, the AST match does not
-    assert bench.score(sample, prose) == 0.0
-    assert bench.extra_metrics(sample, prose) == {"paper_call_match": 1.0}
-    assert bench.extra_metrics(sample, reordered) == {"paper_call_match": 0.0}
+    assert bench.extra_metrics(sample, reordered) == {"ast_match": 1.0, "paper_call_match": 0.0}
 
 
 def test_humaneval_runs_tests_in_the_sandbox():

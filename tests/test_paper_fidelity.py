@@ -234,8 +234,8 @@ def test_char_bleu_is_the_reference_character_level_bleu():
 
 
 def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedded_tokenizer):
-    """`selection` picks the rule the targets come from (default: sdft's, the task's first); a rule the task lacks
-    is refused before anything loads."""
+    """`selection` picks the rule the targets come from (default: sdft's, the task's first, here the one OpenFunctions
+    is scored by); a rule the task lacks is refused before anything loads."""
     from types import SimpleNamespace
 
     from sdft.core.errors import UserError
@@ -248,10 +248,10 @@ def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedde
     monkeypatch.setattr(stage, "make_engine", lambda *a, **k: SimpleNamespace(tokenizer=embedded_tokenizer))
     monkeypatch.setattr(stage, "generate_rows", lambda engine, items, *a, **k: [
         {"id": i, "prediction": rewrite, "finish_reason": "stop"} for i, _ in items])
-    for rule, accepted in [(None, 0), ("ast_contains", 1), ("paper", 1)]:
+    for rule, accepted in [(None, 1), ("ast_exact", 0), ("paper", 1)]:
         stats = stage.distill(DistillConfig(dataset=str(data), out=str(tmp_path / str(rule)), task="function_call",
                                             selection=rule))
-        assert (stats["selection"], stats["accepted"]) == (rule or "ast_exact", accepted)
+        assert (stats["selection"], stats["accepted"]) == (rule or "ast_contains", accepted)
         assert {name: v["accepted"] for name, v in stats["by_rule"].items()} == {"ast_exact": 0, "ast_contains": 1, "paper": 1}
     with pytest.raises(UserError, match="task 'math' has no rule 'ast_contains'"):
         DistillConfig(dataset=str(data), out=str(tmp_path), task="math", selection="ast_contains")

@@ -246,3 +246,91 @@ def test_replication_table_puts_the_paper_beside_ours(run_dir):
     assert table_row(md, "gsm8k-vanilla", "gsm8k") == \
         f"| gsm8k-vanilla | gsm8k | accuracy | 31.90 | 29.26 | 62.5 [{lo:.1f}, {hi:.1f}] | accuracy | — |"
     assert "sail-sg/sdft#12" in md and "arXiv 2402.13669" in md
+
+
+# A target benchmark with secondary metrics (OpenFunctions: the bare-call format and the reference's call match) and a
+# general one whose instruction-level accuracy pools each prompt's instructions (IFEval), as sdft eval saves them.
+SECONDARY_RUNS = ("seed", "gsm8k-vanilla-s1", "gsm8k-vanilla-s2", "gsm8k-sdft-s1", "gsm8k-sdft-s2")
+
+
+def _secondary_rows(key):
+    """Vanilla answers with bare calls, SDFT with calls in prose: SDFT wins on call_match and loses on ast_match."""
+    right = {"seed": 4, "gsm8k-vanilla-s1": 16, "gsm8k-vanilla-s2": 18, "gsm8k-sdft-s1": 24, "gsm8k-sdft-s2": 26}[key]
+    bare = "vanilla" in key
+    calls = [{"id": f"q{i}", "score": float(i < right), "ast_match": float(i < right and bare),
+              "paper_call_match": float(i < right)} for i in range(N)]
+    followed = 2 if "sdft" in key else 1  # of each prompt's instructions, which are 1 to 3
+    ifeval = [{"id": f"p{i}", "score": float(i % 2 == 0), "prompt_level_loose_acc": 1.0,
+               "inst_level_strict_acc": [j < followed for j in range(1 + i % 3)],
+               "inst_level_loose_acc": [True] * (1 + i % 3)} for i in range(N)]
+    return {"openfunctions": calls, "ifeval": ifeval}
+
+
+@pytest.fixture
+def secondary_run(tmp_path):
+    runs = [record(key) for key in SECONDARY_RUNS]
+    for run in runs:
+        results = {}
+        for bench, rows in _secondary_rows(run["key"]).items():
+            write_jsonl(tmp_path / run["eval_dir"] / f"{bench}.jsonl", rows)
+            extras = {name: 100 * float(np.mean([v for r in rows for v in np.atleast_1d(r[name])]))
+                      for name in rows[0] if name not in ("id", "score")}
+            metric = "call_match" if bench == "openfunctions" else "prompt_level_strict_acc"
+            results[bench] = {**summarize([r["score"] for r in rows]), "metric": metric, **extras}
+        write_json(tmp_path / run["eval_dir"] / "results.json", {"benchmarks": results})
+    summary = {"experiment": "secondary", "seeds": [1, 2], "target": "openfunctions",
+               **summarize_runs(tmp_path, runs, ["openfunctions", "ifeval"])}
+    summary["replication"] = replication(summary["arms"], ["openfunctions", "ifeval"])
+    write_json(tmp_path / "summary.json", summary)
+    shutil.rmtree(tmp_path / "evals")
+    return tmp_path
+
+
+def test_every_rendered_metric_has_an_interval_and_paired_tests(secondary_run):
+    """No metric of the report is a bare mean: each measure, primary or secondary, has its 95% interval per arm, its
+    change from the seed and each arm's difference from vanilla, with intervals and p-values, in summary.json."""
+    summary = summary_of(secondary_run)
+    md = render_report(secondary_run)[0].read_text()
+    secondary = {"openfunctions.ast_match", "openfunctions.paper_call_match", "ifeval.prompt_level_loose_acc",
+                 "ifeval.inst_level_strict_acc", "ifeval.inst_level_loose_acc"}
+    assert set(summary["measures"]) == {"openfunctions", "ifeval"} | secondary
+    for name, spec in summary["measures"].items():
+        assert (f"{spec['of']}: {spec['metric']}" if "of" in spec else name) in md, name
+        for entry in summary["arms"]:
+            estimates = [entry["scores"][name]] + ([entry["vs_seed"][name]] if entry["method"] != "seed" else [])
+            assert all(None not in e["ci95"] and e["p_value"] is not None for e in estimates), (entry["arm"], name)
+        paired = {c["arm"]: c for c in summary["comparisons"]
+                  if c["measure"] == name and c["baseline"] == "gsm8k-vanilla"}
+        assert set(paired) == {"gsm8k-sdft"} and None not in paired["gsm8k-sdft"]["ci95"], name
+        assert f"| gsm8k-sdft − gsm8k-vanilla | {name} | " in md
+    lines = md.splitlines()
+    start = lines.index(table_row(md, "Model", "openfunctions: ast_match")) + 2
+    for line, arm_entry in zip(lines[start:], summary["arms"]):  # the secondary table's rows: intervals in every cell
+        cells = line.split("|")[1:-1]
+        assert cells[0].strip() == arm_entry["arm"] and len(cells) == 1 + len(secondary)
+        assert all(re.fullmatch(r" \d+\.\d( \([+−]\d+\.\d\))? \[\d+\.\d, \d+\.\d\] ", c) for c in cells[1:]), cells
+
+
+def test_secondary_metrics_compare_what_selection_and_format_disagree_on(secondary_run):
+    """SDFT's calls in prose: ahead of vanilla on the primary call match, behind on the bare-call format; an
+    instruction-level rate pools each prompt's instructions (weights) while resampling by prompt."""
+    summary = summary_of(secondary_run)
+    paired = {c["measure"]: c for c in summary["comparisons"] if c["arm"] == "gsm8k-sdft"}
+    assert paired["openfunctions"]["mean"] == pytest.approx(100 * (25 - 17) / 40)
+    assert paired["openfunctions"]["p_value"] < 0.05
+    assert paired["openfunctions.ast_match"]["mean"] == pytest.approx(-100 * 17 / 40)
+    assert paired["openfunctions.ast_match"]["ci95"][1] < 0
+    sdft = arm(secondary_run, "gsm8k-sdft")["scores"]
+    parts = [1 + i % 3 for i in range(N)]
+    pooled = sum(min(2, k) for k in parts) / sum(parts)  # not the mean of each prompt's share
+    assert sdft["ifeval.inst_level_strict_acc"]["mean"] == pytest.approx(100 * pooled)
+    assert sdft["ifeval.inst_level_loose_acc"]["ci95"] == [100.0, 100.0]
+
+
+def test_replication_shows_ours_under_the_reference_metric_with_its_interval(secondary_run):
+    seed = next(e for e in summary_of(secondary_run)["replication"] if e["arm"] == "seed")
+    ours = arm(secondary_run, "seed")["scores"]["openfunctions.paper_call_match"]
+    assert seed["reference_metric"] == "paper_call_match" and seed["ours_reference_metric"] == ours
+    md = render_report(secondary_run)[0].read_text()
+    lo, hi = ours["ci95"]
+    assert table_row(md, "seed", "openfunctions").endswith(f"| call_match | 10.0 [{lo:.1f}, {hi:.1f}] |")

@@ -3,9 +3,10 @@ PNG figures. Every number shown is in the summary (`sdft.analysis.summary`); thi
 
 The layout follows the paper: score tables per capacity with every arm next to the seed (Tables 1–4, template-sweep
 arms included; means over seeds with seeds × items 95% intervals), the replication table (paper, maintainers' rerun,
-ours), per-benchmark bars (Fig. 4), paired differences against vanilla and SDFT with p-values, the learning-vs-
-forgetting plot (Biderman et al. 2024), distillation acceptance and examples (Figs 14–18), score and shift against mix
-ratio and train size (Figs 5–8), distribution shift (§5, Fig 9), wall time per method, and the run's provenance.
+ours), per-benchmark bars (Fig. 4), the benchmarks' secondary metrics (intervals too), paired differences against
+vanilla and SDFT with p-values for every measure, primary and secondary, the learning-vs-forgetting plot (Biderman et
+al. 2024), distillation acceptance and examples (Figs 14–18), score and shift against mix ratio and train size (Figs
+5–8), distribution shift (§5, Fig 9), wall time per method, and the run's provenance.
 Whatever the run lacks is left out rather than failing.
 """
 
@@ -90,6 +91,13 @@ class _Run:
     def digits(self, measure: str) -> int:
         return 1 if self.measures[measure]["scale"] == 100.0 else 3
 
+    def primary(self) -> list[str]:
+        """The measures of the score tables: benchmarks' scores and composites; secondary metrics have `of`."""
+        return [name for name, spec in self.measures.items() if "of" not in spec]
+
+    def secondary(self) -> list[str]:
+        return [name for name, spec in self.measures.items() if "of" in spec]
+
     def groups(self) -> dict[tuple[str, str], list[dict]]:
         """Fine-tuned arms by (capacity, dataset), in order of first appearance, each sorted as a table block."""
         groups: dict[tuple[str, str], list[dict]] = {}
@@ -167,7 +175,7 @@ def _score_tables(run: _Run) -> list[Block]:
                "other than the group's usual one. forgetting_index = mean of HellaSwag, ARC-Challenge, WinoGrande; "
                "retention = log-probability per token of the seed's own answers."),
     ]
-    measures = list(run.measures)
+    measures = run.primary()
     headers = ["Dataset", "Method"] + [_measure_header(run, m) for m in measures]
     groups = run.groups()
     seed_capacity = [(run.seed.get("capacity") or "default")] if run.seed else []
@@ -183,13 +191,17 @@ def _score_tables(run: _Run) -> list[Block]:
     return blocks
 
 
-def _extras(run: _Run) -> list[Block]:
-    """Secondary metrics of a benchmark (IFEval's loose and instruction-level accuracy, paper call match...)."""
-    names = sorted({(bench, name) for arm in run.arms for bench, extra in arm["extras"].items() for name in extra})
-    if not names:
+def _secondary(run: _Run) -> list[Block]:
+    """Secondary metrics of a benchmark (OpenFunctions' bare-call format and the reference's call match, IFEval's loose
+    and instruction-level accuracy), each cell as in the score tables."""
+    measures = run.secondary()
+    if not measures:
         return []
-    rows = [[arm["arm"]] + [f"{arm['extras'].get(b, {}).get(n, float('nan')):.1f}" for b, n in names] for arm in run.arms]
-    return [Heading(3, "Secondary metrics (means over seeds)"), Table(["Model"] + [f"{b}: {n}" for b, n in names], rows)]
+    headers = ["Model"] + [f"{run.measures[m]['of']}: {run.measures[m]['metric']}" for m in measures]
+    rows = [[arm["arm"]] + [_cell(run, arm, m) for m in measures] for arm in run.arms]
+    return [Heading(2, "Secondary metrics"),
+            Para("Each cell: mean (Δ vs seed) [95% CI], as in the score tables; their paired differences are below."),
+            Table(headers, rows)]
 
 
 def _comparisons(run: _Run) -> list[Block]:
@@ -282,18 +294,18 @@ def _replication(run: _Run) -> list[Block]:
     def reference(entry):
         return _DASH if entry is None else f"{entry['value']:.2f}"
 
-    rows = []
-    for e in entries:
-        ours = e.get("ours") or {}
-        ours_text = _DASH if ours.get("mean") is None else f"{ours['mean']:.1f} {_interval(ours, 1)}".strip()
-        as_reference = e.get("ours_reference_metric")
-        rows.append([e["arm"], e["benchmark"], e["reference_metric"] or _DASH, reference(e.get("paper")),
-                     reference(e.get("rerun")), ours_text, e.get("metric") or _DASH,
-                     _DASH if as_reference is None else f"{as_reference:.1f}"])
+    def ours(estimate):
+        if not estimate or estimate.get("mean") is None:
+            return _DASH
+        return f"{estimate['mean']:.1f} {_interval(estimate, 1)}".strip()
+
+    rows = [[e["arm"], e["benchmark"], e["reference_metric"] or _DASH, reference(e.get("paper")),
+             reference(e.get("rerun")), ours(e.get("ours")), e.get("metric") or _DASH,
+             ours(e.get("ours_reference_metric"))] for e in entries]
     sources = sorted({ref["source"] for e in entries for ref in (e.get("paper"), e.get("rerun")) if ref})
     return [Heading(2, "Replication"),
             Para("Our numbers beside the paper's and the maintainers' reruns (Llama-2-7b-chat, points). Ours: mean "
-                 "[95% CI] under our metric; where the reference's metric differs, ours under it too (mean only). "
+                 "[95% CI] under our metric; where the reference's metric differs, ours under it too. "
                  "Sources: " + "; ".join(sources) + "."),
             Table(["Model", "Benchmark", "Reference metric", "Paper", "Rerun", "Ours [95% CI]", "Our metric",
                    "Ours, reference metric"], rows)]
@@ -507,7 +519,7 @@ def _blocks(run: _Run) -> list[Block]:
     blocks: list[Block] = [Heading(1, _title(run))]
     if summary.get("seed_model"):
         blocks.append(Para(f"Seed model: {summary['seed_model']}"))
-    blocks += _score_tables(run) + _replication(run) + _benchmark_bars(run) + _extras(run) + _comparisons(run)
+    blocks += _score_tables(run) + _replication(run) + _benchmark_bars(run) + _secondary(run) + _comparisons(run)
     blocks += _learning_vs_forgetting(run) + _distillation(run) + _distilled_examples(run)
     sweeps = _mix_sweeps(run) + _size_sweeps(run) + _shift_sweeps(run)
     if sweeps:

@@ -81,7 +81,7 @@ def _interval_and_p(boot: np.ndarray) -> tuple[tuple[float, float], float]:
 
 
 def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 4000, seed: int = 0,
-                             scale: float = 100.0) -> dict:
+                             scale: float = 100.0, weights: Sequence[np.ndarray | None] | None = None) -> dict:
     """Mean, 95% interval and two-sided p (against 0) of a score measured on seeds × items.
 
     Each component is a (seeds, items) matrix of per-item values for one benchmark (for a difference, the paired
@@ -90,6 +90,9 @@ def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 400
     index. Each resample draws seeds with replacement (one draw shared by all components, as a seed is one training
     run) and, independently per component, items with replacement: the interval covers both the variation between
     training runs and the sampling of benchmark items. With one seed it is the ordinary item bootstrap.
+    `weights` (per component, an (items,) array or None) make a component's mean the weighted one: a rate pooled over
+    the parts of an item, as IFEval's instruction-level accuracy (value: the item's share of instructions followed,
+    weight: its number of instructions), still resampled by item, since an item's parts are not independent.
     `p_value` is read off the same distribution (`_interval_and_p`).
     """
     components = [np.asarray(c, dtype=float) for c in components]
@@ -98,6 +101,7 @@ def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 400
     n_seeds = components[0].shape[0]
     if any(c.shape[0] != n_seeds for c in components):
         raise ValueError("every component needs the same seeds")
+    weights = [None if w is None else np.asarray(w, dtype=float) for w in weights or [None] * len(components)]
     rng = np.random.default_rng(seed)
     chunk = max(1, _CHUNK_ELEMENTS // max(c.size for c in components))
     boot = np.empty(n_boot)
@@ -105,11 +109,16 @@ def seeds_by_items_bootstrap(components: Sequence[np.ndarray], n_boot: int = 400
         size = min(chunk, n_boot - start)
         seeds = rng.integers(0, n_seeds, size=(size, n_seeds))
         total = np.zeros(size)
-        for c in components:
+        for c, w in zip(components, weights):
             items = rng.integers(0, c.shape[1], size=(size, c.shape[1]))
-            total += c[seeds[:, :, None], items[:, None, :]].mean(axis=(1, 2))
+            drawn = c[seeds[:, :, None], items[:, None, :]]
+            if w is None:
+                total += drawn.mean(axis=(1, 2))
+            else:
+                total += (drawn.mean(axis=1) * w[items]).sum(axis=1) / w[items].sum(axis=1)
         boot[start:start + size] = total / len(components)
-    mean = float(np.mean([c.mean() for c in components]))
+    mean = float(np.mean([c.mean() if w is None else np.average(c.mean(axis=0), weights=w)
+                          for c, w in zip(components, weights)]))
     (lo, hi), p_value = _interval_and_p(boot)
     return {"mean": scale * mean, "ci95": [scale * lo, scale * hi], "p_value": p_value, "seeds": n_seeds,
             "items": int(sum(c.shape[1] for c in components))}

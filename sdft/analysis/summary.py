@@ -1,10 +1,15 @@
 """summary.json: every number an experiment's report shows, computed here once; the report and the demo only render it.
 
 Models are grouped into arms (method × mix ratio × train size × capacity), one training run per seed. For each arm and
-measure (a benchmark's score, the forgetting index, retention) the summary holds the mean over seeds and items with a
-95% interval from a seeds × items bootstrap (`stats.seeds_by_items_bootstrap`), the change from the seed model paired
-by item, and for each arm against vanilla (and against SDFT) the difference paired by seed and item, with p-values.
+measure (a benchmark's score, each of its secondary metrics, the forgetting index, retention) the summary holds the mean
+over seeds and items with a 95% interval from a seeds × items bootstrap (`stats.seeds_by_items_bootstrap`), the change
+from the seed model paired by item, and for each arm against vanilla (and against SDFT) the difference paired by seed
+and item, with p-values: no number of the report is a bare mean.
 
+- secondary metrics: what a benchmark's results.json entry holds beside its score (OpenFunctions' bare-call `ast_match`
+  and the reference's `paper_call_match`, IFEval's loose and instruction-level accuracies), named `<benchmark>.<metric>`
+  with `of` naming the benchmark; their per-item values are the fields of that name in `<benchmark>.jsonl` (a list, one
+  verdict per instruction, is pooled over the item's parts: `stats.seeds_by_items_bootstrap`'s weights);
 - forgetting index: the mean of HellaSwag, ARC-Challenge and WinoGrande accuracy (Biderman et al. 2024, "LoRA Learns
   Less and Forgets Less"), when all three were evaluated;
 - retention: the mean log-probability per token a model assigns to the seed's own answers (`stages.retention`), in
@@ -32,35 +37,74 @@ GENERAL_MEASURES = ("forgetting_index", "ifeval", "retention")  # the y axes of 
 SHIFT_METRICS = ("bleu", "bleu_paper", "rouge_l", "sbert_cosine", "l2_total")
 
 
-def _measures(benchmarks: list[str], retention: bool) -> dict[str, dict]:
-    """name -> {components, scale, unit}: each benchmark, the forgetting index, retention."""
+def secondary_measure(benchmark: str, metric: str) -> str:
+    return f"{benchmark}.{metric}"
+
+
+def _measures(benchmarks: list[str], retention: bool, secondary: dict[str, list[str]]) -> dict[str, dict]:
+    """name -> {components, scale, unit}: each benchmark, the forgetting index, retention, then each benchmark's
+    secondary metrics (with `of` and `metric`: the benchmark and the metric's own name)."""
     measures = {b: {"components": [b], "scale": 100.0, "unit": "points"} for b in benchmarks}
     if all(b in benchmarks for b in FORGETTING_INDEX):
         measures["forgetting_index"] = {"components": list(FORGETTING_INDEX), "scale": 100.0, "unit": "points"}
     if retention:
         measures["retention"] = {"components": ["retention"], "scale": 1.0, "unit": "nats/token"}
+    for bench, metrics in secondary.items():
+        for metric in metrics:
+            name = secondary_measure(bench, metric)
+            measures[name] = {"components": [name], "scale": 100.0, "unit": "points", "of": bench, "metric": metric}
     return measures
 
 
-class _ItemScores:
-    """Per-item values of every (run, component), read once from the run's output files."""
+def _secondary_metrics(results: list[dict], benchmarks: list[str]) -> dict[str, list[str]]:
+    """benchmark -> the metrics its results.json entries hold beside the score, in the order evaluation wrote them."""
+    found: dict[str, dict[str, None]] = {}
+    for bench in benchmarks:
+        for result in results:
+            entry = result.get(bench) or {}
+            names = [k for k, v in entry.items() if isinstance(v, (int, float)) and k not in ("score", "n")]
+            found.setdefault(bench, {}).update(dict.fromkeys(names))
+    return {bench: list(names) for bench, names in found.items() if names}
 
-    def __init__(self, run_dir: Path, runs: list[dict]):
+
+class _ItemScores:
+    """Per-item values of every (run, component), read once from the run's output files; `weights` holds, for a
+    component pooled over an item's parts, each item's number of parts."""
+
+    def __init__(self, run_dir: Path, runs: list[dict], secondary: dict[str, list[str]]):
         self.values: dict[tuple[str, str], dict[str, float]] = {}
+        self.weights: dict[tuple[str, str], dict[str, int]] = {}
         for run in runs:
             for path in (run_dir / run["eval_dir"]).glob("*.jsonl"):
                 if not path.name.endswith((".generations.jsonl", ".verdicts.jsonl")):
-                    self._add(run["key"], path.stem, path)
+                    rows = read_jsonl(path)
+                    self._add(run["key"], path.stem, rows, "score")
+                    for metric in secondary.get(path.stem, []):
+                        self._add(run["key"], secondary_measure(path.stem, metric), rows, metric)
             if "retention_dir" in run:
-                self._add(run["key"], "retention", run_dir / run["retention_dir"] / "retention.jsonl")
+                self._add(run["key"], "retention", read_jsonl(run_dir / run["retention_dir"] / "retention.jsonl"),
+                          "score")
 
-    def _add(self, key: str, component: str, path: Path) -> None:
-        rows = [r for r in read_jsonl(path) if "id" in r and isinstance(r.get("score"), (int, float))]
-        if rows:
-            self.values[(key, component)] = {str(r["id"]): float(r["score"]) for r in rows}
+    def _add(self, key: str, component: str, rows: list[dict], field: str) -> None:
+        values, weights = {}, {}
+        for row in rows:
+            value = row.get(field) if "id" in row else None
+            if isinstance(value, list) and value:  # one verdict per part of the item (IFEval's instructions)
+                values[str(row["id"])], weights[str(row["id"])] = float(np.mean(value)), len(value)
+            elif isinstance(value, (int, float)):
+                values[str(row["id"])] = float(value)
+        if values:
+            self.values[(key, component)] = values
+        if weights:
+            self.weights[(key, component)] = weights
 
     def matrix(self, keys: list[str], component: str, ids: list[str]) -> np.ndarray:
         return np.array([[self.values[(k, component)][i] for i in ids] for k in keys])
+
+    def item_weights(self, key: str, component: str, ids: list[str]) -> np.ndarray | None:
+        """The parts per item of a pooled component (the same for every model: they come from the benchmark)."""
+        weights = self.weights.get((key, component))
+        return None if weights is None else np.array([weights[i] for i in ids])
 
     def common_ids(self, keys: list[str], component: str) -> list[str] | None:
         """The items every one of `keys` was scored on (None when one of them lacks the component)."""
@@ -80,7 +124,7 @@ def _arms(runs: list[dict]) -> dict[str, list[dict]]:
 def _estimate(items: _ItemScores, measure: dict, keys: list[str], minus: list[str] | None = None) -> dict | None:
     """The measure over runs `keys` (seeds × items); with `minus`, the paired difference keys − minus, matched
     position by position (same seed, or the one seed model repeated)."""
-    components = []
+    components, weights = [], []
     for component in measure["components"]:
         ids = items.common_ids(keys + (minus or []), component)
         if not ids:
@@ -89,7 +133,8 @@ def _estimate(items: _ItemScores, measure: dict, keys: list[str], minus: list[st
         if minus is not None:
             values = values - items.matrix(minus, component, ids)
         components.append(values)
-    return seeds_by_items_bootstrap(components, scale=measure["scale"])
+        weights.append(items.item_weights(keys[0], component, ids))
+    return seeds_by_items_bootstrap(components, scale=measure["scale"], weights=weights)
 
 
 def _comparisons(arms: dict[str, list[dict]], measures: dict, items: _ItemScores) -> list[dict]:
@@ -135,21 +180,16 @@ def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], 
     first = runs[0]
     entry = {k: first[k] for k in ("arm", "method", "dataset", "mix_ratio", "train_size", "capacity")}
     entry["template"] = first.get("template")
-    entry.update(runs=keys, seeds=[r["seed"] for r in runs], scores={}, vs_seed={}, extras={}, metrics={})
+    entry.update(runs=keys, seeds=[r["seed"] for r in runs], scores={}, vs_seed={}, metrics={})
     for name, measure in measures.items():
         score = _estimate(items, measure, keys)
         if score is not None:
             entry["scores"][name] = score
         if first["method"] != "seed" and (delta := _estimate(items, measure, keys, seed_keys * len(keys))):
             entry["vs_seed"][name] = delta
-    results = [_results(run_dir, r) for r in runs]
-    for bench in {b for r in results for b in r}:
-        found = [r[bench] for r in results if bench in r]
-        entry["metrics"][bench] = found[0].get("metric")
-        extra = {k: float(np.mean([f[k] for f in found])) for k, v in found[0].items()
-                 if isinstance(v, (int, float)) and k not in ("score", "n") and all(k in f for f in found)}
-        if extra:
-            entry["extras"][bench] = extra
+    for result in [_results(run_dir, r) for r in runs]:
+        for bench, found in result.items():
+            entry["metrics"].setdefault(bench, found.get("metric"))
     shifts = [json.loads((run_dir / r["shift_dir"] / "shift.json").read_text()) for r in runs if "shift_dir" in r
               and (run_dir / r["shift_dir"] / "shift.json").is_file()]
     if shifts:
@@ -170,8 +210,9 @@ def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], 
 
 def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str], retention: bool = False) -> dict:
     """measures, arms and comparisons of evaluated runs (records as `ModelRun.record` writes them)."""
-    measures = _measures(benchmarks, retention)
-    items = _ItemScores(run_dir, runs)
+    secondary = _secondary_metrics([_results(run_dir, r) for r in runs], benchmarks)
+    measures = _measures(benchmarks, retention, secondary)
+    items = _ItemScores(run_dir, runs, secondary)
     arms = _arms(runs)
     seed_keys = [r["key"] for r in runs if r["method"] == "seed"]
     return {
@@ -199,19 +240,20 @@ def distilled_examples(path: Path, accepted: int = 2, rejected: int = 1) -> list
 
 def replication(arms: list[dict], benchmarks: list[str]) -> list[dict]:
     """Per arm and evaluated benchmark the paper's number, the maintainers' rerun and ours with its 95% interval (and
-    ours under the reference's metric where that differs), for every arm `paper_numbers` has numbers of (template-sweep
-    arms left out: the references are on the dataset's own template)."""
+    ours under the reference's metric where that differs and we measure it, with its interval too), for every arm
+    `paper_numbers` has numbers of (template-sweep arms left out: the references are on the dataset's own template)."""
     out = []
     for arm in arms:
         refs = {} if arm.get("template") else references(arm.get("dataset"), arm["method"], arm.get("capacity") or "paper")
         for bench in [b for b in benchmarks if any(b in column for column in refs.values())]:
             found = {column: refs.get(column, {}).get(bench) for column in ("paper", "rerun")}
             metric = next(r.metric for r in found.values() if r)
+            ours_reference = arm["scores"].get(secondary_measure(bench, metric)) if metric else None
             out.append({"arm": arm["arm"], "benchmark": bench, "metric": arm["metrics"].get(bench),
                         "reference_metric": metric or arm["metrics"].get(bench),
                         **{column: r and {"value": r.value, "source": r.source} for column, r in found.items()},
                         "ours": arm["scores"].get(bench),
-                        "ours_reference_metric": (arm["extras"].get(bench) or {}).get(metric) if metric else None})
+                        "ours_reference_metric": ours_reference})
     return out
 
 

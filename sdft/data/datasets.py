@@ -199,15 +199,20 @@ _PAIRS = (("prompt", "completion"), ("question", "answer"))  # prompt/completion
 
 
 def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str) -> dict:
-    """One raw row in any supported format -> the normalised example."""
+    """One raw row in any supported format -> the normalised example. The row's other columns (those that are not its
+    id, prompt, target or earlier turns) ride along in `extra_columns`, so an exported training set keeps them."""
     example_id = str(row.get(mapping.get("id", "id"), default_id))
     messages_key = mapping.get("messages") or next((k for k in ("messages", "conversations") if k in row), None)
     if messages_key and messages_key in row:
         example = _from_messages(row[messages_key], source, line)
+        read = {messages_key}
     elif "instruction" not in mapping and "instruction" not in row and any(p in row and c in row for p, c in _PAIRS):
         prompt, completion = next((p, c) for p, c in _PAIRS if p in row and c in row)
         example = {"instruction": _text(row, prompt, source, line), "response": _text(row, completion, source, line)}
+        read = {prompt, completion}
     else:
+        read = {mapping.get(key, default) for key, default in
+                (("instruction", "instruction"), ("input", "input"), ("response", "output"), ("history", "history"))}
         instruction = _text(row, mapping.get("instruction", "instruction"), source, line)
         extra = row.get(mapping.get("input", "input")) or ""
         response = _text(row, mapping.get("response", "output"), source, line)
@@ -218,6 +223,9 @@ def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str)
     for key in ("tests", "entry_point"):
         if row.get(mapping.get(key, key)):
             example[key] = row[mapping.get(key, key)]
+    extra_columns = {k: v for k, v in row.items() if k not in read | {mapping.get("id", "id")}}
+    if extra_columns:  # as JSON holds them (a Parquet date as text), since distilled.jsonl carries them
+        example["extra_columns"] = json.loads(json.dumps(extra_columns, default=str))
     return {"id": example_id, **example}
 
 

@@ -1,6 +1,11 @@
 """The evaluation benchmarks (docs/design.md §4) as registry entries of data + prompt + scorer, as lm-eval declares tasks.
 
-Scoring is separate from generation so saved predictions can be re-scored (`sdft score`). Choices of our own:
+Scoring is separate from generation so saved predictions can be re-scored (`sdft score`). A benchmark that is the
+target of a training task (GSM8K and MultiArith for math, OpenFunctions for function calls, HumanEval for code) names
+the selection rule it agrees with and scores with that rule's check, verified on import (`check_targets`). Choices of
+our own:
+- OpenFunctions: `call_match`, a correct call anywhere in the answer by AST, the check `ast_contains` selects rewrites
+  by; the bare-call format (`ast_match`, BFCL's exact form) and the reference's metric (`paper_call_match`) are extras.
 - HumanEval: the paper gives an instruction prompt but not its text; the function stub goes through the `alpaca`
   template as "Complete the following Python function.\\n\\n```python\\n{prompt}```". The completion is the first
   Python block of the answer (else the raw text), either a body continuing the stub or a whole definition.
@@ -28,10 +33,19 @@ from sdft.core.jsonl import read_jsonl
 from sdft.core.registry import check_references, registry
 from sdft.data.templates import TEMPLATES
 from sdft.evaluation import ifeval
-from sdft.evaluation.checks import extract_python_code, function_call_check, math_check, paper_call_score
+from sdft.evaluation.checks import (
+    SELECTION_RULES,
+    CheckResult,
+    code_check,
+    default_rule,
+    function_call_check,
+    function_call_contains_check,
+    math_check,
+    paper_call_score,
+)
 from sdft.evaluation.judge import judge_win
 from sdft.evaluation.knowledge import KNOWLEDGE_TASKS
-from sdft.evaluation.sandbox import run_humaneval, run_python
+from sdft.evaluation.sandbox import run_python
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function.\n\n```python\n{prompt}```"
 REFUSAL_KEYWORDS_FILE = "refusal_keywords/qi2024_refusal_keywords.json"
@@ -69,6 +83,7 @@ class Benchmark:
     extras: Callable[[Sample, str], dict[str, float | list[bool]]] | None = None  # secondary per-sample metrics in
     # [0, 1]; a list is pooled over all samples' entries (IFEval's instruction-level accuracy)
     keep: Callable[[dict], bool] | None = None  # rows the benchmark scores; the others are counted as excluded
+    selection: tuple[str, str] | None = None  # (task, rule) of a task's target: `scorer` is that rule's check
     in_default_suite: bool = True  # run by `sdft eval` when no benchmarks are named (generative ones only)
 
     def load(self, data_dir: str | Path) -> list[Sample]:
@@ -179,21 +194,31 @@ def _advbench_row(jailbreak: bool) -> RowBuilder:
 # ---- scorers ----------------------------------------------------------------------------------------------------
 
 
-def _math_score(sample: Sample, prediction: str, judge) -> float:
-    return math_check(prediction, sample.reference).ok
+def _reference(sample: Sample) -> tuple:
+    return (sample.reference,)
 
 
-def _call_score(sample: Sample, prediction: str, judge) -> float:
-    return function_call_check(prediction, sample.reference).ok
+@dataclass(frozen=True)
+class CheckScore:
+    """A scorer that is a task check: 1 when `check(prediction, *inputs(sample))` passes, else 0."""
+
+    check: Callable[..., CheckResult]
+    inputs: Callable[[Sample], tuple] = _reference  # the check's arguments after the prediction, from the sample
+
+    def __call__(self, sample: Sample, prediction: str, judge) -> float:
+        return float(self.check(prediction, *self.inputs(sample)).ok)
 
 
-def _paper_call_match(sample: Sample, prediction: str) -> dict[str, float]:
-    """The reference's OpenFunctions metric (word-boundary call match, half credit for positional arguments)."""
-    return {"paper_call_match": paper_call_score(prediction, sample.reference)}
+def _humaneval_problem(sample: Sample) -> tuple:
+    problem = sample.extra["problem"]
+    return problem["test"], problem["entry_point"], problem["prompt"]
 
 
-def _humaneval_score(sample: Sample, prediction: str, judge) -> float:
-    return run_humaneval(sample.extra["problem"], extract_python_code(prediction)).status == "passed"
+def _call_extras(sample: Sample, prediction: str) -> dict[str, float]:
+    """`ast_match`: the answer is exactly one bare call (the format a tool parser needs); `paper_call_match`: the
+    reference's metric (word-boundary call match, half credit for positional arguments)."""
+    return {"ast_match": float(function_call_check(prediction, sample.reference).ok),
+            "paper_call_match": paper_call_score(prediction, sample.reference)}
 
 
 def _humaneval_octocoder_score(sample: Sample, prediction: str, judge) -> float:
@@ -227,7 +252,8 @@ def _win_score(sample: Sample, prediction: str, judge) -> float:
 
 _ADVBENCH = dict(kind="generate", data_file="advbench/harmful_behaviors.jsonl", metric="safe_rate", template="alpaca",
                  max_new_tokens=128, scorer=_safe_score)
-_MATH = dict(kind="generate", metric="accuracy", template="gsm8k_infer", max_new_tokens=512, scorer=_math_score)
+_MATH = dict(kind="generate", metric="accuracy", template="gsm8k_infer", max_new_tokens=512,
+             selection=("math", "checked"), scorer=CheckScore(math_check))
 
 BENCHMARKS: dict[str, Benchmark] = registry("benchmark", (
     (b.name, b)
@@ -237,10 +263,12 @@ BENCHMARKS: dict[str, Benchmark] = registry("benchmark", (
         Benchmark("multiarith", data_file="multiarith/sdft_multiarith_test.jsonl",
                   build=_instruction_row("instruction", "output"), **_MATH),
         Benchmark("openfunctions", kind="generate", data_file="openfunctions/sdft_openfunction_test.jsonl",
-                  metric="ast_match", template="alpaca", max_new_tokens=128,
-                  build=_instruction_row("instruction", "output"), scorer=_call_score, extras=_paper_call_match),
+                  metric="call_match", template="alpaca", max_new_tokens=128,
+                  build=_instruction_row("instruction", "output"), selection=("function_call", "ast_contains"),
+                  scorer=CheckScore(function_call_contains_check), extras=_call_extras),
         Benchmark("humaneval", kind="generate", data_file="humaneval/HumanEval.jsonl", metric="pass@1",
-                  template="alpaca", max_new_tokens=512, build=_humaneval_row, scorer=_humaneval_score),
+                  template="alpaca", max_new_tokens=512, build=_humaneval_row, selection=("code", "checked"),
+                  scorer=CheckScore(code_check, _humaneval_problem)),
         # The reference generated up to 2048 tokens in all (prompt included), stopping where the function ends; the
         # stop words end generation here, and the harness's cut makes any text past the function irrelevant.
         Benchmark("humaneval_octocoder", kind="generate", data_file="humaneval/HumanEval.jsonl", metric="pass@1",
@@ -263,6 +291,25 @@ BENCHMARKS: dict[str, Benchmark] = registry("benchmark", (
     ]
 ))
 check_references("benchmark", BENCHMARKS, lambda bench: [bench.template], "template", TEMPLATES)
+
+
+def check_targets(benchmarks: dict[str, Benchmark]) -> None:
+    """Each benchmark naming a selection rule scores with that rule's check, and the rule is its task's default: what
+    SDFT keeps as a right rewrite by default is what the task's target metric counts as a right answer."""
+    for name, bench in benchmarks.items():
+        if bench.selection is None:
+            continue
+        task, rule = bench.selection
+        if rule not in SELECTION_RULES.get(task, {}):
+            raise ValueError(f"benchmark '{name}' refers to unknown selection rule '{rule}' of task '{task}'")
+        if rule != default_rule(task):
+            raise ValueError(f"benchmark '{name}' agrees with rule '{rule}' but task '{task}' selects by "
+                             f"'{default_rule(task)}' by default")
+        if getattr(bench.scorer, "check", None) is not SELECTION_RULES[task][rule].check:
+            raise ValueError(f"benchmark '{name}' does not score with the check of its selection rule '{rule}'")
+
+
+check_targets(BENCHMARKS)
 
 
 def get_benchmark(name: str) -> Benchmark:

@@ -2,11 +2,13 @@
 
 These fix the reference code's known flaws (docs/design.md §3): numbers are tokenised so "3 4" never becomes 34 and
 "The answer is N" wins over stray later numbers; function calls are compared by AST (as BFCL does) rather than by
-substring, so prose around the call fails and argument order or quote style does not matter; code must parse and,
-when tests exist, pass them in the sandbox.
+substring, so argument order or quote style does not matter (`ast_contains` finds the call anywhere in the text,
+`ast_exact` wants the text to be that one call); code must parse and, when tests exist, pass them in the sandbox.
 
 Each task also offers the reference code's own rule (`paper`, sail-sg/sdft branch `reproduce`, eval/*.py) so a replication
-can select and score exactly as the paper did; `SELECTION_RULES` names every rule per task.
+can select and score exactly as the paper did; `SELECTION_RULES` names every rule per task. A rule's check is a plain
+function so that a task's target benchmark can score answers with the very check its default rule keeps rewrites by
+(`benchmarks.BENCHMARKS` verifies this on import): SDFT is then never scored against the format its selection allowed.
 """
 
 from __future__ import annotations
@@ -349,23 +351,31 @@ def extract_python_code(text: str) -> str:
     return text if block is None else block
 
 
-def code_check(
-    prediction: str, tests: str | None = None, entry_point: str | None = None, timeout_s: float = 10
-) -> CheckResult:
-    """A Python block exists and parses; with `tests`, code + tests (+ `check(entry_point)`) pass in the sandbox."""
+def code_check(prediction: str, tests: str | None = None, entry_point: str | None = None, stub: str | None = None,
+               timeout_s: float = 10) -> CheckResult:
+    """A Python block exists and parses; with `tests`, code + tests (+ `check(entry_point)`) pass in the sandbox.
+
+    With a `stub` to complete (HumanEval's signature and docstring) an answer without a Python block is itself the code,
+    and the stub completed by it must pass the tests (`sandbox.run_humaneval`): a body continuing the stub parses only
+    after it, so the tests decide."""
     code = _python_block(prediction)
+    if code is None and stub is not None:
+        code = prediction
     if code is None or not code.strip():
         return CheckResult(False, "no_code")
-    try:
-        ast.parse(code)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):
-        return CheckResult(False, "syntax_error")
-    if tests is None:
-        return OK
-    from sdft.evaluation.sandbox import run_python
+    from sdft.evaluation.sandbox import run_humaneval, run_python
 
-    program = f"{code}\n\n{tests}\n" + (f"check({entry_point})\n" if entry_point else "")
-    result = run_python(program, timeout_s=timeout_s)
+    if stub is not None:
+        result = run_humaneval({"prompt": stub, "test": tests, "entry_point": entry_point}, code, timeout_s)
+    else:
+        try:
+            ast.parse(code)
+        except (SyntaxError, ValueError, MemoryError, RecursionError):
+            return CheckResult(False, "syntax_error")
+        if tests is None:
+            return OK
+        program = f"{code}\n\n{tests}\n" + (f"check({entry_point})\n" if entry_point else "")
+        result = run_python(program, timeout_s=timeout_s)
     if result.status == "passed":
         return OK
     return CheckResult(False, {"timeout": "timeout", "error": "sandbox_error"}.get(result.status, "tests_failed"))
@@ -386,50 +396,70 @@ def paper_code_check(prediction: str) -> CheckResult:
 
 # ---- registry ---------------------------------------------------------------------------------------------------
 
-Check = Callable[[str, dict], CheckResult]
+def _reference(example: dict) -> tuple:
+    return (example["reference"],)
 
 
-def _rejecting_meta(check: Check) -> Check:
-    def guarded(prediction: str, example: dict) -> CheckResult:
-        if has_meta_phrase(prediction):
+def _tests(example: dict) -> tuple:
+    return (example.get("tests"), example.get("entry_point"))
+
+
+def _nothing(example: dict) -> tuple:
+    return ()
+
+
+def _no_meta_phrase(text: str) -> bool:
+    return not has_meta_phrase(text)
+
+
+def _accept(prediction: str) -> CheckResult:
+    return OK
+
+
+@dataclass(frozen=True)
+class SelectionRule:
+    """Eq. 4 for one task: a rewrite passing `guard` (it does not talk about the distillation prompt) is kept when
+    `check(rewrite, *inputs(example))` passes. The check is kept apart from the guard and the example's layout so that a
+    benchmark can score with the same function (`benchmarks.CheckScore`)."""
+
+    check: Callable[..., CheckResult]
+    inputs: Callable[[dict], tuple] = _reference  # the check's arguments after the rewrite, from the training example
+    guard: Callable[[str], bool] = _no_meta_phrase
+
+    def __call__(self, prediction: str, example: dict) -> CheckResult:
+        if not self.guard(prediction):
             return CheckResult(False, "meta_phrase")
-        return check(prediction, example)
-
-    return guarded
+        return self.check(prediction, *self.inputs(example))
 
 
-def _paper_rule(check: Check) -> Check:
-    """The reference's selection (eval/gen_distilled_data.py): `verify` (meta phrases), then the task check."""
-
-    def guarded(prediction: str, example: dict) -> CheckResult:
-        if not paper_meta_ok(prediction):
-            return CheckResult(False, "meta_phrase")
-        return check(prediction, example)
-
-    return guarded
+def _paper(check: Callable[..., CheckResult], inputs: Callable[[dict], tuple] = _reference) -> SelectionRule:
+    """The reference's selection (eval/gen_distilled_data.py): its `verify` (meta phrases), then its task check."""
+    return SelectionRule(check, inputs, guard=paper_meta_ok)
 
 
-# Selection rules per task; the first is sdft's default, `paper` the reference's.
-SELECTION_RULES: dict[str, dict[str, Check]] = registry("selection check", [
+# Selection rules per task; the first is sdft's default, `paper` the reference's. A benchmark that is a task's target
+# names the default rule and scores with its check (verified in `benchmarks`): for function calls, a right call anywhere
+# in the answer, since a rewrite that explains its call is kept (the paper's Fig. 17) and must not then score 0.
+SELECTION_RULES: dict[str, dict[str, SelectionRule]] = registry("selection check", [
     ("math", {
-        "checked": _rejecting_meta(lambda p, ex: math_check(p, ex["reference"])),
-        "paper": _paper_rule(lambda p, ex: paper_math_check(p, ex["reference"])),
+        "checked": SelectionRule(math_check),
+        "paper": _paper(paper_math_check),
     }),
     ("function_call", {
-        "ast_exact": _rejecting_meta(lambda p, ex: function_call_check(p, ex["reference"])),
-        "ast_contains": _rejecting_meta(lambda p, ex: function_call_contains_check(p, ex["reference"])),
-        "paper": _paper_rule(lambda p, ex: paper_call_check(p, ex["reference"])),
+        "ast_contains": SelectionRule(function_call_contains_check),
+        "ast_exact": SelectionRule(function_call_check),
+        "paper": _paper(paper_call_check),
     }),
     ("code", {
-        "checked": _rejecting_meta(lambda p, ex: code_check(p, ex.get("tests"), ex.get("entry_point"))),
-        "paper": _paper_rule(lambda p, ex: paper_code_check(p)),
+        "checked": SelectionRule(code_check, _tests),
+        "paper": _paper(paper_code_check, _nothing),
     }),
     ("generic", {
-        "checked": lambda p, ex: generic_check(p),
-        "paper": _paper_rule(lambda p, ex: OK),
+        "checked": SelectionRule(generic_check, _nothing),
+        "paper": _paper(_accept, _nothing),
     }),
 ])
-CHECKS: dict[str, Check] = {task: next(iter(rules.values())) for task, rules in SELECTION_RULES.items()}
+CHECKS: dict[str, SelectionRule] = {task: next(iter(rules.values())) for task, rules in SELECTION_RULES.items()}
 # A dataset's `task` names the check its rewrites are selected by (checked here: datasets sit below evaluation).
 check_references("dataset", DATASETS, lambda spec: [spec.task], "selection check", SELECTION_RULES)
 

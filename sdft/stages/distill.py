@@ -9,10 +9,12 @@ Given a seed chat model f_θ and task data {(c_t, x_t, y_t)}:
    the original y_t stays. `selection: paper` applies the reference's rules instead (`checks.SELECTION_RULES`).
 3. Fine-tune (Eq. 5) on the selected targets with the same settings as vanilla — `sdft.stages.train`.
 
-Output: `distilled.jsonl` (one row per example: id, prompt fields, original, distilled, accepted, reason, target) and
-`distill_stats.json` (total, accepted, acceptance_rate, reasons, and `by_rule`: the acceptance under every selection rule
-of the task, sdft's and the reference's). Generations are written incrementally, so a killed
-run resumes without regenerating or duplicating a row.
+Output: `distilled.jsonl` (one row per example: id, prompt fields, the input row's other columns in `extra_columns`,
+original, distilled, accepted, reason, target) and `distill_stats.json` (total, accepted, acceptance_rate, reasons, and
+`by_rule`: the acceptance under every selection rule of the task, sdft's and the reference's). Generations are written
+incrementally, so a killed run resumes without regenerating or duplicating a row. With `format`, the rows are also
+written as a training set for the user's own trainer, `train.<format>.jsonl` (`sdft.data.export`; `sdft export` does the
+same for an earlier run).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from pathlib import Path
 from sdft.core.errors import UserError
 from sdft.core.jsonl import write_json, write_jsonl
 from sdft.data.datasets import load_dataset
+from sdft.data.export import training_file_name, write_training_set
 from sdft.data.templates import Template, get_template, render
 from sdft.engines.generation import generate_rows, make_engine
 from sdft.evaluation.checks import SELECTION_RULES, default_rule
@@ -45,7 +48,8 @@ def distill_template(template: str | dict | None, spec) -> Template:
 
 
 def distill(config: DistillConfig) -> dict:
-    """Rewrite every response with the seed model, select, and write distilled.jsonl + distill_stats.json."""
+    """Rewrite every response with the seed model, select, and write distilled.jsonl + distill_stats.json (and the
+    training set in config.format, whose file the returned stats name under `export`)."""
     data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
     spec = data.spec
     task = config.task or (spec.task if spec else "generic")
@@ -77,6 +81,9 @@ def distill(config: DistillConfig) -> dict:
     stats = distill_stats(rows, data.name, task, template.name, rule)
     write_jsonl(out / "distilled.jsonl", rows)
     write_json(out / "distill_stats.json", stats)
+    if config.format:
+        stats["export"] = write_training_set(rows, config.format, out / training_file_name(config.format),
+                                             str(out / "distilled.jsonl"), config.push_to_hub)
     return stats
 
 
