@@ -47,6 +47,29 @@ class RetentionOptions(Options):
     prompts: int | None = field(None, check=at_least(1),
                                 help="how many general prompts (AlpacaEval's) the seed answers and every model scores (null: no retention analysis)")
     max_new_tokens: int = field(128, check=at_least(1), help="length cap of the seed's answers")
+    temperature: float = field(0.0, check=at_least(0), omit_default=True,
+                               help="the seed's sampling temperature: 0 answers greedily (the text SDFT's greedy "
+                                    "rewrites resemble); 1 samples the seed's own distribution, so a model's drop from "
+                                    "the seed's score estimates KL(seed || model) per token")
+
+
+@dataclass(kw_only=True)
+class ReferenceLikelihoodOptions(Options):
+    prompts: int | None = field(None, check=at_least(1),
+                                help="how many of AlpacaEval's reference answers (text-davinci-003's: no model here "
+                                     "wrote them) every model scores (null: none)")
+    max_tokens: int = field(128, check=at_least(1), help="tokens of each reference scored (its first)")
+
+
+@dataclass(kw_only=True)
+class DecisionOptions(Options):
+    """The rule that decides SDFT against vanilla at matched task gain, stated before the run (`analysis.frontier`)."""
+
+    gains: list[float] = field([], help="target-task gains over the seed (target metric's points) at which forgetting is "
+                                        "compared; the first decides the verdict (empty: no decision)")
+    measures: list[str] = field([], help="forgetting measures the verdict reads: benchmark names or "
+                                         "reference_likelihood (measures not favoured by construction)")
+    min_seeds: int = field(2, check=at_least(1), help="seeds in which SDFT must reach the gain")
 
 
 @dataclass(kw_only=True)
@@ -72,6 +95,10 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     eval: EvalOptions = field(EvalOptions, help="evaluation options (`sdft eval`: benchmarks, limit, judge...)")
     shift: ShiftOptions = field(ShiftOptions, help="distribution shift")
     retention: RetentionOptions = field(RetentionOptions, help="retention of the seed's own answers (log-likelihood)")
+    reference_likelihood: ReferenceLikelihoodOptions = field(
+        ReferenceLikelihoodOptions, help="third-party likelihood: log-likelihood of reference answers no model here wrote")
+    decision: DecisionOptions = field(DecisionOptions, help="the pre-registered SDFT-vs-vanilla rule at matched gain "
+                                                            "(needs train.eval_at_steps for learning curves)")
     onpolicy: OnPolicyOptions = field(OnPolicyOptions, help="on-policy self-distillation options (method onpolicy)")
     target_benchmark: str | None = field(None, choices=BENCHMARKS,
                                          help="the benchmark of the task trained for: the x axis of the learning-vs-forgetting plot (default: the benchmark named like the first dataset)")
@@ -84,11 +111,36 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
         for section in SECTIONS:
             for name in INHERITED:
                 setattr(getattr(self, section), name, getattr(self, name))
+        self._check_decision()
         if self.distill.selection:  # a registry dataset's task is known now; a file's once it is read
             for dataset in self.datasets:
                 spec = DATASETS.get(dataset)
                 if spec or self.distill.task:
                     check_selection(self.distill.task or spec.task, self.distill.selection, "distill.selection")
+
+
+    def _check_decision(self) -> None:
+        """A decision needs what it reads: both methods, learning curves, a target, and measures the run computes."""
+        decision = self.decision
+        if not decision.gains:
+            return
+        if not {"vanilla", "sdft"} <= set(self.methods):
+            raise UserError("decision: needs methods vanilla and sdft")
+        if not self.train.eval_at_steps:
+            raise UserError("decision: needs train.eval_at_steps (the learning curves it reads)")
+        if not decision.measures:
+            raise UserError("decision.measures: name at least one forgetting measure")
+        target = self.target_benchmark or next((Path(d).stem for d in self.datasets), None)
+        if target not in self.eval.benchmarks:
+            raise UserError(f"decision: the target benchmark '{target}' is not evaluated (set target_benchmark and "
+                            "list it in eval.benchmarks)")
+        known = [*self.eval.benchmarks, *(["reference_likelihood"] if self.reference_likelihood.prompts else [])]
+        for measure in decision.measures:
+            if measure not in known:
+                raise UserError(f"decision.measures: '{measure}' is not measured by this experiment "
+                                f"(known: {', '.join(known)})")
+        if decision.min_seeds > len(self.seeds):
+            raise UserError(f"decision.min_seeds: {decision.min_seeds} is more than the {len(self.seeds)} seeds")
 
 
 def load_experiment(path_or_preset: str, settings: list[str] = (), **overrides) -> ExperimentConfig:

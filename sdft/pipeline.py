@@ -18,7 +18,7 @@ import hashlib
 import json
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,6 +27,7 @@ from sdft.core.jsonl import read_jsonl, write_json
 from sdft.core.locking import RunLock
 from sdft.data.datasets import DATASETS
 from sdft.engines.runtime import configure_threads, describe
+from sdft.engines.training import snapshot_dir
 from sdft.experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment, section_values
 from sdft.options import DistillConfig, EvalConfig, TrainConfig
 from sdft.provenance import provenance, write_run_json
@@ -77,19 +78,27 @@ class ModelRun:
     eval: Stage
     train: Stage | None = None
     retention: Stage | None = None
+    reference: Stage | None = None  # third-party likelihood
     shift: Stage | None = None
     template: str | None = None  # the distillation template of a template-sweep arm (None: the dataset's own)
+    curve: dict[int, dict[str, Stage]] = field(default_factory=dict)  # step -> its eval (and reference) stages
+
 
     def record(self, run_dir: Path) -> dict:
         """What summary.json says of this model: its identity and where its outputs are (the distillation it trained
         on included, so the summary can show its rewrites and time it)."""
         fields = {k: getattr(self, k) for k in ("key", "arm", "method", "dataset", "mix_ratio", "train_size",
                                                 "capacity", "seed", "template")}
-        stages = {"eval": self.eval, "train": self.train, "retention": self.retention, "shift": self.shift,
-                  "distill": self.train.inputs.get("distilled") if self.train else None}
-        dirs = {f"{name}_dir": str(stage.directory(run_dir).relative_to(run_dir))
-                for name, stage in stages.items() if stage is not None}
-        return fields | dirs
+        stages = {"eval": self.eval, "train": self.train, "retention": self.retention, "reference": self.reference,
+                  "shift": self.shift, "distill": self.train.inputs.get("distilled") if self.train else None}
+        dirs = {f"{name}_dir": _relative(stage, run_dir) for name, stage in stages.items() if stage is not None}
+        curve = {"curve": {str(step): {f"{name}_dir": _relative(stage, run_dir) for name, stage in point.items()}
+                           for step, point in self.curve.items()}} if self.curve else {}
+        return fields | dirs | curve
+
+
+def _relative(stage: Stage, run_dir: Path) -> str:
+    return str(stage.directory(run_dir).relative_to(run_dir))
 
 
 @dataclass
@@ -163,6 +172,15 @@ def _model_run(exp, stages, answers, key, arm, method, dataset, ratio, size, cap
     if answers:
         model.retention = _retention_stage(exp, key, answers, train_stage)
         stages.append(model.retention)
+    if exp.reference_likelihood.prompts:
+        model.reference = _reference_stage(exp, key, train_stage)
+        stages.append(model.reference)
+    for step in (exp.train.eval_at_steps if train_stage else ()):  # the learning curve's points before the last
+        point = {"eval": _eval_stage(f"{key}@{step}", base_eval, train_stage, step)}
+        if exp.reference_likelihood.prompts:
+            point["reference"] = _reference_stage(exp, f"{key}@{step}", train_stage, step)
+        model.curve[step] = point
+        stages.extend(point.values())
     if seed_model and exp.shift.benchmark:
         model.shift = _shift_stage(exp, key, seed_model.eval, model.eval, train_stage)
         stages.append(model.shift)
@@ -197,32 +215,42 @@ def _train_stage(exp, key, dataset, size, ratio, overrides, distill_stage, seed,
     return Stage("train", key, config, inputs, action)
 
 
-def _trained_model(trained: Path | None) -> dict:
-    """The model options that evaluate a training stage's output: an adapter on the seed, or a full fine-tune."""
+def _trained_model(trained: Path | None, step: int | None = None) -> dict:
+    """The model options that evaluate a training stage's output (at `step`: its snapshot of that step): an adapter
+    on the seed, or a full fine-tune."""
     if trained is None:
         return {}
+    if step is not None:
+        trained = snapshot_dir(trained, step)
+        if not trained.is_dir():
+            raise UserError(f"training stopped before step {step} (train.eval_at_steps names a step it never reached)",
+                            str(trained.parent.parent))
     if (trained / "adapter_config.json").is_file():
         return {"adapter": str(trained)}
     return {"model": str(trained)}
 
 
-def _eval_stage(key: str, base_eval: dict, train_stage: Stage | None) -> Stage:
+def _eval_stage(key: str, base_eval: dict, train_stage: Stage | None, step: int | None = None) -> Stage:
     def action(directory: Path, paths: dict[str, Path]) -> dict:
-        return run_eval(EvalConfig(**{**base_eval, **_trained_model(paths.get("trained"))}, out=str(directory)))
+        return run_eval(EvalConfig(**{**base_eval, **_trained_model(paths.get("trained"), step)}, out=str(directory)))
 
-    return Stage("eval", key, base_eval, {"trained": train_stage} if train_stage else {}, action)
+    config = base_eval if step is None else {**base_eval, "step": step}
+    return Stage("eval", key, config, {"trained": train_stage} if train_stage else {}, action)
 
 
 def _answers_stage(exp: ExperimentConfig) -> Stage:
     config = {"model": exp.model, "dtype": exp.dtype, "data_dir": exp.data_dir, "seed": exp.seed,
               "prompts": exp.retention.prompts, "max_new_tokens": exp.retention.max_new_tokens}
+    if exp.retention.temperature:  # greedy answers keep the hash they always had
+        config["temperature"] = exp.retention.temperature
 
     def action(directory: Path, paths: dict[str, Path]) -> dict:
-        from sdft.stages.evaluate import _data_dir
-        from sdft.stages.likelihood import answer_prompts
+        from sdft.stages.evaluate import resolve_data_dir
+        from sdft.stages.likelihood import PROMPTS_FILE, answer_prompts
 
-        return answer_prompts(exp.model, exp.dtype, _data_dir(exp.data_dir), exp.retention.prompts, exp.seed,
-                              exp.retention.max_new_tokens, directory)
+        data_dir = resolve_data_dir(exp.data_dir, [PROMPTS_FILE])
+        return answer_prompts(exp.model, exp.dtype, data_dir, exp.retention.prompts, exp.seed,
+                              exp.retention.max_new_tokens, directory, exp.retention.temperature)
 
     return Stage("answers", "seed", config, {}, action)
 
@@ -238,6 +266,23 @@ def _retention_stage(exp: ExperimentConfig, key: str, answers: Stage, train_stag
 
     inputs = {"answers": answers} | ({"trained": train_stage} if train_stage else {})
     return Stage("retention", key, config, inputs, action)
+
+
+def _reference_stage(exp: ExperimentConfig, key: str, train_stage: Stage | None, step: int | None = None) -> Stage:
+    options = exp.reference_likelihood
+    config = {"model": exp.model, "dtype": exp.dtype, "seed": exp.seed, "prompts": options.prompts,
+              "max_tokens": options.max_tokens, **({"step": step} if step is not None else {})}
+
+    def action(directory: Path, paths: dict[str, Path]) -> dict:
+        from sdft.stages.evaluate import resolve_data_dir
+        from sdft.stages.likelihood import PROMPTS_FILE, score_references
+
+        model = {"model": exp.model, "adapter": None} | _trained_model(paths.get("trained"), step)
+        data_dir = resolve_data_dir(exp.data_dir, [PROMPTS_FILE])
+        return score_references(model["model"], exp.dtype, model["adapter"], data_dir, options.prompts, exp.seed,
+                                options.max_tokens, directory)
+
+    return Stage("reference", key, config, {"trained": train_stage} if train_stage else {}, action)
 
 
 def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: Stage, train_stage: Stage) -> Stage:

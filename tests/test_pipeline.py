@@ -201,3 +201,30 @@ def test_settings_override_a_preset_by_dotted_key():
         load_experiment("demo", ["train.nope=1"])
     with pytest.raises(UserError, match="expected key=value"):
         load_experiment("demo", ["oops"])
+
+
+def test_learning_curves_and_the_matched_gain_verdict(experiment):
+    """train.eval_at_steps evaluates each run's snapshots (cached stages); summary.json holds each method's curves
+    from the seed (step 0) to the final model, the comparison at each pre-registered gain, and the verdict."""
+    from sdft.analysis.frontier import VERDICTS
+
+    config = yaml.safe_load(experiment.read_text())
+    config.update(seeds=[1, 2], mix_ratios=[], train={**config["train"], "max_steps": 3, "eval_at_steps": [1, 2]},
+                  eval={**config["eval"], "benchmarks": ["gsm8k"]}, shift={"benchmark": None},
+                  reference_likelihood={"prompts": 3, "max_tokens": 8},
+                  decision={"gains": [0.0, 50.0], "measures": ["reference_likelihood"], "min_seeds": 2},
+                  target_benchmark="gsm8k")
+    experiment.write_text(yaml.safe_dump(config))
+    exp = load_experiment(str(experiment))
+    kinds = [s.kind for s in plan(exp).stages]
+    assert kinds.count("eval") == 1 + 4 * 3 and kinds.count("reference") == 1 + 4 * 3
+    run(RunConfig(experiment=str(experiment)))
+    frontier = json.loads(open(f"{exp.out}/summary.json").read())["frontier"]
+    for method in ("vanilla", "sdft"):
+        assert [c["steps"] for c in frontier["curves"][method]] == [[0, 1, 2, 3]] * 2
+        assert all(c["gain"][0] == 0 and c["reference_likelihood"][0] == 0 for c in frontier["curves"][method])
+    at_zero, at_fifty = frontier["at_gain"]
+    assert at_zero["seeds_reaching"] == {"vanilla": 2, "sdft": 2}  # a gain of 0 is reached at the first step
+    assert at_fifty["verdict"]["label"] in VERDICTS
+    assert frontier["verdict"] == at_zero["verdict"] and frontier["verdict"]["line"].startswith("Verdict at a task gain of 0")
+    assert "Verdict at a task gain of 0" in open(f"{exp.out}/report.md").read()

@@ -18,12 +18,15 @@ The verdict follows a rule stated before the run (`DecisionRule`, the experiment
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from sdft.analysis.stats import _interval_and_p
+from sdft.core.jsonl import read_jsonl
 
 VERDICTS = ("supported", "learns less", "refuted", "inconclusive")
 
@@ -162,3 +165,68 @@ def verdict(result: dict, rule: DecisionRule) -> dict:
             label = "inconclusive"
             why = (f"SDFT forgets more on {', '.join(worse)}" if worse else "no interval excludes 0")
     return {"label": label, "line": f"Verdict at a task gain of {rule.gain:g}: {label} ({why})."}
+
+
+def _item_scores(path: Path) -> dict[str, float]:
+    return {str(r["id"]): float(r["score"]) for r in read_jsonl(path)
+            if "id" in r and isinstance(r.get("score"), (int, float))}
+
+
+def _component_path(run_dir: Path, point: dict, name: str) -> Path:
+    """Where one point of a curve keeps a measure's per-item scores: a benchmark's in its eval folder, the
+    third-party likelihood's in its reference folder."""
+    if name == "reference_likelihood":
+        return run_dir / point["reference_dir"] / "reference_likelihood.jsonl"
+    return run_dir / point["eval_dir"] / f"{name}.jsonl"
+
+
+def _points(run_dir: Path, run: dict, seed_run: dict) -> list[tuple[int, dict]]:
+    """(step, {eval_dir, reference_dir}) along one training run: the seed at 0, its snapshots, its final model."""
+    metrics = run_dir / run["train_dir"] / "train_metrics.json"
+    final = json.loads(metrics.read_text())["steps"]
+    curve = sorted((int(step), dirs) for step, dirs in run.get("curve", {}).items() if int(step) < final)
+    return [(0, seed_run), *curve, (final, run)]
+
+
+def learning_curves(run_dir: Path, runs: list[dict], target: str, measures: list[str]) -> dict[str, list[Curve]]:
+    """Per method (vanilla, sdft), one `Curve` per seed in seed order, from the run records of summary.json; items are
+    those every point of every curve was scored on."""
+    seed_run = next(r for r in runs if r["method"] == "seed")
+    trained = [r for r in runs if r["method"] in ("vanilla", "sdft") and not r.get("template") and r.get("curve")]
+    first = trained[0]
+    group = [r for r in trained if (r["dataset"], r["train_size"], r["capacity"]) ==
+             (first["dataset"], first["train_size"], first["capacity"])]
+    seeds = sorted({r["seed"] for r in group if r["method"] == "vanilla"} & {r["seed"] for r in group if r["method"] == "sdft"})
+    chosen = {m: [next(r for r in group if r["method"] == m and r["seed"] == s) for s in seeds] for m in ("vanilla", "sdft")}
+    points = {r["key"]: _points(run_dir, r, seed_run) for rs in chosen.values() for r in rs}
+    scores = {(key, step, name): _item_scores(_component_path(run_dir, point, name))
+              for key, along in points.items() for step, point in along for name in [target, *measures]}
+
+    def common(name):
+        return sorted(set.intersection(*(set(v) for (_, _, n), v in scores.items() if n == name)))
+
+    ids = {name: common(name) for name in [target, *measures]}
+
+    def matrix(key, name):
+        return np.array([[scores[(key, step, name)][i] for i in ids[name]] for step, _ in points[key]])
+
+    return {m: [Curve(steps=tuple(step for step, _ in points[r["key"]]), target=matrix(r["key"], target),
+                      measures={name: matrix(r["key"], name) for name in measures}) for r in rs]
+            for m, rs in chosen.items()}
+
+
+def frontier_summary(run_dir: Path, runs: list[dict], target: str, gains: list[float], measures: list[str],
+                     min_seeds: int) -> dict:
+    """summary.json's `frontier`: the learning curves (task gain and each measure's change from the seed, per method
+    and seed) and, per pre-registered gain, `compare_at_gain`'s comparison; the first gain's verdict is the run's."""
+    curves = learning_curves(run_dir, runs, target, measures)
+    scales = {"target": 100.0, **{m: (1.0 if m == "reference_likelihood" else 100.0) for m in measures}}
+    drawn = {method: [{"steps": list(c.steps),
+                       "gain": [scales["target"] * float(v) for v in c.target.mean(axis=1) - c.target[0].mean()],
+                       **{m: [scales[m] * float(v) for v in c.measures[m].mean(axis=1) - c.measures[m][0].mean()]
+                          for m in measures}}
+                      for c in per_seed] for method, per_seed in curves.items()}
+    results = [compare_at_gain(curves, DecisionRule(gain, tuple(measures), min_seeds), scales) for gain in gains]
+    return {"target": target, "measures": measures,
+            "units": {m: "nats/token" if m == "reference_likelihood" else "points" for m in measures},
+            "curves": drawn, "at_gain": results, "verdict": results[0]["verdict"] if results else None}

@@ -173,7 +173,11 @@ def _score_tables(run: _Run) -> list[Block]:
              + "Methods: vanilla FT, SDFT, mixes with a fraction r of distilled targets, and onpolicy (on-policy "
                "self-distillation, Shenfeld et al. 2026); n= marks a train size "
                "other than the group's usual one. forgetting_index = mean of HellaSwag, ARC-Challenge, WinoGrande; "
-               "retention = log-probability per token of the seed's own answers."),
+               "reference_likelihood = log-probability per token of reference answers no model here wrote (a "
+               "forgetting measure); retention = log-probability per token of the seed's own "
+             + ("sampled answers (its drop from the seed estimates KL(seed ‖ model)): "
+                if run.summary.get("retention_temperature") else "greedy answers: ")
+             + "closeness to the seed, not retained ability — SDFT trains on the seed's own text."),
     ]
     measures = run.primary()
     headers = ["Dataset", "Method"] + [_measure_header(run, m) for m in measures]
@@ -249,6 +253,54 @@ def _learning_vs_forgetting(run: _Run) -> list[Block]:
     caption = ("Learning vs forgetting: x = change of the target task from the seed, y = change of general ability "
                "(up and right is better); bars are 95% intervals over seeds and items.")
     return [Heading(2, "Learning vs forgetting"), Image(run.save(fig, "learning_vs_forgetting"), caption)]
+
+
+def _frontier(run: _Run) -> list[Block]:
+    """SDFT against vanilla at matched task gain: the pre-registered rule, the verdict, the comparison at each gain and
+    the learning-vs-forgetting curves of every seed."""
+    frontier = run.summary.get("frontier")
+    if not frontier:
+        return []
+    first = frontier["at_gain"][0]
+    blocks: list[Block] = [Heading(2, "SDFT vs vanilla at matched task gain"), Para(frontier["verdict"]["line"]),
+                           Para(f"Rule, stated in the experiment before the run: {first['rule']}. Each run was "
+                                f"evaluated at steps {', '.join(map(str, frontier['curves']['sdft'][0]['steps']))} "
+                                "(0: the seed); forgetting is read where the run's gain on "
+                                f"{frontier['target']} first reaches the target gain, linearly between checkpoints, "
+                                "and averaged over the seeds that reach it. Intervals: 95%, bootstrap over seeds "
+                                "and items, paired.")]
+    rows = []
+    for result in frontier["at_gain"]:
+        for measure, entry in result["measures"].items():
+            digits = run.digits(measure)
+            diff = entry["sdft_minus_vanilla"]
+            cells = [f"{_signed(e['change'], digits)} {_interval({'ci95': e['ci95']}, digits, signed=True)}"
+                     if e["change"] is not None else _DASH for e in (entry["vanilla"], entry["sdft"])]
+            rows.append([f"{result['gain']:g}", measure, *cells,
+                         _DASH if diff["diff"] is None else _signed(diff["diff"], digits),
+                         _interval({"ci95": diff["ci95"]}, digits, signed=True),
+                         _DASH if diff["p_value"] is None else _p(diff["p_value"]),
+                         f"{result['seeds_reaching']['vanilla']} / {result['seeds_reaching']['sdft']} of "
+                         f"{result['seeds']}", result["verdict"]["label"]])
+    blocks.append(Table(["Gain", "Measure", "vanilla Δ [CI]", "SDFT Δ [CI]", "SDFT − vanilla", "95% CI", "p",
+                         "Seeds reaching (vanilla / SDFT)", "Verdict"], rows))
+    measures = frontier["measures"]
+    fig = MplFigure(figsize=(5 * len(measures), 4), layout="constrained")
+    for i, measure in enumerate(measures, 1):
+        ax = fig.add_subplot(1, len(measures), i)
+        for color, method in (("tab:blue", "vanilla"), ("tab:orange", "sdft")):
+            for k, curve in enumerate(frontier["curves"][method]):
+                ax.plot(curve["gain"], curve[measure], marker="o", color=color, alpha=0.6,
+                        label=method if k == 0 else None)
+        for result in frontier["at_gain"]:
+            ax.axvline(result["gain"], color="grey", linestyle=":", linewidth=0.8)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel=f"{frontier['target']}: gain over the seed", title=f"{measure} along training",
+               ylabel=f"{measure}: change from seed ({frontier['units'][measure]})")
+        ax.legend(fontsize="x-small")
+    caption = ("Learning curves: each line is one training run (a seed), each point a checkpoint from the seed (0, 0) "
+               "to the final model; dotted lines mark the pre-registered gains. Up and right is better.")
+    return blocks + [Image(run.save(fig, "frontier"), caption)]
 
 
 def _distillation(run: _Run) -> list[Block]:
@@ -510,8 +562,10 @@ def _title(run: _Run) -> str:
 
 
 def headline_blocks(run: _Run) -> list[Block]:
-    """What the demo prints: the score tables, the paired differences and the distillation."""
-    return _score_tables(run) + _comparisons(run) + _distillation(run)
+    """What the demo prints: the verdict at matched gain, the score tables, the paired differences and the
+    distillation."""
+    verdict = (run.summary.get("frontier") or {}).get("verdict")
+    return ([Para(verdict["line"])] if verdict else []) + _score_tables(run) + _comparisons(run) + _distillation(run)
 
 
 def _blocks(run: _Run) -> list[Block]:
@@ -519,8 +573,8 @@ def _blocks(run: _Run) -> list[Block]:
     blocks: list[Block] = [Heading(1, _title(run))]
     if summary.get("seed_model"):
         blocks.append(Para(f"Seed model: {summary['seed_model']}"))
-    blocks += _score_tables(run) + _replication(run) + _benchmark_bars(run) + _secondary(run) + _comparisons(run)
-    blocks += _learning_vs_forgetting(run) + _distillation(run) + _distilled_examples(run)
+    blocks += _frontier(run) + _score_tables(run) + _replication(run) + _benchmark_bars(run) + _secondary(run)
+    blocks += _comparisons(run) + _learning_vs_forgetting(run) + _distillation(run) + _distilled_examples(run)
     sweeps = _mix_sweeps(run) + _size_sweeps(run) + _shift_sweeps(run)
     if sweeps:
         blocks += [Heading(2, "Sweeps")] + sweeps

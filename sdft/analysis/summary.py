@@ -12,8 +12,13 @@ and item, with p-values: no number of the report is a bare mean.
   verdict per instruction, is pooled over the item's parts: `stats.seeds_by_items_bootstrap`'s weights);
 - forgetting index: the mean of HellaSwag, ARC-Challenge and WinoGrande accuracy (Biderman et al. 2024, "LoRA Learns
   Less and Forgets Less"), when all three were evaluated;
-- retention: the mean log-probability per token a model assigns to the seed's own answers (`stages.retention`), in
-  nats per token (scale 1), when the experiment asks for it.
+- retention: the mean log-probability per token a model assigns to the seed's own answers (`stages.likelihood`), in
+  nats per token (scale 1), when the experiment asks for it: closeness to the seed, not retained ability (SDFT trains on
+  the seed's own text); with answers sampled at temperature 1 its change from the seed estimates −KL(seed ‖ model);
+- reference_likelihood: the same on reference answers no model here wrote (third-party likelihood), a forgetting
+  measure no method wins by construction;
+- frontier (`analysis.frontier`): with learning curves and a pre-registered decision, SDFT against vanilla at matched
+  task gain and the verdict.
 
 Arms of a template sweep (`template` set) are compared with vanilla and with SDFT on the dataset's own template. Each
 distillation's entry carries a few kept and refused rewrites beside their originals; for the paper's seed model, the
@@ -28,12 +33,17 @@ from pathlib import Path
 
 import numpy as np
 
+from sdft.analysis.frontier import frontier_summary
 from sdft.analysis.paper_numbers import is_paper_model, references
 from sdft.analysis.stats import seeds_by_items_bootstrap
 from sdft.core.jsonl import read_jsonl, write_json
 
 FORGETTING_INDEX = ("hellaswag", "arc_challenge", "winogrande")
-GENERAL_MEASURES = ("forgetting_index", "ifeval", "retention")  # the y axes of the learning-vs-forgetting plot
+# the y axes of the learning-vs-forgetting plot
+GENERAL_MEASURES = ("forgetting_index", "ifeval", "reference_likelihood", "retention")
+# likelihood measure -> (the run record's folder key, its per-item file, what it measures)
+LIKELIHOODS = {"retention": ("retention_dir", "retention.jsonl", "closeness"),
+               "reference_likelihood": ("reference_dir", "reference_likelihood.jsonl", "forgetting")}
 SHIFT_METRICS = ("bleu", "bleu_paper", "rouge_l", "sbert_cosine", "l2_total")
 
 
@@ -41,14 +51,15 @@ def secondary_measure(benchmark: str, metric: str) -> str:
     return f"{benchmark}.{metric}"
 
 
-def _measures(benchmarks: list[str], retention: bool, secondary: dict[str, list[str]]) -> dict[str, dict]:
-    """name -> {components, scale, unit}: each benchmark, the forgetting index, retention, then each benchmark's
-    secondary metrics (with `of` and `metric`: the benchmark and the metric's own name)."""
+def _measures(benchmarks: list[str], likelihoods: list[str], secondary: dict[str, list[str]]) -> dict[str, dict]:
+    """name -> {components, scale, unit}: each benchmark, the forgetting index, the likelihood measures the runs have
+    (with `role`: closeness to the seed or forgetting), then each benchmark's secondary metrics (with `of` and
+    `metric`: the benchmark and the metric's own name)."""
     measures = {b: {"components": [b], "scale": 100.0, "unit": "points"} for b in benchmarks}
     if all(b in benchmarks for b in FORGETTING_INDEX):
         measures["forgetting_index"] = {"components": list(FORGETTING_INDEX), "scale": 100.0, "unit": "points"}
-    if retention:
-        measures["retention"] = {"components": ["retention"], "scale": 1.0, "unit": "nats/token"}
+    for name in likelihoods:
+        measures[name] = {"components": [name], "scale": 1.0, "unit": "nats/token", "role": LIKELIHOODS[name][2]}
     for bench, metrics in secondary.items():
         for metric in metrics:
             name = secondary_measure(bench, metric)
@@ -81,9 +92,9 @@ class _ItemScores:
                     self._add(run["key"], path.stem, rows, "score")
                     for metric in secondary.get(path.stem, []):
                         self._add(run["key"], secondary_measure(path.stem, metric), rows, metric)
-            if "retention_dir" in run:
-                self._add(run["key"], "retention", read_jsonl(run_dir / run["retention_dir"] / "retention.jsonl"),
-                          "score")
+            for name, (folder, file, _) in LIKELIHOODS.items():
+                if folder in run:
+                    self._add(run["key"], name, read_jsonl(run_dir / run[folder] / file), "score")
 
     def _add(self, key: str, component: str, rows: list[dict], field: str) -> None:
         values, weights = {}, {}
@@ -208,10 +219,11 @@ def _arm_entry(run_dir: Path, arm: str, runs: list[dict], seed_keys: list[str], 
     return entry
 
 
-def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str], retention: bool = False) -> dict:
+def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str]) -> dict:
     """measures, arms and comparisons of evaluated runs (records as `ModelRun.record` writes them)."""
     secondary = _secondary_metrics([_results(run_dir, r) for r in runs], benchmarks)
-    measures = _measures(benchmarks, retention, secondary)
+    likelihoods = [name for name, (folder, _, _) in LIKELIHOODS.items() if any(folder in r for r in runs)]
+    measures = _measures(benchmarks, likelihoods, secondary)
     items = _ItemScores(run_dir, runs, secondary)
     arms = _arms(runs)
     seed_keys = [r["key"] for r in runs if r["method"] == "seed"]
@@ -270,7 +282,11 @@ def build_summary(exp, the_plan, run_dir: Path, provenance: dict) -> dict:
     runs = [m.record(run_dir) for m in the_plan.models]
     summary = {"experiment": exp.name, "seed_model": exp.model, "provenance": provenance,
                "default_train_size": exp.train_size, "seeds": list(exp.seeds), "target": target,
-               **summarize_runs(run_dir, runs, benchmarks, bool(exp.retention.prompts)), "distill": distill_stats}
+               "retention_temperature": exp.retention.temperature,
+               **summarize_runs(run_dir, runs, benchmarks), "distill": distill_stats}
+    if exp.decision.gains and target:
+        summary["frontier"] = frontier_summary(run_dir, runs, target, exp.decision.gains, exp.decision.measures,
+                                               exp.decision.min_seeds)
     if is_paper_model(exp.model):  # the reference numbers are Llama-2-7b-chat's
         summary["replication"] = replication([a for a in summary["arms"] if a.get("train_size") in (None, exp.train_size)],
                                              benchmarks)

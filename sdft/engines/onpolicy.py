@@ -92,4 +92,4 @@ def train_onpolicy(model, tokenizer, rows: list[OnPolicyRow], out_dir: Path, set
     dataset = Dataset.from_list([{"prompt": r.prompt, "privileged_context": r.teacher_prompt} for r in rows])
     trainer = _trainer_class()(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                peft_config=peft_config)
-    return trainer, run_training(trainer, out_dir)
+    return trainer, run_training(trainer, out_dir, snapshot_steps=settings.snapshot_steps)

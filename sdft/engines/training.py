@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,6 +134,7 @@ class TrainerSettings:
     save_steps: int
     logging_steps: int
     bf16: bool | None  # None = auto
+    snapshot_steps: tuple[int, ...] = ()  # also save the trained weights at these steps (OUT/steps/step-N)
 
 
 def use_bf16(requested: bool | None, model=None) -> bool:
@@ -180,12 +183,39 @@ def trainer_arguments(settings: TrainerSettings, out_dir: Path, model) -> dict:
     )
 
 
-def run_training(trainer, out_dir: Path, before_train=None):
-    """Train with TensorBoard logs in out_dir/logs, resuming from the newest complete checkpoint in out_dir."""
+def snapshot_dir(out_dir: Path, step: int) -> Path:
+    """Where training at `out_dir` keeps its weights of optimizer step `step` (a learning curve's point)."""
+    return Path(out_dir) / "steps" / f"step-{step}"
+
+
+def snapshot_callback(steps: tuple[int, ...], out_dir: Path):
+    """A callback saving the trained weights (the adapter, or the whole model) after each of `steps`, for evaluating
+    a learning curve from one run. Written to a temporary folder and renamed, so a kill mid-save leaves none; a step
+    trained again after a resume is saved again."""
+    from transformers import TrainerCallback
+
+    class SnapshotAtSteps(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step in steps and state.is_world_process_zero:
+                target = snapshot_dir(out_dir, state.global_step)
+                tmp = target.with_name(target.name + ".tmp")
+                shutil.rmtree(tmp, ignore_errors=True)
+                model.save_pretrained(str(tmp))
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+
+    return SnapshotAtSteps()
+
+
+def run_training(trainer, out_dir: Path, before_train=None, snapshot_steps: tuple[int, ...] = ()):
+    """Train with TensorBoard logs in out_dir/logs, resuming from the newest complete checkpoint in out_dir, saving
+    the weights at `snapshot_steps` (`snapshot_callback`)."""
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
     trainer.add_callback(TensorBoardCallback(SummaryWriter(log_dir=str(out_dir / "logs"))))
+    if snapshot_steps:
+        trainer.add_callback(snapshot_callback(tuple(snapshot_steps), out_dir))
     if before_train is not None:
         before_train(trainer)
     return trainer.train(resume_from_checkpoint=last_complete_checkpoint(Path(trainer.args.output_dir)))
@@ -202,7 +232,7 @@ def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path
                              length_column_name="length")
     dataset = dataset.map(lambda row: {"length": len(row["input_ids"])})
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ResponseCollator(tokenizer.pad_token_id))
-    return trainer, run_training(trainer, out_dir, before_train)
+    return trainer, run_training(trainer, out_dir, before_train, settings.snapshot_steps)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -20,11 +21,12 @@ from sdft.analysis.stats import summarize
 from sdft.core.errors import UserError
 from sdft.core.jsonl import read_jsonl, write_json, write_jsonl
 from sdft.core.paths import data_dir as find_data_dir
+from sdft.core.paths import download_dir
 from sdft.data.datasets import seeded_indices
 from sdft.data.templates import render
 from sdft.engines.generation import generate_rows, make_engine
 from sdft.engines.models import default_device, load_model, resolve_dtype, resolve_model
-from sdft.evaluation.benchmarks import Benchmark, Sample, get_benchmark
+from sdft.evaluation.benchmarks import GCG_SUFFIX_FILE, REFUSAL_KEYWORDS_FILE, Benchmark, Sample, get_benchmark
 from sdft.evaluation.judge import VerdictCache
 from sdft.evaluation.knowledge import evaluate_knowledge
 from sdft.options import EvalConfig, ScoreConfig
@@ -35,7 +37,7 @@ RESULTS_FILE = "results.json"
 def run_eval(config: EvalConfig) -> dict:
     """Evaluate the model on each benchmark and return the merged results.json content."""
     benchmarks = [get_benchmark(name) for name in config.benchmarks]
-    data_dir = _data_dir(config.data_dir)
+    data_dir = resolve_data_dir(config.data_dir, _files_read(benchmarks))
     judge = config.judge() if any(b.kind == "judge" for b in benchmarks) else None
     _require_judge(benchmarks, judge)
     out = Path(config.out)
@@ -68,7 +70,7 @@ def score_predictions(benchmark_name: str, predictions_path: str | Path, data_di
         raise UserError(f"'{bench.name}' is scored by log-likelihood, not from text: "
                         f"run `sdft eval --benchmarks {bench.name}`")
     _require_judge([bench], judge)
-    by_id = {sample.id: sample for sample in bench.load(_data_dir(data_dir))}
+    by_id = {sample.id: sample for sample in bench.load(resolve_data_dir(data_dir, _files_read([bench])))}
     rows = read_jsonl(predictions_path)
     if not rows:
         raise UserError("no predictions", str(predictions_path))
@@ -170,9 +172,26 @@ def _require_judge(benchmarks: list[Benchmark], judge) -> None:
                         "--judge-model NAME (an OpenAI-compatible server) or --judge-model hf:PATH")
 
 
-def _data_dir(explicit: str | None) -> Path:
-    found = find_data_dir(explicit)
-    if found is None or not found.is_dir():
-        raise UserError("data directory not found: pass --data-dir or set SDFT_DATA_DIR",
-                        None if found is None else str(found))
+def resolve_data_dir(explicit: str | None, files: Iterable[str] = ()) -> Path:
+    """The data directory holding `files`: a local one, else the download cache. Without either, one line naming the
+    missing files and the command that fetches them; with no files to hold and no data anywhere, the (empty) cache."""
+    files = list(files)
+    found = find_data_dir(explicit, files)
+    if found is None and files:
+        missing = [name for name in files if not (download_dir() / name).is_file()]
+        raise UserError(f"data not found: {', '.join(missing)} (no --data-dir, $SDFT_DATA_DIR or ../shared/data, and "
+                        f"not downloaded); fetch it with `sdft data download {','.join(missing)}`")
+    if found is None:
+        return download_dir()
+    if not found.is_dir():
+        raise UserError("data directory not found: pass --data-dir or set SDFT_DATA_DIR", str(found))
     return found
+
+
+def _files_read(benchmarks: Iterable[Benchmark]) -> list[str]:
+    """The data files of the generated benchmarks, with AdvBench's refusal keywords and GCG suffix (knowledge tasks
+    need none: lm-eval's hub tasks stand in for a missing copy)."""
+    files = [bench.data_file for bench in benchmarks if bench.kind != "knowledge"]
+    if any(name.startswith("advbench/") for name in files):
+        files += [REFUSAL_KEYWORDS_FILE, GCG_SUFFIX_FILE]
+    return list(dict.fromkeys(files))

@@ -21,17 +21,17 @@ REFERENCE_SCORES_FILE = "reference_likelihood.jsonl"
 
 
 def answer_prompts(model: str, dtype: str, data_dir: Path, limit: int | None, seed: int, max_new_tokens: int,
-                   out: Path) -> dict:
-    """The seed's greedy answers to a seeded subset of the general prompts → `out/answers.jsonl` (id, prompt,
-    prediction, finish_reason), resumable."""
+                   out: Path, temperature: float = 0.0) -> dict:
+    """The seed's answers (greedy, or sampled at `temperature`, seeded per prompt) to a seeded subset of the general
+    prompts → `out/answers.jsonl` (id, prompt, prediction, finish_reason), resumable."""
     from sdft.engines.generation import generate_rows, make_engine
 
     rows = read_jsonl(data_dir / PROMPTS_FILE)
     chosen = seeded_indices(len(rows), limit, seed)
     engine = make_engine(model, dtype, EngineOptions())
     items = [(f"alpaca_eval-{i}", render("plain", {"instruction": rows[i]["instruction"]}, engine.tokenizer)) for i in chosen]
-    generated = generate_rows(engine, items, DecodingOptions(max_new_tokens=max_new_tokens, seed=seed),
-                              out / "answers.generations.jsonl", progress="retention answers")
+    decoding = DecodingOptions(max_new_tokens=max_new_tokens, seed=seed, temperature=temperature)
+    generated = generate_rows(engine, items, decoding, out / "answers.generations.jsonl", progress="retention answers")
     answers = [{**row, "prompt": prompt} for row, (_, prompt) in zip(generated, items)]
     write_jsonl(out / ANSWERS_FILE, answers)
     return {"answers": len(answers), "truncated": sum(a.get("finish_reason") == "length" for a in answers)}

@@ -104,7 +104,8 @@ def train(config: TrainConfig) -> dict:
     settings = TrainerSettings(epochs=config.epochs or (spec.epochs if spec else None) or 3, max_steps=config.max_steps,
                                learning_rate=config.learning_rate, batch_size=config.batch_size,
                                micro_batch_size=config.micro_batch_size, seed=config.seed, save_steps=config.save_steps,
-                               logging_steps=config.logging_steps, bf16=config.bf16)
+                               logging_steps=config.logging_steps, bf16=config.bf16,
+                               snapshot_steps=tuple(config.eval_at_steps))
     if config.method == "onpolicy":
         from sdft.engines.onpolicy import onpolicy_row_counts, train_onpolicy
 
@@ -130,7 +131,7 @@ def train(config: TrainConfig) -> dict:
         trainer, result = train_model(model, tokenizer, examples, out, settings)
     trainer.save_model(str(out))  # on every rank (sharded setups gather the weights); the main process writes
     distilled = sum(1 for row, target in pairs if row.get("accepted") and target == row.get("distilled"))
-    metrics = {**result.metrics, "method": config.method, "examples": len(pairs), "distilled_targets": distilled,
+    metrics = {**result.metrics, "steps": result.global_step, "method": config.method, "examples": len(pairs), "distilled_targets": distilled,
                "template": template, "rows": row_counts}
     if trainer.is_world_process_zero():  # one writer for the rest under `accelerate launch`
         tokenizer.save_pretrained(str(out))
