@@ -277,10 +277,11 @@ BENCHMARKS: dict[str, Benchmark] = registry("benchmark", (
         Benchmark("advbench", build=_advbench_row(jailbreak=False), **_ADVBENCH),
         Benchmark("advbench_jailbreak", build=_advbench_row(jailbreak=True), **_ADVBENCH),
         # The prompt as the user turn, no system prompt of ours (the model's chat template adds its default, as
-        # lm-eval's --apply_chat_template does); 256 new tokens instead of lm-eval's 1280 to fit a CPU budget. Not in
-        # the default suite: it needs lm-eval's IFEval extra.
+        # lm-eval's --apply_chat_template does), lm-eval's own 1280-token cap: a shorter one fails every model on the
+        # instructions that need a long answer (the answers cut at it are counted in results.json). Not in the
+        # default suite: it needs lm-eval's IFEval extra.
         Benchmark("ifeval", kind="generate", data_file=ifeval.DATA_FILE, metric="prompt_level_strict_acc",
-                  template="plain", max_new_tokens=256, build=_ifeval_row, scorer=_ifeval_score,
+                  template="plain", max_new_tokens=1280, build=_ifeval_row, scorer=_ifeval_score,
                   extras=_ifeval_extras, keep=ifeval.scorable,
                   in_default_suite=False),
         Benchmark("alpaca_eval", kind="judge", data_file="alpaca_eval/alpaca_eval.jsonl", metric="win_rate",
