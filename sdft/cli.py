@@ -29,7 +29,7 @@ def _commands():
         "data": ("list the data files and where they come from, or download them (converted, checksummed) into the cache", DataConfig, "stages.data:data", ("action", "names")),
         "run": ("run an experiment config end to end (cached stages) and write the report", RunConfig, "pipeline:run", ("experiment",)),
         "report": ("re-render report.md / report.html from a run directory", ReportConfig, "pipeline:report", ("run_dir",)),
-        "demo": ("the main job on the embedded model: distil OpenFunctions rows, train vanilla + SDFT, compare with the seed on the task, IFEval and retention", DemoConfig, "pipeline:demo", ()),
+        "demo": ("the main job on the embedded model: distil OpenFunctions rows, train vanilla + SDFT with learning curves, and compare their forgetting at matched task gain (third-party likelihood, IFEval) by a rule stated before the run", DemoConfig, "pipeline:demo", ()),
     }
 
 

@@ -362,8 +362,8 @@ def report(config: ReportConfig) -> dict:
 
 
 def demo(config: DemoConfig) -> dict:
-    """The `demo` preset: an OpenFunctions subset distilled, vanilla vs SDFT, both against the seed on the task, on
-    IFEval and on retention of the seed's own answers."""
+    """The `demo` preset: an OpenFunctions subset distilled, vanilla vs SDFT along their learning curves, compared at
+    matched task gain on third-party likelihood and IFEval; prints the verdict and the score tables."""
     if config.fresh:
         shutil.rmtree(config.out, ignore_errors=True)
     exp = load_experiment("demo", config.set, out=config.out, model=config.model, dtype=config.dtype)
