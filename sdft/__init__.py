@@ -1,9 +1,12 @@
 """sdft: Self-Distillation Fine-Tuning (Yang et al. 2024, arXiv 2402.13669) for chat LLMs.
 
-The public API, one typed config per command (the CLI builds the same configs from its flags):
+The public API: `distill`, `train` and `evaluate` take a model and a dataset (a name, a file, a `datasets.Dataset` or
+a list of dicts) and return a Dataset or a dict (`sdft.api`); the other functions take one typed config per command.
+Both build the configs the CLI builds from its flags:
 
     import sdft
-    sdft.distill(sdft.DistillConfig(dataset="gsm8k", out="runs/distill", limit=8))
+    rows = sdft.distill("smollm2-135m-instruct", "gsm8k", out="runs/distill", limit=8)  # a datasets.Dataset
+    sdft.export(sdft.ExportConfig(distilled="runs/distill", format="alpaca"))
 
 Every name below is imported on first use, so `import sdft` loads no torch and changes nothing in the host process
 (threads and allocator settings are made by the engine when it starts: `sdft.engines.runtime`).
@@ -20,11 +23,10 @@ __version__ = "0.1.0"
 _IMPORT_STRUCTURE = {
     "options": ["DistillConfig", "ExportConfig", "TrainConfig", "GenerateConfig", "EvalConfig", "ScoreConfig"],
     "experiment": ["RunConfig", "DemoConfig", "ReportConfig", "ExperimentConfig", "load_experiment"],
-    "stages.distill": ["distill"],
+    "api": ["distill", "train", "evaluate"],
     "stages.export": ["export"],
-    "stages.train": ["train"],
     "stages.generate": ["generate"],
-    "stages.evaluate": ["run_eval", "score"],
+    "stages.evaluate": ["score"],
     "pipeline": ["run", "report", "demo"],
     "core.errors": ["UserError"],
 }
@@ -32,15 +34,14 @@ _MODULE_OF = {name: module for module, names in _IMPORT_STRUCTURE.items() for na
 __all__ = ["__version__", *_MODULE_OF]
 
 if TYPE_CHECKING:
+    from sdft.api import distill, evaluate, train
     from sdft.core.errors import UserError
     from sdft.experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment
     from sdft.options import DistillConfig, EvalConfig, ExportConfig, GenerateConfig, ScoreConfig, TrainConfig
     from sdft.pipeline import demo, report, run
-    from sdft.stages.distill import distill
-    from sdft.stages.evaluate import run_eval, score
+    from sdft.stages.evaluate import score
     from sdft.stages.export import export
     from sdft.stages.generate import generate
-    from sdft.stages.train import train
 
 
 def __getattr__(name: str):

@@ -4,6 +4,10 @@ so `sdft run X.yaml --dry-run` checks a whole file, at every depth, before anyth
 Options shared by every stage (model, dtype, prompt mode, seed, data directory) are set once at the top level and
 inherited by the typed `distill` / `train` / `eval` sections; a section may not set them, nor the training-set size
 the experiment sets per stage (the mix ratio and the adapter under evaluation are not section options at all).
+
+A top-level `tasks:` section declares the user's own benchmarks (`evaluation.user_benchmarks`); it becomes the eval
+section's `tasks`, so their names are valid in `eval.benchmarks`, `target_benchmark` and `decision.measures`, and every
+eval stage carries them in its config.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from sdft.core.config import Options, at_least, build_config, each, field, load_
 from sdft.core.errors import UserError
 from sdft.data.datasets import DATASETS
 from sdft.data.templates import TEMPLATES
-from sdft.evaluation.benchmarks import BENCHMARKS
+from sdft.evaluation.user_benchmarks import declare_tasks
 from sdft.options import (
     DataDirOption,
     DistillOptions,
@@ -78,7 +82,9 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     out: str = field(help="run directory")
     seeds: list[int] | None = field(None, help="seeds to repeat the experiment with (default: [seed])")
     datasets: list[str] = field(["gsm8k"], help="training sets (registry names or files)")
-    train_size: int | None = field(None, check=at_least(1), help="rows per training set (None: the paper's > 10k -> 2000 rule)")
+    train_size: int | None = field(None, check=at_least(1),
+                                   help="rows per training set, a seeded subset (None: all; the paper presets set "
+                                        "paper_subsample for its > 10k -> 2000 rule)")
     methods: list[str] = field(["vanilla", "sdft"], choices=("vanilla", "sdft", "onpolicy"),
                                help="methods (use mix_ratios for mixes); onpolicy: on-policy self-distillation "
                                     "(Shenfeld et al. 2026) with TRL, on vanilla's rows")
@@ -100,8 +106,8 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
     decision: DecisionOptions = field(DecisionOptions, help="the pre-registered SDFT-vs-vanilla rule at matched gain "
                                                             "(needs train.eval_at_steps for learning curves)")
     onpolicy: OnPolicyOptions = field(OnPolicyOptions, help="on-policy self-distillation options (method onpolicy)")
-    target_benchmark: str | None = field(None, choices=BENCHMARKS,
-                                         help="the benchmark of the task trained for: the x axis of the learning-vs-forgetting plot (default: the benchmark named like the first dataset)")
+    target_benchmark: str | None = field(None,
+                                         help="the benchmark of the task trained for (built-in, or declared in tasks): the x axis of the learning-vs-forgetting plot (default: the benchmark named like the first dataset)")
 
     def __post_init__(self):
         super().__post_init__()
@@ -111,6 +117,8 @@ class ExperimentConfig(ModelOptions, PromptModeOption, DataDirOption, SeedOption
         for section in SECTIONS:
             for name in INHERITED:
                 setattr(getattr(self, section), name, getattr(self, name))
+        if self.target_benchmark:
+            self.eval.check_benchmark_names("target_benchmark", [self.target_benchmark])
         self._check_decision()
         if self.distill.selection:  # a registry dataset's task is known now; a file's once it is read
             for dataset in self.datasets:
@@ -160,10 +168,28 @@ def load_experiment(path_or_preset: str, settings: list[str] = (), **overrides) 
                 raise UserError(f"{section}.{key}: set it once at the top level (every stage inherits it)", str(path))
             if key in OWNED.get(section, ()):
                 raise UserError(f"{section}.{key}: the experiment sets it per stage (use train_size / train_sizes)", str(path))
+            if section == "eval" and key == "tasks":
+                raise UserError("eval.tasks: declare tasks in the top-level tasks: section", str(path))
+    _declare_tasks(values, str(path))
     values.setdefault("name", path.stem)
     values.update({key: value for key, value in overrides.items() if value is not None})
     values.setdefault("out", f"runs/{values['name']}")
     return build_config(ExperimentConfig, values=values, source=str(path))
+
+
+def _declare_tasks(values: dict, source: str) -> None:
+    """The top-level `tasks:` moved into the eval section, declared first so that an error names the entry as the file
+    spells it (tasks.<name>) and the sections' benchmark names can be checked against them."""
+    tasks = values.pop("tasks", None)
+    if tasks is None:
+        return
+    try:
+        declare_tasks(tasks)
+    except UserError as e:
+        raise UserError(str(e), source) from None
+    section = values.get("eval") or {}
+    if isinstance(section, dict):  # anything else is reported as the eval section's own error
+        values["eval"] = {**section, "tasks": tasks}
 
 
 def apply_setting(values: dict, setting: str) -> None:

@@ -4,8 +4,9 @@ loading an experiment, imports no torch.
 
 Groups: model, decoding and engine (`ModelOptions`, `DecodingOptions`, `EngineOptions`, `SeedOption`: in
 `sdft.engines.options`, which the engines read), prompt (`PromptModeOption`, `PromptOptions`), data (`DataDirOption`,
-`DataOptions`), judge (`JudgeOptions`), on-policy distillation (`OnPolicyOptions`), the exported training set
-(`ExportOptions`).
+`DataOptions`; `TrainingDataOptions` for the dataset distilled or trained on), judge (`JudgeOptions`), on-policy
+distillation (`OnPolicyOptions`), the exported training set (`ExportOptions`), the user's own benchmarks
+(`UserTasksOption`).
 `XOptions` is what an experiment's `x:` section may set; `XConfig` adds the command's own inputs and outputs.
 """
 
@@ -20,8 +21,9 @@ from sdft.data.export import FORMATS
 from sdft.data.sources import NAMES as DATA_NAMES
 from sdft.data.templates import PROMPT_MODES
 from sdft.engines.options import AdaptedModelOptions, DecodingOptions, EngineOptions, ModelOptions, SeedOption
-from sdft.evaluation.benchmarks import BENCHMARKS
+from sdft.evaluation.benchmarks import BENCHMARKS, Benchmark
 from sdft.evaluation.checks import CHECKS, SELECTION_RULES
+from sdft.evaluation.user_benchmarks import CHECK_KINDS, declare_tasks
 
 SELECTION_RULES_NAMES = tuple(dict.fromkeys(name for rules in SELECTION_RULES.values() for name in rules))
 TRUNCATIONS = ("prompt_start", "total", "split")
@@ -58,6 +60,19 @@ class DataOptions(DataDirOption, SeedOption):
 
 
 @dataclass(kw_only=True)
+class TrainingDataOptions(DataOptions):
+    """Which rows of the training dataset `sdft distill` and `sdft train` read (eval reads its benchmarks' files)."""
+
+    split: str | None = field(None, omit_default=True, help="split of a hub dataset id (default: train; a registry "
+                                                            "dataset reads its own)")
+    subset: str | None = field(None, omit_default=True, help="config (subset) of a hub dataset id, e.g. main for "
+                                                             "openai/gsm8k (a registry dataset reads its own)")
+    paper_subsample: bool = field(False, omit_default=True,
+                                  help="the paper's App. A rule: a dataset over 10,000 rows is cut to a seeded random "
+                                       "2,000 (the paper presets ask for it)")
+
+
+@dataclass(kw_only=True)
 class JudgeOptions(Options):
     """The pairwise judge for judged benchmarks (alpaca_eval), shared by `sdft eval` and `sdft score`."""
 
@@ -72,7 +87,7 @@ class JudgeOptions(Options):
 
 
 @dataclass(kw_only=True)
-class DistillOptions(ModelOptions, PromptOptions, DataOptions, DecodingOptions, EngineOptions):
+class DistillOptions(ModelOptions, PromptOptions, TrainingDataOptions, DecodingOptions, EngineOptions):
     task: str | None = field(None, choices=CHECKS, help="selection check (default: the dataset's, else generic)")
     selection: str | None = field(None, choices=SELECTION_RULES_NAMES,
                                   help="selection rule of the task (default: sdft's, the task's first; paper: the "
@@ -120,7 +135,7 @@ class ExportConfig(ExportOptions):
 
 
 @dataclass(kw_only=True)
-class TrainOptions(ModelOptions, PromptOptions, DataOptions):
+class TrainOptions(ModelOptions, PromptOptions, TrainingDataOptions):
     epochs: float | None = field(None, check=at_least(0), help="default: the dataset's (paper: 5 for GSM8K/OpenFunctions, 2 otherwise)")
     max_steps: int = field(-1, help="stop after N optimizer steps (-1 = use epochs)")
     learning_rate: float = field(1e-4, check=at_least(0), help="peak learning rate, cosine to 0, no warmup")
@@ -194,12 +209,46 @@ class GenerateConfig(AdaptedModelOptions, PromptOptions, DecodingOptions, Engine
 
 
 @dataclass(kw_only=True)
-class EvalOptions(ModelOptions, PromptModeOption, DataOptions, DecodingOptions, EngineOptions, JudgeOptions):
-    benchmarks: list[str] = field(DEFAULT_BENCHMARKS, choices=BENCHMARKS, help="benchmarks to run")
+class UserTasksOption(Options):
+    """Benchmarks of the user's own held-out files (`sdft.evaluation.user_benchmarks`), valid wherever a benchmark's
+    name is; declared (their files read) when the config is built, so a bad one fails before any model loads."""
+
+    tasks: dict = field({}, omit_default=True,
+                        help="your own benchmarks, named like built-in ones: NAME: FILE:CHECK, or NAME: {file, check, "
+                             "columns, template, max_new_tokens, pattern}; FILE: JSONL/JSON/CSV/Parquet rows with a "
+                             f"prompt and a reference column; CHECK: {' | '.join(CHECK_KINDS)}")
+
+    def __post_init__(self):
+        super().__post_init__()
+        declare_tasks(self.tasks)
+
+    def declared_tasks(self) -> dict[str, Benchmark]:
+        return declare_tasks(self.tasks)
+
+    def check_benchmark_names(self, key: str, names: list[str]) -> None:
+        """Each name a built-in benchmark or a declared task: a typo is one error naming `key`."""
+        known = [*BENCHMARKS, *self.tasks]
+        unknown = next((name for name in names if name not in known), None)
+        if unknown is not None:
+            raise UserError(f"{key}: unknown value '{unknown}' (known: {' | '.join(known)})")
+
+
+BENCHMARK_NAMES_HELP = f"{' | '.join(BENCHMARKS)}, or a task declared in tasks"
+
+
+@dataclass(kw_only=True)
+class EvalOptions(ModelOptions, PromptModeOption, DataOptions, DecodingOptions, EngineOptions, JudgeOptions,
+                  UserTasksOption):
+    benchmarks: list[str] = field(DEFAULT_BENCHMARKS, help=f"benchmarks to run ({BENCHMARK_NAMES_HELP})")
     lm_eval_batch_size: int = field(32, check=at_least(1), help="lm-eval's batch for the knowledge tasks")
-    sampled: list[str] | None = field(None, choices=BENCHMARKS,
-                                      help="benchmarks decoded with temperature/top_p/top_k (default: all); the others "
-                                           "greedily, as the reference ran HumanEval while sampling the rest")
+    sampled: list[str] | None = field(None, help="benchmarks decoded with temperature/top_p/top_k (default: all); the "
+                                                 "others greedily, as the reference ran HumanEval while sampling the "
+                                                 "rest")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_benchmark_names("benchmarks", self.benchmarks)
+        self.check_benchmark_names("sampled", self.sampled or [])
 
     def benchmark_decoding(self, bench) -> DecodingOptions:
         """The decoding of one benchmark: its length cap (unless max_new_tokens is set), its stop strings added to
@@ -215,9 +264,13 @@ class EvalConfig(AdaptedModelOptions, EvalOptions):
 
 
 @dataclass(kw_only=True)
-class ScoreConfig(DataDirOption, JudgeOptions):
-    benchmark: str = field(choices=BENCHMARKS, help="benchmark whose data the predictions answer")
+class ScoreConfig(DataDirOption, JudgeOptions, UserTasksOption):
+    benchmark: str = field(help=f"benchmark whose data the predictions answer ({BENCHMARK_NAMES_HELP})")
     predictions: str = field(help="JSONL with `id` and `prediction` per row, e.g. <benchmark>.generations.jsonl")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_benchmark_names("benchmark", [self.benchmark])
 
 
 @dataclass(kw_only=True)

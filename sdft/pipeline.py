@@ -28,6 +28,7 @@ from sdft.core.locking import RunLock
 from sdft.data.datasets import DATASETS
 from sdft.engines.runtime import configure_threads, describe
 from sdft.engines.training import snapshot_dir
+from sdft.evaluation.user_benchmarks import file_digests
 from sdft.experiment import DemoConfig, ExperimentConfig, ReportConfig, RunConfig, load_experiment, section_values
 from sdft.options import DistillConfig, EvalConfig, TrainConfig
 from sdft.provenance import provenance, write_run_json
@@ -235,6 +236,8 @@ def _eval_stage(key: str, base_eval: dict, train_stage: Stage | None, step: int 
         return run_eval(EvalConfig(**{**base_eval, **_trained_model(paths.get("trained"), step)}, out=str(directory)))
 
     config = base_eval if step is None else {**base_eval, "step": step}
+    if base_eval.get("tasks"):  # the declarations are in base_eval; an edited held-out file is another evaluation too
+        config = {**config, "task_files": file_digests(base_eval["tasks"])}
     return Stage("eval", key, config, {"trained": train_stage} if train_stage else {}, action)
 
 

@@ -28,7 +28,8 @@ ALLOWED = {
     "pipeline": {"core", "data", "engines", "evaluation", "analysis", "options", "stages", "experiment", "provenance"},
     "cli": {"core", "engines", "options", "experiment", "provenance", "pipeline", "stages"},
     "__main__": {"cli"},
-    "__init__": {"core", "options", "experiment", "stages", "pipeline"},
+    "api": {"core", "data", "engines", "evaluation", "analysis", "options", "experiment", "stages", "pipeline"},
+    "__init__": {"core", "options", "experiment", "stages", "pipeline", "api"},
 }
 
 

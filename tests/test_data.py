@@ -1,8 +1,10 @@
-"""Dataset loading: file formats, record formats, line-numbered errors, the registry and subsampling."""
+"""Dataset loading: file formats, record formats, line-numbered errors, the registry, hub splits and subsampling."""
 
 import csv
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -153,6 +155,13 @@ def test_chat_messages_multi_turn(tmp_path):
     assert example["system"] == "Be kind."
 
 
+def test_a_conversation_dataset_trains_in_the_chat_template_unless_registered(tmp_path):
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "U"},
+                                                               {"role": "assistant", "content": "A"}]}])
+    assert load_dataset(str(chat)).train_template == "chat"
+    assert load_dataset(str(write_jsonl(tmp_path / "a.jsonl", ALPACA_ROWS))).train_template == "alpaca"
+
+
 def test_chat_single_turn_has_no_history(tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [{"role": "user", "content": "U"}, {"role": "assistant", "content": "A"}]}])
     (example,) = load_dataset(str(path)).examples
@@ -284,6 +293,37 @@ def test_explicit_data_dir_beats_env(tmp_path, monkeypatch):
     assert paths.data_dir(str(tmp_path)) == tmp_path
 
 
+# --- hub datasets ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_calls(monkeypatch):
+    """`datasets.load_dataset` stood in for: each call's (id, config, split), answered with one GSM8K-style row."""
+    calls = []
+
+    def load(hub_id, config, split):
+        calls.append((hub_id, config, split))
+        return [{"question": "1+1?", "answer": "The answer is 2."}]
+
+    monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(load_dataset=load))
+    return calls
+
+
+def test_split_and_subset_reach_the_hub(hub_calls):
+    load_dataset("someone/maths", split="test", subset="hard")
+    load_dataset("someone/maths")
+    assert hub_calls == [("someone/maths", "hard", "test"), ("someone/maths", None, "train")]
+
+
+def test_a_registry_dataset_keeps_its_own_split_and_config(hub_calls, tmp_path):
+    data = load_dataset("gsm8k", str(tmp_path))  # no local copy here: the hub
+    assert hub_calls == [("openai/gsm8k", "main", "train")] and data.examples[0]["instruction"] == "1+1?"
+    with pytest.raises(UserError, match="'gsm8k' is a registry dataset"):
+        load_dataset("gsm8k", str(tmp_path), split="test")
+    with pytest.raises(UserError, match="is a file"):
+        load_dataset(str(write_jsonl(tmp_path / "a.jsonl", ALPACA_ROWS)), subset="main")
+
+
 # --- subsampling ----------------------------------------------------------------------------------------------------
 
 
@@ -291,25 +331,40 @@ def _examples(n):
     return [{"id": f"e{i:06d}"} for i in range(n)]
 
 
-def test_subsample_paper_rule_over_10k():
+def test_subsample_paper_rule_over_10k_when_asked(capsys):
     examples = _examples(10_001)
-    chosen = subsample(examples, 0, None)
+    chosen = subsample(examples, 0, None, paper_subsample=True)
     assert len(chosen) == SUBSAMPLE_TO == 2000
     assert chosen == sorted(chosen, key=lambda e: e["id"])
-    assert subsample(examples, 0, None) == chosen
-    assert subsample(examples, 1, None) != chosen
+    assert subsample(examples, 0, None, paper_subsample=True) == chosen
+    assert subsample(examples, 1, None, paper_subsample=True) != chosen
+    assert "using 2000 of 10001 rows, a random subset by seed 0 (paper_subsample: over 10000 rows -> 2000)" in \
+        capsys.readouterr().err
 
 
 def test_subsample_at_10k_keeps_all():
     examples = _examples(10_000)
-    assert subsample(examples, 0, None) == examples
+    assert subsample(examples, 0, None, paper_subsample=True) == examples
 
 
-def test_subsample_limit():
+def test_a_dataset_over_the_threshold_is_not_cut_unless_asked(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "big.jsonl", [{"prompt": f"p{i}", "completion": f"c{i}"} for i in range(10_001)])
+    assert len(load_dataset(str(path)).examples) == 10_001
+    assert capsys.readouterr().err == "", "nothing dropped, nothing said"
+    assert len(load_dataset(str(path), paper_subsample=True).examples) == 2000
+    assert capsys.readouterr().err == (f"sdft: {path}: using 2000 of 10001 rows, a random subset by seed 0 "
+                                       "(paper_subsample: over 10000 rows -> 2000)\n")
+
+
+def test_subsample_limit(capsys):
     examples = _examples(100)
     assert subsample(examples, 0, 200) == examples
-    assert len(subsample(examples, 0, 10)) == 10
-    assert len(subsample(_examples(20_000), 0, 5000)) == 2000  # the paper rule caps first
+    assert capsys.readouterr().err == ""
+    assert len(subsample(examples, 3, 10, source="small.jsonl")) == 10
+    assert capsys.readouterr().err == "sdft: small.jsonl: using 10 of 100 rows, a random subset by seed 3 (limit 10)\n"
+    assert len(subsample(_examples(20_000), 0, 5000)) == 5000
+    assert len(subsample(_examples(20_000), 0, 5000, paper_subsample=True)) == 2000  # the tighter cap wins
+    assert "(paper_subsample: over 10000 rows -> 2000)" in capsys.readouterr().err
 
 
 # --- prompt rows ----------------------------------------------------------------------------------------------------

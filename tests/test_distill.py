@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
+from types import SimpleNamespace
 
 from sdft.options import DistillConfig
 from sdft.stages.distill import distill, select
+
+# A conversation with a system turn and two user turns: the last assistant turn is the target.
+CONVERSATION = [{"role": "system", "content": "You are a terse pirate."}, {"role": "user", "content": "Name a sea."},
+                {"role": "assistant", "content": "The Caribbean."}, {"role": "user", "content": "And an ocean?"},
+                {"role": "assistant", "content": "The Atlantic, arr."}]
 
 
 def test_selection_keeps_only_correct_complete_rewrites():
@@ -50,3 +57,27 @@ def test_distill_format_writes_a_training_set_keeping_the_users_columns(tmp_path
     assert distilled["extra_columns"] == {"topic": "greeting"} and row["topic"] == "greeting"
     assert row["messages"] == [*chat[:2], {"role": "assistant", "content": distilled["target"]}]
     assert "dataset_info.json" in {p.name for p in out.iterdir()}
+
+
+def test_a_conversation_is_distilled_in_its_chat_template_from_the_hub_split_asked(tmp_path, monkeypatch,
+                                                                                   embedded_tokenizer):
+    """System turn and earlier turns stay conversation; the distillation template wraps only the last user turn and
+    the reference answer; the rows train in the `chat` template, not the Alpaca scaffold."""
+    from sdft.stages import distill as stage
+
+    hub_calls, prompts = [], []
+    monkeypatch.setitem(sys.modules, "datasets", SimpleNamespace(
+        load_dataset=lambda *args, **kwargs: hub_calls.append((args, kwargs)) or [{"messages": CONVERSATION}]))
+    monkeypatch.setattr(stage, "make_engine", lambda *a, **k: SimpleNamespace(tokenizer=embedded_tokenizer))
+    monkeypatch.setattr(stage, "generate_rows", lambda engine, items, *a, **k: prompts.extend(items) or [
+        {"id": i, "prediction": "The Pacific.", "finish_reason": "stop"} for i, _ in items])
+    distill(DistillConfig(dataset="someone/pirate-chat", split="validation", subset="en", out=str(tmp_path / "d")))
+
+    assert hub_calls == [(("someone/pirate-chat", "en"), {"split": "validation"})]
+    ((_, prompt),) = prompts
+    assert prompt.startswith("<|im_start|>system\nYou are a terse pirate.<|im_end|>\n<|im_start|>user\nName a sea."
+                             "<|im_end|>\n<|im_start|>assistant\nThe Caribbean.<|im_end|>\n<|im_start|>user\n")
+    assert "Using the reference answer as a guide" in prompt  # the rewrite instruction survives the row's system
+    assert "### Instruction:\nAnd an ocean?\n\n### Reference Answer:\nThe Atlantic, arr.\n\n### Response:\n" in prompt
+    (row,) = [json.loads(line) for line in (tmp_path / "d/distilled.jsonl").open()]
+    assert row["train_template"] == "chat" and row["system"] == "You are a terse pirate."

@@ -193,9 +193,8 @@ def test_an_option_left_at_its_default_since_it_was_added_keeps_cached_stages(ex
 def test_settings_override_a_preset_by_dotted_key():
     """`sdft run PRESET --set key=value`: a section's option, a top-level list, YAML-typed values; a bad key or form
     is one user error naming it."""
-    exp = load_experiment("demo", ["train.learning_rate=2e-3", "seeds=[1, 2]", "eval.benchmarks=[openfunctions]"],
-                          model="some/model")
-    assert exp.train.learning_rate == 0.002 and exp.seeds == [1, 2] and exp.eval.benchmarks == ["openfunctions"]
+    exp = load_experiment("demo", ["train.learning_rate=2e-3", "seeds=[1, 2]", "eval.limit=5"], model="some/model")
+    assert exp.train.learning_rate == 0.002 and exp.seeds == [1, 2] and exp.eval.limit == 5
     assert exp.model == "some/model"
     with pytest.raises(UserError, match="train.nope"):
         load_experiment("demo", ["train.nope=1"])

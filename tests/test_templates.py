@@ -3,7 +3,7 @@
 import pytest
 
 from sdft.core.errors import UserError
-from sdft.data.templates import TEMPLATES, Template, check_prompt_mode, get_template, render
+from sdft.data.templates import TEMPLATES, Template, check_prompt_mode, get_template, reference_bos, render
 
 # docs/design.md §2, copied verbatim (the "{answer}" in gsm8k_infer is literal text shown to the model).
 ALPACA_SYSTEM = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
@@ -161,9 +161,33 @@ def test_chat_row_system_turn(tokenizer):
     assert text.startswith("<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>")
 
 
-def test_raw_mode_takes_only_bos_from_tokenizer(tokenizer):
-    from sdft.data.templates import reference_bos
+CONVERSATION = {"system": "Be kind.", "history": [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}],
+                "instruction": "U2", "response": "A2"}
 
+
+def test_chat_template_is_the_conversation_as_it_is(tokenizer):
+    turns = [{"role": "system", "content": "Be kind."}, *CONVERSATION["history"], {"role": "user", "content": "U2"}]
+    expected = tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    assert render("chat", CONVERSATION, tokenizer) == expected
+    assert "###" not in expected
+
+
+@pytest.mark.parametrize("mode", ["chat", "raw"])
+def test_a_rewrite_prompt_keeps_its_instruction_beside_a_rows_system_turn(tokenizer, mode):
+    """The row's system turn and earlier turns come first; the distillation template wraps the last user turn, its
+    rewrite instruction included (a training template's system text is replaced, as LLaMA-Factory does)."""
+    text = render("distill_using", CONVERSATION, tokenizer, mode)
+    last_turn = f"{DISTILL_USING_SYSTEM}\n\n" + DISTILL_USER.format(instruction="U2", response="A2")
+    if mode == "chat":
+        turns = [{"role": "system", "content": "Be kind."}, *CONVERSATION["history"], {"role": "user", "content": last_turn}]
+        assert text == tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
+    else:
+        assert text.startswith(reference_bos(tokenizer) + "Be kind.\n\n### Instruction:\nU1")
+        assert text.endswith("\n\n" + last_turn)
+    assert ALPACA_SYSTEM not in render("alpaca", CONVERSATION, tokenizer, mode)
+
+
+def test_raw_mode_takes_only_bos_from_tokenizer(tokenizer):
     assert render("alpaca", FIELDS, tokenizer, "raw") == reference_bos(tokenizer) + render("alpaca", FIELDS, None, "raw")
 
 
@@ -209,5 +233,5 @@ def test_unknown_prompt_mode_is_user_error():
 
 
 def test_registry_names():
-    assert {"alpaca", "distill_using", "distill_refer", "gsm8k", "gsm8k_infer", "gsm8k_distill"} <= set(TEMPLATES)
+    assert {"alpaca", "distill_using", "distill_refer", "gsm8k", "gsm8k_infer", "gsm8k_distill", "chat"} <= set(TEMPLATES)
     assert get_template(get_template("alpaca")) is get_template("alpaca")

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from sdft.core.errors import UserError
+from sdft.data.templates import render
 from sdft.engines.training import IGNORE_INDEX, last_complete_checkpoint, tokenize_example
 from sdft.options import TrainConfig
-from sdft.stages.train import mixed_targets, train
+from sdft.stages.train import load_training_rows, mixed_targets, onpolicy_rows, train
 
 
 def _rows(n):
@@ -153,6 +154,37 @@ def test_full_finetune_and_vanilla_from_a_plain_dataset(tmp_path, tiny_model_dir
     assert (tmp_path / "full/config.json").is_file() and not (tmp_path / "full/adapter_config.json").exists()
     with pytest.raises(UserError, match="distilled data"):
         train(TrainConfig(data=str(data), out=str(tmp_path / "x"), model=tiny_model_dir, mix_ratio=1.0))
+
+
+def test_a_conversation_trains_in_its_chat_template_not_the_alpaca_scaffold(tmp_path, tiny_model_dir, monkeypatch,
+                                                                           embedded_tokenizer):
+    """The prompt is the conversation up to its last user turn (system turn and earlier turns included) through the
+    model's chat template; the Alpaca scaffold only when asked for by name. On-policy's teacher is shown the target in
+    the distillation template after the same conversation."""
+    from sdft.stages import train as stage
+    from sdft.stages.distill import distill_template
+
+    chat = [{"role": "system", "content": "You are a terse pirate."}, {"role": "user", "content": "Name a sea."},
+            {"role": "assistant", "content": "The Caribbean."}, {"role": "user", "content": "And an ocean?"},
+            {"role": "assistant", "content": "The Atlantic, arr."}]
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": chat}) + "\n")
+    prompts = []
+    monkeypatch.setattr(stage, "tokenize_example", lambda tokenizer, prompt, *a: prompts.append(prompt) or
+                        tokenize_example(tokenizer, prompt, *a))
+    metrics = train(TrainConfig(data=str(data), out=str(tmp_path / "out"), model=tiny_model_dir, max_steps=1,
+                                batch_size=1, micro_batch_size=1))
+
+    expected = embedded_tokenizer.apply_chat_template(chat[:4], tokenize=False, add_generation_prompt=True)
+    assert metrics["template"] == "chat" and prompts == [expected]
+    assert "You are a terse pirate." in expected and "Name a sea." in expected and "### Instruction" not in expected
+    config = TrainConfig(data=str(data), out=str(tmp_path / "x"), model=tiny_model_dir, template="alpaca")
+    (pair,), template, _ = load_training_rows(config)
+    assert "### Instruction:\nAnd an ocean?" in render(template, pair[0], embedded_tokenizer)
+    (row,) = onpolicy_rows([(pair[0], "The Pacific.")], "chat", distill_template(None, None), embedded_tokenizer, "chat")
+    assert row.prompt == expected
+    assert row.teacher_prompt.startswith(expected.split("<|im_start|>user\nAnd an ocean?")[0])
+    assert "### Instruction:\nAnd an ocean?\n\n### Reference Answer:\nThe Pacific." in row.teacher_prompt
 
 
 def test_rows_cut_or_left_without_a_target_are_counted_and_named(tmp_path, tiny_model_dir, capfd):

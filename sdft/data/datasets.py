@@ -1,7 +1,9 @@
 """Training data: file/hub loaders, the three record formats, and the registry of the paper's datasets.
 
-Every example is normalised to {"id", "instruction", "response", "history"?, "tests"?, "entry_point"?}: `instruction` is
-the last user turn (alpaca instruction + input), `response` the target, `history` any earlier chat turns.
+Every example is normalised to {"id", "instruction", "response", "history"?, "system"?, "tests"?, "entry_point"?}:
+`instruction` is the last user turn (alpaca instruction + input), `response` the target, `history` any earlier chat
+turns, `system` a conversation's own system turn. A dataset of conversations (`messages`) trains as a conversation
+(template `chat`), not in the Alpaca scaffold.
 """
 
 from __future__ import annotations
@@ -10,16 +12,18 @@ import csv
 import io
 import json
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sdft.core.distributed import is_main_process
 from sdft.core.errors import UserError
 from sdft.core.jsonl import read_jsonl_lines, read_text
 from sdft.core.paths import data_dir as default_data_dir
 from sdft.core.registry import check_references, registry
 from sdft.data.templates import TEMPLATES
 
-SUBSAMPLE_ABOVE = 10_000  # paper App. A: datasets over 10k rows -> a random 2000
+SUBSAMPLE_ABOVE = 10_000  # paper App. A: datasets over 10k rows -> a random 2000 (only when asked: paper_subsample)
 SUBSAMPLE_TO = 2000
 
 
@@ -80,34 +84,49 @@ class LoadedDataset:
     source: str
     examples: list[dict]
     spec: DatasetSpec | None
+    conversational: bool = False  # every row a `messages` conversation
+
+    @property
+    def train_template(self) -> str:
+        """The registry entry's training template, else `chat` for conversations (trained as they are), else alpaca."""
+        if self.spec:
+            return self.spec.train_template
+        return "chat" if self.conversational else "alpaca"
 
 
 def load_dataset(name_or_path: str, data_dir: str | None = None, columns: dict | None = None, limit: int | None = None,
-                 seed: int = 0, split: str | None = None) -> LoadedDataset:
-    """A registry name (local copy first, hub fallback), a local file, or any HF hub dataset id."""
+                 seed: int = 0, split: str | None = None, subset: str | None = None,
+                 paper_subsample: bool = False) -> LoadedDataset:
+    """A registry name (local copy first, hub fallback, its own split and config), a local file, or any HF hub dataset
+    id (its `split`, default train, and config `subset`). `limit` and `paper_subsample`: see `subsample`."""
     spec = DATASETS.get(name_or_path)
+    path = Path(name_or_path)
+    is_file = spec is None and (path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet"} or path.exists())
+    if (split or subset) and (spec or is_file):
+        raise UserError(f"split, subset: only a hub dataset id has them; '{name_or_path}' is "
+                        + ("a registry dataset, read from its own" if spec else "a file"))
     if spec is not None:
         local = _registry_file(spec, data_dir)
         if local is not None:
             rows, source = _read_rows(local), str(local)
             mapping = {**spec.columns, **(columns or {})}
         else:
-            rows, source = _read_hub(spec.hub_id, spec.hub_config, split or spec.hub_split), spec.hub_id
+            rows, source = _read_hub(spec.hub_id, spec.hub_config, spec.hub_split), spec.hub_id
             mapping = {**(spec.hub_columns or spec.columns), **(columns or {})}
         stem = spec.name
     else:
-        path = Path(name_or_path)
         mapping = columns or {}
-        if path.suffix.lower() in {".jsonl", ".json", ".csv", ".parquet"} or path.exists():
+        if is_file:
             rows, source = _read_rows(path), str(path)
         elif "/" in name_or_path:
-            rows, source = _read_hub(name_or_path, None, split or "train"), name_or_path
+            rows, source = _read_hub(name_or_path, subset, split or "train"), name_or_path
         else:
             raise UserError(f"unknown dataset '{name_or_path}' (registry: {', '.join(DATASETS)}; or a file path / hub id)")
         stem = path.stem if path.exists() else name_or_path.replace("/", "_")
     examples = [normalise(row, mapping, source, line, f"{stem}-{index:05d}") for index, (line, row) in enumerate(rows)]
-    examples = subsample(examples, seed, limit)
-    return LoadedDataset(spec.name if spec else stem, source, examples, spec)
+    examples = subsample(examples, seed, limit, paper_subsample, source)
+    conversational = all(_messages_key(row, mapping) for _, row in rows)
+    return LoadedDataset(spec.name if spec else stem, source, examples, spec, conversational)
 
 
 def seeded_indices(n_rows: int, limit: int | None, seed: int) -> list[int]:
@@ -119,12 +138,20 @@ def seeded_indices(n_rows: int, limit: int | None, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(n_rows), limit))
 
 
-def subsample(examples: list[dict], seed: int, limit: int | None) -> list[dict]:
-    """Paper rule (> 10k rows -> random 2000) then `limit`, both seeded and keeping file order."""
-    keep = SUBSAMPLE_TO if len(examples) > SUBSAMPLE_ABOVE else len(examples)
-    if limit is not None:
-        keep = min(keep, limit)
-    return [examples[i] for i in seeded_indices(len(examples), keep, seed)]
+def subsample(examples: list[dict], seed: int, limit: int | None, paper_subsample: bool = False,
+              source: str = "dataset") -> list[dict]:
+    """At most `limit` rows and, with `paper_subsample`, the paper's rule (> 10k rows -> 2000), both a seeded random
+    subset keeping file order. Rows are never dropped silently: one stderr line says how many of how many, and why."""
+    caps = {f"limit {limit}": limit} if limit is not None else {}
+    if paper_subsample and len(examples) > SUBSAMPLE_ABOVE:
+        caps[f"paper_subsample: over {SUBSAMPLE_ABOVE} rows -> {SUBSAMPLE_TO}"] = SUBSAMPLE_TO
+    keep = min([len(examples), *caps.values()])
+    indices = seeded_indices(len(examples), keep, seed)
+    if keep < len(examples) and is_main_process():
+        reasons = "; ".join(reason for reason, cap in caps.items() if cap == keep)
+        print(f"sdft: {source}: using {keep} of {len(examples)} rows, a random subset by seed {seed} ({reasons})",
+              file=sys.stderr)
+    return [examples[i] for i in indices]
 
 
 def _registry_file(spec: DatasetSpec, data_dir: str | None) -> Path | None:
@@ -202,8 +229,8 @@ def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str)
     """One raw row in any supported format -> the normalised example. The row's other columns (those that are not its
     id, prompt, target or earlier turns) ride along in `extra_columns`, so an exported training set keeps them."""
     example_id = str(row.get(mapping.get("id", "id"), default_id))
-    messages_key = mapping.get("messages") or next((k for k in ("messages", "conversations") if k in row), None)
-    if messages_key and messages_key in row:
+    messages_key = _messages_key(row, mapping)
+    if messages_key:
         example = _from_messages(row[messages_key], source, line)
         read = {messages_key}
     elif "instruction" not in mapping and "instruction" not in row and any(p in row and c in row for p, c in _PAIRS):
@@ -227,6 +254,12 @@ def normalise(row: dict, mapping: dict, source: str, line: int, default_id: str)
     if extra_columns:  # as JSON holds them (a Parquet date as text), since distilled.jsonl carries them
         example["extra_columns"] = json.loads(json.dumps(extra_columns, default=str))
     return {"id": example_id, **example}
+
+
+def _messages_key(row: dict, mapping: dict) -> str | None:
+    """The column holding the row's turns when the row is a conversation (`messages`, ShareGPT's `conversations`)."""
+    key = mapping.get("messages") or next((k for k in ("messages", "conversations") if k in row), None)
+    return key if key in row else None
 
 
 def _text(row: dict, column: str, source: str, line: int) -> str:

@@ -1,5 +1,6 @@
 """The paper's prompt templates (arXiv 2402.13669 Fig. 3, 10–13; reference code main.py), rendered either through the
-model's own chat template (default) or as the reference code's raw text (paper-faithful replication)."""
+model's own chat template (default) or as the reference code's raw text (paper-faithful replication), and `chat`, a
+conversation as it is (a `messages` dataset's training prompt)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ class Template:
     def slots(self) -> set[str]:
         return {field for _, field, _, _ in string.Formatter().parse(self.user) if field}
 
+    @property
+    def shows_reference(self) -> bool:
+        """A rewrite prompt (`response` is the reference answer): its system text is the rewrite instruction."""
+        return "response" in self.slots
+
     def fill(self, fields: dict) -> str:
         missing = self.slots - fields.keys()
         if missing:
@@ -70,6 +76,9 @@ TEMPLATES: dict[str, Template] = registry("template", (
         # bigcode-evaluation-harness `humanevalsynthesize-python --prompt octocoder` (the reference's HumanEval run):
         # the instruction, then the function stub for the model to continue.
         Template("octocoder", "", "Question: {instruction}\n\nAnswer:\n{stub}", raw_style="completion"),
+        # A conversation as it is, no scaffold: the row's own system turn and earlier turns, then its last user turn.
+        # The training template of a `messages` dataset (`LoadedDataset.train_template`).
+        Template("chat", "", "{instruction}"),
     ]
 ))
 
@@ -104,15 +113,25 @@ def check_prompt_mode(mode: str) -> str:
 def render(template: str | Template | dict, fields: dict, tokenizer=None, mode: str = "chat") -> str:
     """The full prompt text, ending where the model's answer starts (after any assistant prefix)."""
     template = get_template(template)
-    system = fields.get("system") or template.system  # a chat row's own system turn wins
+    system, lead = system_turn(template, fields)
     history = fields.get("history") or []
     check_prompt_mode(mode)
     if mode == "raw" or template.raw_style == "completion" or tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        return render_raw(template, fields, system, tokenizer)
-    user = template.fill(fields)
+        return render_raw(template, fields, system, tokenizer, lead)
+    user = lead + template.fill(fields)
     messages = ([{"role": "system", "content": system}] if system else []) + list(history) + [{"role": "user", "content": user}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return text + template.assistant_prefix
+
+
+def system_turn(template: Template, fields: dict) -> tuple[str, str]:
+    """(the system turn, text opening the last user turn). A chat row's own system turn wins over the template's system
+    text, as LLaMA-Factory's system column does, except that a rewrite prompt's instruction is never lost: it then opens
+    the last user turn, after the row's system turn and earlier turns."""
+    own = fields.get("system")
+    if not own:
+        return template.system, ""
+    return own, f"{template.system}\n\n" if template.shows_reference and template.system else ""
 
 
 # The reference's text layouts: LLaMA-Factory `Template._encode` on sail-sg/sdft branch `reproduce`
@@ -134,8 +153,9 @@ def reference_bos(tokenizer) -> str:
     return tokenizer.bos_token
 
 
-def render_raw(template: Template, fields: dict, system: str, tokenizer=None) -> str:
-    """The reference code's text, BOS (and the EOS closing each earlier turn) included when a tokenizer is given."""
+def render_raw(template: Template, fields: dict, system: str, tokenizer=None, lead: str = "") -> str:
+    """The reference code's text, BOS (and the EOS closing each earlier turn) included when a tokenizer is given;
+    `lead` opens the last user turn (`system_turn`)."""
     bos = reference_bos(tokenizer)
     if template.raw_style == "completion":
         # bigcode-evaluation-harness strips the assembled prompt; its tokenizer call adds BOS.
@@ -145,15 +165,15 @@ def render_raw(template: Template, fields: dict, system: str, tokenizer=None) ->
     history = fields.get("history") or []
     gap = " " if template.raw_style == "llama2" and template.assistant_prefix else ""
 
-    def turn(query: str, response: str | None) -> str:
+    def turn(query: str, response: str | None, opening: str = "") -> str:
         stripped = {**fields, "instruction": query.strip()}
         if response is not None:
             stripped["response"] = response.strip()
-        return prompt.format(user=template.fill(stripped)) + gap + template.assistant_prefix
+        return prompt.format(user=opening + template.fill(stripped)) + gap + template.assistant_prefix
 
     head = prefix.format(system=system)
     text = bos + (head + sep if head else "")
     for user_turn, assistant_turn in zip(history[::2], history[1::2]):
         answer = assistant_turn["content"]
         text += turn(user_turn["content"], answer) + answer + eos + sep + bos
-    return text + turn(fields["instruction"], fields.get("response"))
+    return text + turn(fields["instruction"], fields.get("response"), lead)

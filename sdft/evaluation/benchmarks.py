@@ -313,7 +313,9 @@ def check_targets(benchmarks: dict[str, Benchmark]) -> None:
 check_targets(BENCHMARKS)
 
 
-def get_benchmark(name: str) -> Benchmark:
-    if name not in BENCHMARKS:
-        raise UserError(f"unknown benchmark '{name}' (known: {', '.join(BENCHMARKS)})")
-    return BENCHMARKS[name]
+def get_benchmark(name: str, declared: dict[str, Benchmark] | None = None) -> Benchmark:
+    """A registry benchmark, or one of the user's `declared` tasks (`user_benchmarks.declare_tasks`)."""
+    known = {**BENCHMARKS, **(declared or {})}
+    if name not in known:
+        raise UserError(f"unknown benchmark '{name}' (known: {', '.join(known)})")
+    return known[name]

@@ -4,6 +4,7 @@ Given a seed chat model f_θ and task data {(c_t, x_t, y_t)}:
 
 1. Rewrite (Eq. 3):  ỹ ~ f_θ(y | c_t, x_t, y_t) — the seed model answers the instruction x_t while shown the original
    response y_t as a reference answer (the dataset's distillation template: `gsm8k_distill`, `distill_using`, ...).
+   A conversation keeps its system turn and earlier turns before the template, which wraps its last user turn.
 2. Select (Eq. 4):   keep ỹ only if it passes the task check — same final answer (math), same call by AST (function
    calling), parsing/passing code (code), no meta phrase (all); a rewrite cut at max_new_tokens is never kept. Otherwise
    the original y_t stays. `selection: paper` applies the reference's rules instead (`checks.SELECTION_RULES`).
@@ -50,7 +51,8 @@ def distill_template(template: str | dict | None, spec) -> Template:
 def distill(config: DistillConfig) -> dict:
     """Rewrite every response with the seed model, select, and write distilled.jsonl + distill_stats.json (and the
     training set in config.format, whose file the returned stats name under `export`)."""
-    data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed)
+    data = load_dataset(config.dataset, config.data_dir, config.columns or None, config.limit, config.seed,
+                        config.split, config.subset, config.paper_subsample)
     spec = data.spec
     task = config.task or (spec.task if spec else "generic")
     rule = config.selection or default_rule(task)
@@ -66,7 +68,6 @@ def distill(config: DistillConfig) -> dict:
     generations = {row["id"]: row for row in generate_rows(engine, items, config.decoding(), out / "generations.jsonl",
                                                            progress="distill")}
 
-    train_template = spec.train_template if spec else "alpaca"
     rows = []
     for example in data.examples:
         generated = generations[example["id"]]
@@ -77,7 +78,7 @@ def distill(config: DistillConfig) -> dict:
         rows.append({**example, "original": example["response"], "distilled": rewrite, "accepted": accepted,
                      "reason": reason, "target": rewrite if accepted else example["response"],
                      "accepted_by": {name: ok for name, (ok, _) in verdicts.items()},
-                     "train_template": train_template, "finish_reason": generated["finish_reason"]})
+                     "train_template": data.train_template, "finish_reason": generated["finish_reason"]})
     stats = distill_stats(rows, data.name, task, template.name, rule)
     write_jsonl(out / "distilled.jsonl", rows)
     write_json(out / "distill_stats.json", stats)

@@ -29,6 +29,7 @@ from sdft.engines.models import default_device, load_model, resolve_dtype, resol
 from sdft.evaluation.benchmarks import GCG_SUFFIX_FILE, REFUSAL_KEYWORDS_FILE, Benchmark, Sample, get_benchmark
 from sdft.evaluation.judge import VerdictCache
 from sdft.evaluation.knowledge import evaluate_knowledge
+from sdft.evaluation.user_benchmarks import UserBenchmark
 from sdft.options import EvalConfig, ScoreConfig
 
 RESULTS_FILE = "results.json"
@@ -36,7 +37,8 @@ RESULTS_FILE = "results.json"
 
 def run_eval(config: EvalConfig) -> dict:
     """Evaluate the model on each benchmark and return the merged results.json content."""
-    benchmarks = [get_benchmark(name) for name in config.benchmarks]
+    declared = config.declared_tasks()
+    benchmarks = [get_benchmark(name, declared) for name in config.benchmarks]
     data_dir = resolve_data_dir(config.data_dir, _files_read(benchmarks))
     judge = config.judge() if any(b.kind == "judge" for b in benchmarks) else None
     _require_judge(benchmarks, judge)
@@ -61,11 +63,11 @@ def run_eval(config: EvalConfig) -> dict:
     return results
 
 
-def score_predictions(benchmark_name: str, predictions_path: str | Path, data_dir: str | None = None,
+def score_predictions(benchmark: str | Benchmark, predictions_path: str | Path, data_dir: str | None = None,
                       judge=None) -> dict:
-    """Re-score saved predictions (rows with `id` and `prediction`) against the benchmark's data; returns the
-    benchmark's results.json entry for the ids given."""
-    bench = get_benchmark(benchmark_name)
+    """Re-score saved predictions (rows with `id` and `prediction`) against the benchmark's data (a registry name, or
+    a declared task's benchmark: `user_benchmarks.user_benchmark`); returns its results.json entry for the ids given."""
+    bench = benchmark if isinstance(benchmark, Benchmark) else get_benchmark(benchmark)
     if bench.kind == "knowledge":
         raise UserError(f"'{bench.name}' is scored by log-likelihood, not from text: "
                         f"run `sdft eval --benchmarks {bench.name}`")
@@ -91,8 +93,9 @@ def score_predictions(benchmark_name: str, predictions_path: str | Path, data_di
 
 def score(config: ScoreConfig) -> dict:
     """`sdft score`: score_predictions with the judge built from the flags."""
-    judge = config.judge() if get_benchmark(config.benchmark).kind == "judge" else None
-    return score_predictions(config.benchmark, config.predictions, config.data_dir, judge)
+    bench = get_benchmark(config.benchmark, config.declared_tasks())
+    judge = config.judge() if bench.kind == "judge" else None
+    return score_predictions(bench, config.predictions, config.data_dir, judge)
 
 
 def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dict],
@@ -190,8 +193,9 @@ def resolve_data_dir(explicit: str | None, files: Iterable[str] = ()) -> Path:
 
 def _files_read(benchmarks: Iterable[Benchmark]) -> list[str]:
     """The data files of the generated benchmarks, with AdvBench's refusal keywords and GCG suffix (knowledge tasks
-    need none: lm-eval's hub tasks stand in for a missing copy)."""
-    files = [bench.data_file for bench in benchmarks if bench.kind != "knowledge"]
+    need none: lm-eval's hub tasks stand in for a missing copy; a user's task reads its own file)."""
+    files = [bench.data_file for bench in benchmarks
+             if bench.kind != "knowledge" and not isinstance(bench, UserBenchmark)]
     if any(name.startswith("advbench/") for name in files):
         files += [REFUSAL_KEYWORDS_FILE, GCG_SUFFIX_FILE]
     return list(dict.fromkeys(files))

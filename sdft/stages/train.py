@@ -47,12 +47,13 @@ def load_training_rows(config: TrainConfig) -> tuple[list[tuple[dict, str]], str
             template = config.template or rows[0].get("train_template", "alpaca")
             default = 0.0 if config.method == "onpolicy" else 1.0  # on-policy: the originals are the demonstrations
             ratio = default if config.mix_ratio is None else config.mix_ratio
-            return mixed_targets(subsample(rows, config.seed, config.limit), ratio, config.seed), template, \
-                DATASETS.get(_stats_dataset(path))
+            rows = subsample(rows, config.seed, config.limit, config.paper_subsample, str(path))
+            return mixed_targets(rows, ratio, config.seed), template, DATASETS.get(_stats_dataset(path))
     if config.mix_ratio not in (None, 0.0):
         raise UserError("--mix-ratio > 0 needs distilled data (run `sdft distill` first)", config.data)
-    data = load_dataset(config.data, config.data_dir, config.columns or None, config.limit, config.seed)
-    template = config.template or (data.spec.train_template if data.spec else "alpaca")
+    data = load_dataset(config.data, config.data_dir, config.columns or None, config.limit, config.seed, config.split,
+                        config.subset, config.paper_subsample)
+    template = config.template or data.train_template
     return [(ex, ex["response"]) for ex in data.examples], template, data.spec
 
 
