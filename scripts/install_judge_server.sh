@@ -4,11 +4,13 @@
 # (scripts/llama_cpp_flags.sh: AVX-512 only where the CPU has it, AMX off). The wheel is kept per flag set under
 # ~/.cache/sdft/wheels, never taken from pip's own cache: a wheel compiled on another CPU can die with SIGILL here.
 # Usage: scripts/install_judge_server.sh [VENV]   (default .venv; skips when installed with this CPU's flags)
+# The server's own dependencies come at the tested versions of constraints.txt; CONSTRAINTS= (empty) resolves freely.
 set -euo pipefail
 
 VENV="${1:-.venv}"
 VERSION="0.3.36"
 PY="$VENV/bin/python"
+CONSTRAINTS=${CONSTRAINTS-$(dirname "$0")/../constraints.txt}
 
 if [ ! -x "$PY" ]; then
   echo "error: no python at $PY (create the venv first)" >&2
@@ -36,6 +38,6 @@ if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
   "$PY" -m pip wheel -q --no-cache-dir --no-deps -w "$WHEELS" "llama-cpp-python==$VERSION"
 fi
 "$PY" -m pip install -q --force-reinstall --no-deps "$WHEELS"/llama_cpp_python-*.whl
-"$PY" -m pip install -q "llama-cpp-python[server]==$VERSION" --find-links "$WHEELS"
+"$PY" -m pip install -q ${CONSTRAINTS:+-c "$CONSTRAINTS"} "llama-cpp-python[server]==$VERSION" --find-links "$WHEELS"
 echo "$VERSION $CMAKE_ARGS" > "$MARKER"
 "$PY" -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__, 'installed')"

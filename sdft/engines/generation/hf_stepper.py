@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
@@ -18,6 +20,7 @@ class HFStepper:
         self.model = model
         self.pad_id = pad_id
         self.slots = slots
+        self.cache_keyword = cache_keyword(model)
 
     def admit(self, slots: list[int], batch_ids: list[list[int]]) -> torch.Tensor:
         from transformers import DynamicCache
@@ -33,8 +36,8 @@ class HFStepper:
         return logits
 
     def _forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=input_ids, attention_mask=self.attention, position_ids=self.positions, cache=self.cache,
-                          use_cache=True, logits_to_keep=1).logits[:, -1, :]
+        return self.model(input_ids=input_ids, attention_mask=self.attention, position_ids=self.positions,
+                          **{self.cache_keyword: self.cache}, use_cache=True, logits_to_keep=1).logits[:, -1, :]
 
     def step(self, tokens: list[int | None]) -> torch.Tensor:
         """Next-token logits of the rows fed a token; finished rows (None) run on a dummy token until the next select."""
@@ -48,3 +51,9 @@ class HFStepper:
         self.cache.batch_select_indices(index)
         self.attention, self.positions = self.attention[index], self.positions[index]
         self.slots = len(keep)
+
+
+def cache_keyword(model) -> str:
+    """The name the model's forward takes its KV cache by: `cache` from transformers 5.24, `past_key_values` before.
+    An older forward swallows an unknown `cache=` in its **kwargs and silently decodes without the cache."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

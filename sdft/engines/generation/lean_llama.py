@@ -6,6 +6,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import itertools
+import logging
 import math
 import sys
 import warnings
@@ -16,16 +17,18 @@ import torch
 
 from sdft.engines.generation import ragged_attention
 
+log = logging.getLogger(__name__)
+
 
 class PackedLinear:
     """A frozen linear layer. On CPU its weight is reordered once into oneDNN's blocked layout and multiplied by
-    oneDNN directly: measured 15-50% faster than `F.linear` at decoding's row counts, bitwise equal in bf16."""
+    oneDNN directly: measured 15-50% faster than `F.linear` at decoding's row counts, bitwise equal in bf16. Where
+    torch's oneDNN ops do not run (`onednn_dtypes`), `F.linear`."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
         weight, self.bias = weight.detach(), None if bias is None else bias.detach()
         self.packed = None
-        if weight.device.type == "cpu" and torch.backends.mkldnn.is_available() and (
-                weight.dtype == torch.float32 or (weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())):
+        if weight.device.type == "cpu" and weight.dtype in onednn_dtypes():
             self.packed = torch.ops.mkldnn._reorder_linear_weight(weight, 64)
         self.weight = weight if self.packed is None else None  # the packed copy replaces it
 
@@ -48,6 +51,30 @@ class PackedLinear:
         if self.packed is None or x.dtype != torch.float32:
             return self(x).add_(residual)
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, self.packed, self.bias, "add")
+
+
+@functools.cache
+def onednn_dtypes() -> frozenset[torch.dtype]:
+    """The weight dtypes `PackedLinear` multiplies through oneDNN here: none where torch is built without it, or where
+    its private ops (`torch.ops.mkldnn`, not public API, so any torch release may rename or change them) are missing or
+    disagree with `F.linear` on a small probe. Then every linear runs `F.linear`, the same result, slower; one warning
+    per process says so."""
+    if not torch.backends.mkldnn.is_available():
+        return frozenset()
+    weight = torch.linspace(-1, 1, 8 * 16).view(8, 16)  # fixed values: the probe leaves torch's RNG as it was
+    x, residual = weight[:3] * 0.5, weight[:3, :8] * 2
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight, 64)
+        torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], ""),
+                                   torch.nn.functional.linear(x, weight))
+        torch.testing.assert_close(torch.ops.mkldnn._linear_pointwise.binary(x, residual, packed, None, "add"),
+                                   torch.nn.functional.linear(x, weight) + residual)
+        bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except Exception as error:
+        log.warning("oneDNN packed linears unavailable in torch %s (%s); using F.linear", torch.__version__,
+                    f"{type(error).__name__}: {error}".splitlines()[0])
+        return frozenset()
+    return frozenset({torch.float32, torch.bfloat16} if bf16 else {torch.float32})
 
 
 class Int8Linear(PackedLinear):
@@ -79,6 +106,19 @@ class Int8Linear(PackedLinear):
 
 
 QUANTIZED_LINEARS = {"none": PackedLinear, "int8": Int8Linear}
+
+
+@functools.cache
+def int8_runs() -> bool:
+    """Whether `Int8Linear` runs here: torch built with fbgemm, and its quantized tensors and private int8 ops
+    (`torch.ops.quantized`, deprecated in favour of torchao, so a torch release may drop them) still there."""
+    if "fbgemm" not in torch.backends.quantized.supported_engines:
+        return False
+    try:
+        Int8Linear(torch.eye(8))(torch.ones(2, 8))
+    except Exception:
+        return False
+    return True
 
 
 @dataclass

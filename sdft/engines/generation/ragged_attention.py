@@ -1,6 +1,7 @@
 """Decoding attention that reads only each slot's own cache columns: a small C++ kernel built once per machine with
 torch's extension builder (g++ and ninja), cached under the sdft cache directory. Where it cannot be built (no
-compiler) or is turned off (`SDFT_RAGGED_ATTENTION=0`), the stepper keeps its matmul attention over the padded cache.
+compiler, a torch it does not compile against) or is turned off (`SDFT_RAGGED_ATTENTION=0`), the stepper keeps its
+matmul attention over the padded cache.
 
 Decoding attention on CPU is bound by reading the KV cache; with continuous batching the slots' lengths spread out, so
 the padded read is often a third or more wasted, and a slot left idle (its row finished) is not read at all.
@@ -26,19 +27,22 @@ log = logging.getLogger(__name__)
 
 @functools.cache
 def kernel():
-    """The compiled extension, or None where it cannot be built here (the reason is logged once)."""
+    """The compiled extension, or None where it cannot be built or loaded here (no compiler or ninja, a torch whose
+    extension API or headers changed, an unwritable cache): the matmul attention is the same arithmetic, only slower,
+    and one warning per process says so."""
     if os.environ.get("SDFT_RAGGED_ATTENTION", "1") == "0":
         return None
-    from torch.utils.cpp_extension import load
-
-    # -march=native: one build per CPU flag set (a cache folder may be shared by machines that differ)
-    build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}-{cpu_flags_hash()}"
-    build.mkdir(parents=True, exist_ok=True)
     try:
+        from torch.utils.cpp_extension import load
+
+        # -march=native: one build per CPU flag set (a cache folder may be shared by machines that differ)
+        build = cache_dir() / "kernels" / f"ragged_attention-torch{torch.__version__}-{cpu_flags_hash()}"
+        build.mkdir(parents=True, exist_ok=True)
         return load("sdft_ragged_attention", [str(SOURCE)], build_directory=str(build), verbose=False,
                     extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"])
-    except Exception as error:  # no compiler / ninja: the matmul attention is the same arithmetic, only slower
-        log.warning("ragged decoding attention not built (%s); using matmul attention", str(error).splitlines()[0])
+    except Exception as error:
+        log.warning("ragged decoding attention not built (%s); using matmul attention",
+                    f"{type(error).__name__}: {error}".splitlines()[0])
         return None
 
 

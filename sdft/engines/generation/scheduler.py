@@ -24,7 +24,7 @@ from sdft.core.errors import UserError
 from sdft.engines.generation import ragged_attention
 from sdft.engines.generation.hf_stepper import HFStepper
 from sdft.engines.generation.interfaces import Completion, Stepper
-from sdft.engines.generation.lean_llama import LeanLlamaStepper
+from sdft.engines.generation.lean_llama import LeanLlamaStepper, int8_runs
 from sdft.engines.models import needs_bos
 from sdft.engines.options import DecodingOptions, EngineOptions
 
@@ -104,8 +104,8 @@ class HFEngine:
         self.kv_cache = kv_cache
         self.kv_arena: list[torch.Tensor | None] | None = []  # the lean stepper's cache buffers, lent to one call at a time
         lean_cpu = model.device.type == "cpu" and model.dtype == torch.float32 and LeanLlamaStepper.supports(model)
-        if quantize != "none" and not (lean_cpu and "fbgemm" in torch.backends.quantized.supported_engines):
-            raise _lean_cpu_only(f"quantize: {quantize}", "PyTorch's fbgemm", model)
+        if quantize != "none" and not (lean_cpu and int8_runs()):
+            raise _lean_cpu_only(f"quantize: {quantize}", "PyTorch's fbgemm int8 ops", model)
         if kv_cache != "model" and not (lean_cpu and ragged_attention.serves(LeanLlamaStepper.head_dim_of(model.config))):
             raise _lean_cpu_only(f"kv_cache: {kv_cache}", "the ragged attention kernel built, head_dim a multiple of 8", model)
         self.tokenizer.padding_side = "left"
