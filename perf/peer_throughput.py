@@ -1,16 +1,20 @@
 """Generation throughput against the peers a user who generates a whole dataset would pick, on the same prompts: llama.cpp's
-own `llama-server` (continuous batching, at its best slot count), CTranslate2's `generate_batch`, transformers' own
-continuous batching (`generate_batch`), plus the machine's compute bound for the workload, its memory bound (weights
-and K/V read at the measured read rate) and sdft's share of each and of the lower of the two (the roofline).
+own `llama-server` (continuous batching, at its best slot count), CTranslate2's `generate_batch` (sorted by length and
+split into batches, at its best batch size, worker split and compute type), transformers' own continuous batching
+(`generate_batch`), plus the machine's compute bound for the workload, its memory bound (weights and K/V read at the
+measured read rate) and sdft's share of each and of the lower of the two (the roofline). Each peer runs at the settings
+its own documentation advises for batch throughput; where it offers several, the fastest on a short trial, every tried
+setting's rate recorded. The published ratio is sdft's to the best peer of the same run (`sdft_over_best_peer`).
 
-128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, the model already loaded; sdft and the fastest
-peer (llama-server) alternate for three rounds and each ratio is the median of the rounds' own; the slower peers run once;
-useful tokens are generated tokens up to (not including) EOS. sdft runs with `--dtype auto` (and, where auto is not fp32,
-with fp32 too) and with its opt-ins for speed (FAST_VARIANTS: an fp16 K/V cache; int8 linears beside it) in each round.
-Peers are optional (`pip install -r perf/requirements.txt`, `perf/build_llama_server.sh`); a missing one is
-reported as null.
+128 GSM8K distillation prompts (chat template), 256 new tokens, greedy, the model already loaded; sdft, llama-server and
+CTranslate2 alternate for three rounds and each ratio to them is the median of the rounds' own; transformers'
+`generate_batch`, far slower, runs once; useful tokens are generated tokens up to (not including) EOS. sdft runs with
+`--dtype auto` (and, where auto is not fp32, with fp32 too) and with its opt-ins for speed (FAST_VARIANTS: an fp16 K/V
+cache; int8 linears beside it) in each round. Peers are optional (`pip install -r perf/requirements.txt`,
+`perf/build_llama_server.sh`); a missing one is reported as null.
 
-    python perf/peer_throughput.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32] [--quick]
+    python perf/peer_throughput.py [--prompts 128] [--new-tokens 256] [--rounds 3] [--hf-prompts 32]
+                                   [--ct2-batch-prompts 16 32 64] [--quick]
 """
 
 from __future__ import annotations
@@ -44,6 +48,10 @@ from sdft.evaluation.checks import math_check
 
 MODEL = "smollm2-135m-instruct"
 SLOT_COUNTS = (16, 32, 64)
+CT2_BATCH_PROMPTS = (16, 32, 64)  # CTranslate2's max_batch_size to try, as that many prompts' worth of tokens
+# every llama-server request: greedy, and its default prompt cache (a slot reuses the K/V of the prefix its next prompt
+# shares, as sdft prefills a shared prefix once; each round starts a fresh server, so no round reuses another's)
+LLAMA_SERVER_REQUEST = {"temperature": 0.0, "top_k": 1, "cache_prompt": True}
 # sdft's opt-ins for speed (not exact), each run beside the exact engine in every round: engine options by name
 FAST_VARIANTS = {"kv16": {"kv_cache": "fp16"}, "int8_kv16": {"quantize": "int8", "kv_cache": "fp16"}}
 
@@ -83,26 +91,41 @@ def transformers_tokens(model, tokenizer, prompts: list[str], new_tokens: int) -
     return sum(len([t for t in out.generated_tokens if t != eos]) for out in outputs.values())
 
 
-def ctranslate2_generator(compute_type: str, threads: int):
-    """CTranslate2 on the embedded model's HF folder, converted once with `ct2-transformers-converter`."""
-    try:
-        import ctranslate2
-    except ImportError:
-        return None
+def ctranslate2_model() -> Path:
+    """The embedded model's HF folder converted for CTranslate2, once, with `ct2-transformers-converter`."""
     source = Path(resolve_model(MODEL))
     target = cache_dir() / "ct2" / source.name
     if not (target / "model.bin").is_file():
         converter = shutil.which("ct2-transformers-converter", path=str(Path(sys.executable).parent))
         subprocess.run([converter, "--model", str(source), "--output_dir", str(target), "--force"], check=True)
-    return ctranslate2.Generator(str(target), device="cpu", compute_type=compute_type, intra_threads=threads)
+    return target
 
 
-def ctranslate2_tokens(generator, tokenizer, prompts: list[str], new_tokens: int) -> int:
-    tokens = [tokenizer.convert_ids_to_tokens(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    results = generator.generate_batch(tokens, max_length=new_tokens, sampling_topk=1, include_prompt_in_result=False,
-                                       end_token=tokenizer.eos_token)
-    eos = tokenizer.eos_token_id
-    return sum(len([t for t in r.sequences_ids[0] if t != eos]) for r in results)
+class CTranslate2:
+    """CTranslate2's `generate_batch` at one configuration: its `compute_type`, `inter_threads` workers sharing
+    `threads` (each runs a batch of its own), and its batching: with `max_batch_size` 0 every prompt in one padded
+    batch, else the prompts sorted by length and split into batches of that many `batch_type` ("examples" or
+    "tokens")."""
+
+    def __init__(self, threads: int, compute_type: str, inter_threads: int = 1, max_batch_size: int = 0,
+                 batch_type: str = "examples"):
+        import ctranslate2
+
+        self.generator = ctranslate2.Generator(str(ctranslate2_model()), device="cpu", compute_type=compute_type,
+                                               inter_threads=inter_threads,
+                                               intra_threads=max(1, threads // inter_threads))
+        self.batching = {"max_batch_size": max_batch_size, "batch_type": batch_type}
+
+    def tokens(self, tokenizer, prompts: list[str], new_tokens: int, texts: list | None = None) -> int:
+        """Useful tokens of every prompt given in one call, as a dataset job gives them; `texts` gets the outputs."""
+        starts = [tokenizer.convert_ids_to_tokens(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
+        results = self.generator.generate_batch(starts, max_length=new_tokens, sampling_topk=1,
+                                                include_prompt_in_result=False, end_token=tokenizer.eos_token,
+                                                **self.batching)
+        generated = [[t for t in r.sequences_ids[0] if t != tokenizer.eos_token_id] for r in results]
+        if texts is not None:
+            texts[:] = tokenizer.batch_decode(generated, skip_special_tokens=True)
+        return sum(map(len, generated))
 
 
 def fastest(settings, rate) -> tuple:
@@ -112,28 +135,61 @@ def fastest(settings, rate) -> tuple:
     return max(trial, key=trial.get), trial
 
 
-def bench_ctranslate2(tokenizer, prompts: list[str], new_tokens: int, threads: int, compute_types) -> dict | None:
-    """CTranslate2 at its fastest compute type, picked on a quarter of the prompts at a quarter of the length."""
+def ctranslate2_batchings(mean_prompt_tokens: int, threads: int, batch_prompts) -> dict[str, dict]:
+    """CTranslate2's batchings to try, by label, as its docs advise for throughput: a `max_batch_size` (the prompts are
+    then sorted by length and split, so a batch's prompts are forwarded at once with little padding), counted in
+    "tokens" ("to make the total number of elements in a batch more constant"), here `batch_prompts` prompts of the mean
+    length; on one worker, or, for "a large volume of data", `inter_threads` over `intra_threads` (a worker a thread,
+    their batches in parallel)."""
+    return {f"max_batch_size {n * mean_prompt_tokens} tokens (~{n} prompts), inter_threads {workers}":
+            {"max_batch_size": n * mean_prompt_tokens, "batch_type": "tokens", "inter_threads": workers}
+            for n in batch_prompts for workers in sorted({1, threads})}
+
+
+def ctranslate2_configuration(compute_types, batchings: dict[str, dict], rate) -> tuple[dict, dict]:
+    """(CTranslate2's fastest configuration, every tried setting's trial rate): its batching first, in the first compute
+    type (int8: its docs' first advice for CPUs), then in that batching its compute type. `rate(configuration)` is the
+    tokens/s of a short trial."""
+    batching, batching_trial = fastest(batchings,
+                                       lambda label: rate({"compute_type": compute_types[0], **batchings[label]}))
+    compute_type, type_trial = fastest(compute_types, lambda c: rate({**batchings[batching], "compute_type": c}))
+    return ({"compute_type": compute_type, **batchings[batching]},
+            {"batching_trial_tok_s": batching_trial, "compute_type_trial_tok_s": type_trial})
+
+
+def bench_ctranslate2_configuration(tokenizer, prompts: list[str], new_tokens: int, threads: int, compute_types,
+                                    batch_prompts, mean_prompt_tokens: int) -> tuple[dict, dict] | None:
+    """CTranslate2's fastest configuration and its trials (None where it is not installed). Each trial runs every
+    prompt (how they sort and split into batches depends on how many there are) at a quarter of the length."""
     if importlib.util.find_spec("ctranslate2") is None:
         return None
 
-    def run(compute_type, some_prompts, tokens):
-        return timed(ctranslate2_tokens, ctranslate2_generator(compute_type, threads), tokenizer, some_prompts, tokens)
+    def rate(configuration: dict) -> float:
+        generator = CTranslate2(threads, **configuration)
+        return timed(generator.tokens, tokenizer, prompts, max(16, new_tokens // 4))["tok_s"]
 
-    best, trial = fastest(compute_types,
-                          lambda c: run(c, prompts[: max(8, len(prompts) // 4)], max(16, new_tokens // 4))["tok_s"])
-    return {**run(best, prompts, new_tokens), "compute_type": best, "compute_type_trial_tok_s": trial}
+    return ctranslate2_configuration(compute_types, ctranslate2_batchings(mean_prompt_tokens, threads, batch_prompts),
+                                     rate)
+
+
+def llama_server_args(slots: int, threads: int, slot_context: int = 1024) -> list[str]:
+    """llama-server's options for batch throughput, as its README names them: `slots` parallel sequences with
+    continuous batching (on by default), every thread for decoding and for prompt batches, its default logical and
+    physical batch sizes, and `slot_context` tokens of context a slot (a prompt and its completion fit). Left at its
+    defaults: `--kv-unified` (off with an explicit `--parallel`; libllama advises it off where the sequences share no
+    large prefix: here 40 of ~300 tokens) and `--flash-attn auto`."""
+    return ["--parallel", str(slots), "--cont-batching", "--threads", str(threads), "--threads-batch", str(threads),
+            "--batch-size", "2048", "--ubatch-size", "512", "--ctx-size", str(slots * slot_context)]
 
 
 class LlamaServer:
     """llama.cpp's `llama-server` on the embedded GGUF with `slots` parallel sequences (continuous batching)."""
 
-    def __init__(self, binary: Path, slots: int, threads: int, port: int = 18089, slot_context: int = 1024):
+    def __init__(self, binary: Path, slots: int, threads: int, port: int = 18089):
         self.url = f"http://127.0.0.1:{port}"
         self.process = subprocess.Popen(
-            [str(binary), "-m", str(embedded_gguf_path()), "--parallel", str(slots), "--cont-batching",
-             "-c", str(slots * slot_context), "-t", str(threads), "-tb", str(threads), "--port", str(port),
-             "--host", "127.0.0.1", "-b", "2048", "-ub", "512"],
+            [str(binary), "-m", str(embedded_gguf_path()), *llama_server_args(slots, threads), "--port", str(port),
+             "--host", "127.0.0.1"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 300
         while time.time() < deadline:
@@ -148,8 +204,7 @@ class LlamaServer:
 
     def complete(self, prompt: str, new_tokens: int) -> tuple[int, str]:
         """(tokens predicted, text) of one greedy completion."""
-        body = json.dumps({"prompt": prompt, "n_predict": new_tokens, "temperature": 0.0, "top_k": 1,
-                           "cache_prompt": False}).encode()
+        body = json.dumps({"prompt": prompt, "n_predict": new_tokens, **LLAMA_SERVER_REQUEST}).encode()
         request = urllib.request.Request(self.url + "/completion", body, {"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=3600) as r:
             reply = json.loads(r.read())
@@ -295,9 +350,9 @@ def memory_bound(model, prompt_lens: list[int], generated: list[int], bandwidth_
 
 
 def run(args: argparse.Namespace) -> dict:
-    """sdft (as `--dtype auto` picks, and with each of FAST_VARIANTS) and the fastest peer (llama-server) alternate for
+    """sdft (as `--dtype auto` picks, and with each of FAST_VARIANTS), llama-server and CTranslate2 alternate for
     `args.rounds` rounds: this machine's speed drifts by up to 2x within minutes, so each round's ratio compares runs
-    minutes apart and the headline is their median. The slower peers (CTranslate2, transformers) run once. The first
+    minutes apart and the headline is their median. transformers' `generate_batch`, far slower, runs once. The first
     round's outputs are scored by the math check distillation applies, so a faster engine's cost in quality shows."""
     threads = torch.get_num_threads()
     model, tokenizer = load_model(MODEL, dtype="auto", device="cpu")
@@ -306,6 +361,16 @@ def run(args: argparse.Namespace) -> dict:
     variants = {v: FAST_VARIANTS[v] for v in args.variants}
     slots = ((args.slots, {}) if args.slots and llama_server_binary() else
              llama_server_slots(prompts, args.new_tokens, threads, SLOT_COUNTS[:1] if args.quick else SLOT_COUNTS))
+    ct2 = None if "ctranslate2" in args.skip else bench_ctranslate2_configuration(
+        tokenizer, prompts, args.new_tokens, threads, args.ct2_compute_types, args.ct2_batch_prompts,
+        round(statistics.mean(prompt_lens)))
+    # the peers alternating with sdft: each takes the outputs' list and returns its timed run
+    peers_in_rounds = {}
+    if slots:
+        peers_in_rounds["llama_server"] = lambda out: run_llama_server(slots[0], threads, prompts, args.new_tokens, out)
+    if ct2:
+        generator = CTranslate2(threads, **ct2[0])  # built once, as sdft's engines
+        peers_in_rounds["ctranslate2"] = lambda out: timed(generator.tokens, tokenizer, prompts, args.new_tokens, out)
     model_fp32 = model if model.dtype == torch.float32 else load_model(MODEL, dtype="fp32", device="cpu")[0]  # the variants' too
 
     shape = (model.config.hidden_size, model.config.intermediate_size)
@@ -320,7 +385,7 @@ def run(args: argparse.Namespace) -> dict:
                **{f"sdft_{v}": HFEngine(model_fp32, tokenizer, **options) for v, options in variants.items()}}
     rounds, texts = [], {}
     for r in range(args.rounds):
-        outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in variants), "llama_server")}
+        outputs = {name: [] for name in ("sdft", *(f"sdft_{v}" for v in variants), *peers_in_rounds)}
         samples: list[float] = []
         bandwidths: list[float] = []
         ours = sampled_around(lambda: sampled_around(
@@ -338,8 +403,8 @@ def run(args: argparse.Namespace) -> dict:
             variant_bound = compute_bound(model_fp32, tokenizer, prompts, [c.n_tokens for c in outputs[name]],
                                           variant_samples, "int8 linears" if quantize == "int8" else None)
             fast_bounds[v] = {**variant_bound, "sdft_share": round(fast[name]["tok_s"] / variant_bound["tok_s"], 3)}
-        server = run_llama_server(slots[0], threads, prompts, args.new_tokens, outputs["llama_server"]) if slots else None
-        rounds.append({"sdft": ours, **fast, "llama_server": server, "fast_bounds": fast_bounds,
+        rounds.append({"sdft": ours, **fast, **{name: peer(outputs[name]) for name, peer in peers_in_rounds.items()},
+                       "fast_bounds": fast_bounds,
                        "bound": {**bound, "sdft_share": round(ours["tok_s"] / bound["tok_s"], 3), "memory": memory,
                                  "roofline_tok_s": roofline, "sdft_share_of_roofline": round(ours["tok_s"] / roofline, 3)}})
         if r == 0:
@@ -351,21 +416,22 @@ def run(args: argparse.Namespace) -> dict:
         sdft["fp32"] = timed(sdft_tokens, HFEngine(model_fp32, tokenizer), prompts, args.new_tokens)
     else:
         sdft["fp32"] = {**sdft["auto"], "note": "auto chose fp32 on this machine: the same runs"}
-    peers: dict[str, dict | None] = {"llama_server": None}
+    peers: dict[str, dict | None] = {"llama_server": None, "ctranslate2": None}
     if slots:
         peers["llama_server"] = {**median_round([r["llama_server"] for r in rounds]), "slots": slots[0],
-                                 "slot_trial_tok_s": slots[1],
+                                 "slot_trial_tok_s": slots[1], "server_args": llama_server_args(slots[0], threads),
+                                 "request": LLAMA_SERVER_REQUEST,
                                  "weights": "Q4_1 GGUF (llama.cpp's own format; sdft runs it dequantised)"}
-    peers["ctranslate2"] = (None if "ctranslate2" in args.skip else
-                            bench_ctranslate2(tokenizer, prompts, args.new_tokens, threads, args.ct2_compute_types))
+    if ct2:
+        peers["ctranslate2"] = {**median_round([r["ctranslate2"] for r in rounds]), **ct2[0], **ct2[1]}
     hf_prompts = prompts[:: max(1, len(prompts) // args.hf_prompts)][: args.hf_prompts]
     peers["transformers_generate_batch"] = None if "transformers_generate_batch" in args.skip else {**timed(transformers_tokens, model_fp32, tokenizer, hf_prompts, args.new_tokens),
                                             "prompts": len(hf_prompts), "dtype": "float32"}
     results = {
         "peers_setup": {"prompts": len(prompts), "new_tokens": args.new_tokens, "threads": threads, "rounds": args.rounds,
                         "workload": "GSM8K distillation prompts, chat template, greedy; sdft (auto, "
-                                    f"{', '.join(variants)}) and llama-server in alternating rounds, the other "
-                                    "peers one run each"},
+                                    f"{', '.join(variants)}), {', '.join(peers_in_rounds) or 'no peer'} in alternating "
+                                    "rounds, transformers' generate_batch one run"},
         "sdft_gen": sdft,
         "peers": peers,
         "gen_compute_bound": median_bound([r["bound"] for r in rounds]),
@@ -375,21 +441,32 @@ def run(args: argparse.Namespace) -> dict:
     }
     for engine, key in (("sdft", "gen_speedup"), *((f"sdft_{v}", f"gen_{v}_speedup") for v in variants)):
         results |= speedups(engine, key, rounds, peers)
-    return results
+    # the published ratio: sdft (auto) against the fastest peer of this run
+    return results | {"best_peer": best_peer(peers), "sdft_over_best_peer": results["gen_speedup_vs_best_peer"]}
+
+
+def best_peer(peers: dict) -> dict | None:
+    """The fastest peer of the run, by name and rate; a peer not measured (null) is skipped."""
+    rates = {name: p["tok_s"] for name, p in peers.items() if p}
+    if not rates:
+        return None
+    name = max(rates, key=rates.get)
+    return {"name": name, "tok_s": rates[name]}
 
 
 def speedups(engine: str, key: str, rounds: list[dict], peers: dict) -> dict:
-    """An sdft engine's ratio to each peer and to the best: to llama-server the median of the rounds' own ratios (the
-    two ran side by side), to the peers run once its median rate over theirs."""
+    """An sdft engine's ratio to each peer measured and to the best of them: to a peer run in the rounds the median of
+    the rounds' own ratios (the two ran minutes apart, each round's shown too), to a peer run once its median rate over
+    the peer's."""
     ours = statistics.median(r[engine]["tok_s"] for r in rounds)
-    ratios = {name: round(ours / p["tok_s"], 2) for name, p in peers.items() if p}
-    paired = None
-    if peers["llama_server"]:
-        paired = [round(r[engine]["tok_s"] / r["llama_server"]["tok_s"], 2) for r in rounds]
-        ratios["llama_server"] = round(statistics.median(paired), 2)
-    best = max((name for name, p in peers.items() if p), key=lambda name: peers[name]["tok_s"], default=None)
-    return {f"{key}_vs_peers": ratios, f"{key}_rounds_vs_llama_server": paired,
-            f"{key}_vs_best_peer": ratios[best] if best else None}
+    measured = {name: p for name, p in peers.items() if p}
+    paired = {name: [round(r[engine]["tok_s"] / r[name]["tok_s"], 2) for r in rounds]
+              for name in measured if name in rounds[0]}
+    ratios = {name: round(statistics.median(paired[name]) if name in paired else ours / p["tok_s"], 2)
+              for name, p in measured.items()}
+    best = best_peer(peers)
+    return {f"{key}_vs_peers": ratios, **{f"{key}_rounds_vs_{name}": each for name, each in paired.items()},
+            f"{key}_vs_best_peer": ratios[best["name"]] if best else None}
 
 
 def quality(rows: list[dict], texts: dict[str, list[str]]) -> dict:
@@ -426,21 +503,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=128)
     parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of sdft and llama-server")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of sdft, llama-server and CTranslate2")
     parser.add_argument("--hf-prompts", type=int, default=32, help="prompts for transformers' generate_batch (slow)")
     parser.add_argument("--ct2-compute-types", nargs="+", default=["int8", "int8_float32", "float32"],
-                        help="CTranslate2 compute types to try; the fastest on a short trial runs the measurement")
+                        help="CTranslate2 compute types to try (the first while its batchings are tried); the fastest "
+                             "on a short trial runs the measurement")
+    parser.add_argument("--ct2-batch-prompts", nargs="+", type=int, default=list(CT2_BATCH_PROMPTS),
+                        help="CTranslate2 max_batch_size to try, in prompts of the mean length (as tokens), each on "
+                             "one worker and on one worker a thread; the fastest on a short trial runs the measurement")
     parser.add_argument("--variants", nargs="*", choices=list(FAST_VARIANTS), default=list(FAST_VARIANTS),
                         help="sdft's opt-ins for speed run beside the exact engine in each round")
     parser.add_argument("--slots", type=int, help="llama-server's slot count (default: the fastest of a short trial)")
     parser.add_argument("--skip", nargs="*", choices=["ctranslate2", "transformers_generate_batch"], default=[],
-                        help="slower peers not to run (reported as null), for a focused re-measure against llama-server")
+                        help="peers besides llama-server not to run (reported as null), for a focused re-measure")
     parser.add_argument("--quick", action="store_true",
-                        help="16 prompts, 32 new tokens, one llama-server slot count, one CTranslate2 compute type")
+                        help="16 prompts, 32 new tokens, one llama-server slot count, one CTranslate2 compute type and "
+                             "batch size")
     args = parser.parse_args(argv)
     if args.quick:
         args.prompts, args.new_tokens, args.hf_prompts, args.rounds = 16, 32, 4, 1
-        args.ct2_compute_types = args.ct2_compute_types[:1]
+        args.ct2_compute_types, args.ct2_batch_prompts = args.ct2_compute_types[:1], args.ct2_batch_prompts[:1]
     return args
 
 

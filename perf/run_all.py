@@ -1,5 +1,5 @@
-"""Run the generation and training throughput measurements in one go, print sdft's ratio to every baseline and peer, and
-write perf/results/latest.json.
+"""Run the generation and training throughput measurements in one go, print sdft's ratio to every baseline and peer (and
+to the best peer of the run, the published one), and write perf/results/latest.json.
 
     python perf/run_all.py [--quick] [--quality] [--parts generation peers training]
 
@@ -73,8 +73,10 @@ def write(results: dict, earlier: dict) -> None:
 
 
 def ratios(results: dict) -> dict:
-    """sdft ÷ each baseline and peer, its share of the compute bound, and each engine's share of accepted rewrites."""
-    shown = {k: v for k, v in results.items() if "speedup" in k or k == "auto_vs_fp32"}
+    """sdft ÷ each baseline and peer and ÷ the best peer, its share of the compute bound, and each engine's share of
+    accepted rewrites."""
+    shown = {k: v for k, v in results.items()
+             if "speedup" in k or k in ("auto_vs_fp32", "best_peer", "sdft_over_best_peer")}
     if "gen_quality" in results:
         shown["gen_accepted_pct"] = results["gen_quality"]["accepted_pct"]
     if "gen_compute_bound" in results:

@@ -3,13 +3,15 @@
 Both train the embedded SmolLM2-135M-Instruct with LoRA r8/alpha16 on q_proj,v_proj, batch 8, max length 256, on the
 same GSM8K rows, prompt masked out of the loss. TRL keeps every other setting at its default (bf16, gradient
 checkpointing, entropy/accuracy metrics...), which is what a user who picked TRL would get; the tuned run changes
-what an expert would (`trl_tuned_options`). The compute bound is the FLOPs per token at the measured peak matmul rate. Useful tokens/s counts the
-non-padding tokens fed per second over the timed steps (the first step is warm-up and not timed).
+what an expert would (`trl_tuned_options`), in the faster of fp32 and bf16 autocast on a short trial of each here.
+The compute bound is the FLOPs per token at the measured peak matmul rate. Useful tokens/s counts the non-padding
+tokens fed per second over the timed steps (the first step is warm-up and not timed).
 
 Each trainer runs in a fresh process (one trainer's leftover heap must not slow the next), sdft and tuned TRL in
 alternating rounds; each rate is the median of its rounds, so a slow spell of this shared machine hits both alike.
 
-    python perf/training_throughput.py [--steps 6] [--rounds 5] [--trl-defaults-steps 1] [--examples 256]
+    python perf/training_throughput.py [--steps 6] [--rounds 5] [--trl-defaults-steps 1] [--dtype-trial-steps 2]
+                                       [--examples 256]
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from generation_throughput import (  # same folder: shared measurement helpers
     machine_info,
     peak_rss_mb,
 )
-from peer_throughput import sampled_around
+from peer_throughput import fastest, sampled_around
 
+TUNED_DTYPES = {"fp32": False, "bf16": True}  # tuned TRL's candidates: the value of its `bf16` (autocast) option
 LORA = {"r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "task_type": "CAUSAL_LM"}
 BATCH, MAX_LENGTH = 8, 256
 
@@ -108,14 +111,19 @@ def bench_sdft(examples, steps: int, out: Path) -> dict:
     return _throughput(clock, counters[0])
 
 
-def trl_tuned_options() -> dict:
-    """What an expert changes in TRL's defaults on this machine: the dtype that measured faster here (bf16 autocast
-    only where it is), no gradient checkpointing, length-grouped batches. Padding-free needs FlashAttention (not on
-    CPU), and TRL 1.16's entropy/token-accuracy metrics come from its fused LM head with no switch to turn them off."""
-    from sdft.engines.models import resolve_dtype
+def trl_tuned_options(dtype: str) -> dict:
+    """What an expert changes in TRL's defaults on this machine: `dtype` (`tuned_dtype`: the faster here), no gradient
+    checkpointing, length-grouped batches. Padding-free needs FlashAttention (not on CPU), and TRL 1.16's
+    entropy/token-accuracy metrics come from its fused LM head with no switch to turn them off."""
+    return {"bf16": TUNED_DTYPES[dtype], "gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
 
-    return {"bf16": resolve_dtype("auto", "cuda" if torch.cuda.is_available() else "cpu") == torch.bfloat16,
-            "gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
+
+def tuned_dtype(steps: int, examples: int) -> tuple[str, dict]:
+    """(the faster of fp32 and bf16 autocast for tuned TRL on this machine, each one's tokens/s), on a short trial of
+    the trainer itself, each in a fresh process. sdft's dtype probe times a bare matmul; autocast also casts every
+    weight at each forward and runs the backward, so the trainer's own steps decide."""
+    return fastest(TUNED_DTYPES,
+                   lambda dtype: round(in_fresh_process(f"trl_tuned_{dtype}", steps, examples)["tokens_per_s"], 1))
 
 
 def bench_trl(rows, steps: int, out: Path, **options) -> dict:
@@ -183,9 +191,14 @@ def compute_bound(examples, model, peak_samples: list[float]) -> dict:
             "gflop_per_token": round(flops / 1e9, 3), "tokens_per_s": round(rate * 1e9 / flops, 1)}
 
 
+def bench_trl_tuned(dtype: str):
+    """Tuned TRL in `dtype` as a TRAINERS entry (a function of its own, so each entry keeps its dtype)."""
+    return lambda rows, steps, out: bench_trl(rows, steps, out, **trl_tuned_options(dtype))
+
+
 TRAINERS = {"sdft": lambda rows, steps, out: bench_sdft(_examples(rows), steps, out),
             "trl_defaults": lambda rows, steps, out: bench_trl(rows, steps, out),
-            "trl_tuned": lambda rows, steps, out: bench_trl(rows, steps, out, **trl_tuned_options())}
+            **{f"trl_tuned_{dtype}": bench_trl_tuned(dtype) for dtype in TUNED_DTYPES}}
 
 
 def in_fresh_process(trainer: str, steps: int, examples: int) -> dict:
@@ -204,23 +217,27 @@ def median_round(rounds: list[dict]) -> dict:
 
 def run(args) -> dict:
     trl = in_fresh_process("trl_defaults", min(args.steps, args.trl_defaults_steps), args.examples)
-    rounds: dict[str, list[dict]] = {"sdft": [], "trl_tuned": []}
+    dtype, dtype_trial = tuned_dtype(min(args.steps, args.dtype_trial_steps), args.examples)
+    tuned_trainer = f"trl_tuned_{dtype}"
+    rounds: dict[str, list[dict]] = {"sdft": [], tuned_trainer: []}
     model, samples = bound_model(), []
     for _ in range(args.rounds):
         for trainer, results in rounds.items():
             work = functools.partial(in_fresh_process, trainer, args.steps, args.examples)
             results.append(sampled_around(work, lambda: peak_sample(model), samples) if trainer == "sdft" else work())
-    ours, tuned = median_round(rounds["sdft"]), median_round(rounds["trl_tuned"])
+    ours, tuned = median_round(rounds["sdft"]), median_round(rounds[tuned_trainer])
     rate = ours["tokens_per_s"]
     bound = compute_bound(_examples(_rows(args.examples)), model, samples)
     # sdft and tuned TRL run back to back within a round, so a round's ratio is the one least moved by this machine's
     # slow spells; shown beside the ratio of the medians (the headline)
-    paired = [round(a["tokens_per_s"] / b["tokens_per_s"], 2) for a, b in zip(rounds["sdft"], rounds["trl_tuned"])]
+    paired = [round(a["tokens_per_s"] / b["tokens_per_s"], 2) for a, b in zip(rounds["sdft"], rounds[tuned_trainer])]
     return {"train_speedup_vs_trl": rate / trl["tokens_per_s"],
             "train_compute_bound": {**bound, "sdft_share": round(rate / bound["tokens_per_s"], 3)},
             "train_speedup_vs_trl_tuned": rate / tuned["tokens_per_s"],
             "train_speedup_vs_trl_tuned_per_round": paired,
-            "train_sdft": ours, "train_trl_defaults": trl, "train_trl_tuned": {**tuned, "options": trl_tuned_options()},
+            "train_sdft": ours, "train_trl_defaults": trl,
+            "train_trl_tuned": {**tuned, "options": trl_tuned_options(dtype), "dtype": dtype,
+                                "dtype_trial_tokens_per_s": dtype_trial},
             "train_setup": {"examples": args.examples, "batch": BATCH, "max_length": MAX_LENGTH, "lora": LORA,
                             "rounds": args.rounds, "process": "each trainer in a fresh process; sdft and tuned TRL alternate"},
             "train_peak_rss_mb": ours["peak_rss_mb"], "machine": machine_info()}
@@ -231,6 +248,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=6, help="timed optimizer steps per trainer (after one warm-up step)")
     p.add_argument("--trl-defaults-steps", type=int, default=1,
                    help="timed steps for TRL at its defaults: 30x slower where bf16 is slow, and steady from step to step")
+    p.add_argument("--dtype-trial-steps", type=int, default=2,
+                   help="timed steps of tuned TRL in fp32 and in bf16 autocast; the faster runs the rounds")
     p.add_argument("--examples", type=int, default=256)
     p.add_argument("--rounds", type=int, default=5, help="alternating sdft / tuned TRL runs; the median is reported")
     p.add_argument("--trainer", choices=sorted(TRAINERS), help="time this one trainer here and print its JSON line")
