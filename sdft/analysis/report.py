@@ -228,6 +228,13 @@ def _comparisons(run: _Run) -> list[Block]:
     ]
 
 
+def _change_axes(ax, xlabel: str, measure: str, unit: str, title: str) -> None:
+    """A panel of a general measure's change from the seed against the task's: the zero line, labels, legend."""
+    ax.axhline(0, color="grey", linewidth=0.8)
+    ax.set(xlabel=xlabel, ylabel=f"{measure}: change from seed ({unit})", title=title)
+    ax.legend(fontsize="x-small")
+
+
 def _learning_vs_forgetting(run: _Run) -> list[Block]:
     """x = target-task change from the seed, y = change of a general-ability measure; one point per arm, CI bars."""
     target, general = run.summary.get("target"), run.summary.get("general") or []
@@ -245,11 +252,9 @@ def _learning_vs_forgetting(run: _Run) -> list[Block]:
             xerr = [[x["mean"] - x["ci95"][0]], [x["ci95"][1] - x["mean"]]]
             yerr = [[y["mean"] - y["ci95"][0]], [y["ci95"][1] - y["mean"]]]
             ax.errorbar(x["mean"], y["mean"], xerr=xerr, yerr=yerr, marker="o", capsize=3, label=arm["arm"])
-        ax.axhline(0, color="grey", linewidth=0.8)
         ax.axvline(0, color="grey", linewidth=0.8)
-        ax.set(xlabel=f"{target}: change from seed", ylabel=f"{measure}: change from seed ({run.measures[measure]['unit']})",
-               title=f"learning vs forgetting: {measure}")
-        ax.legend(fontsize="x-small")
+        _change_axes(ax, f"{target}: change from seed", measure, run.measures[measure]["unit"],
+                     f"learning vs forgetting: {measure}")
     caption = ("Learning vs forgetting: x = change of the target task from the seed, y = change of general ability "
                "(up and right is better); bars are 95% intervals over seeds and items.")
     return [Heading(2, "Learning vs forgetting"), Image(run.save(fig, "learning_vs_forgetting"), caption)]
@@ -294,10 +299,8 @@ def _frontier(run: _Run) -> list[Block]:
                         label=method if k == 0 else None)
         for result in frontier["at_gain"]:
             ax.axvline(result["gain"], color="grey", linestyle=":", linewidth=0.8)
-        ax.axhline(0, color="grey", linewidth=0.8)
-        ax.set(xlabel=f"{frontier['target']}: gain over the seed", title=f"{measure} along training",
-               ylabel=f"{measure}: change from seed ({frontier['units'][measure]})")
-        ax.legend(fontsize="x-small")
+        _change_axes(ax, f"{frontier['target']}: gain over the seed", measure, frontier["units"][measure],
+                     f"{measure} along training")
     caption = ("Learning curves: each line is one training run (a seed), each point a checkpoint from the seed (0, 0) "
                "to the final model; dotted lines mark the pre-registered gains. Up and right is better.")
     return blocks + [Image(run.save(fig, "frontier"), caption)]
