@@ -217,9 +217,15 @@ def apply_setting(values: dict, setting: str) -> None:
 
 
 def section_values(options: Options) -> dict:
-    """A section's options as keyword arguments for its stage's config (an `omit_default` option only when set)."""
+    """A section's options as keyword arguments for its stage's config (an `omit_default` option only when set, so
+    adding one leaves the hashes of cached stages as they were)."""
     return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)
-            if not (f.metadata.get("omit_default") and getattr(options, f.name) == f.default)}
+            if not (f.metadata.get("omit_default") and getattr(options, f.name) == _default(f))}
+
+
+def _default(f: dataclasses.Field):
+    """A field's default value, built by its factory where it has one (a list or a mapping)."""
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 @dataclass(kw_only=True)

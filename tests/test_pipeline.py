@@ -227,3 +227,15 @@ def test_learning_curves_and_the_matched_gain_verdict(experiment):
     assert at_fifty["verdict"]["label"] in VERDICTS
     assert frontier["verdict"] == at_zero["verdict"] and frontier["verdict"]["line"].startswith("Verdict at a task gain of 0")
     assert "Verdict at a task gain of 0" in open(f"{exp.out}/report.md").read()
+
+
+def test_options_at_their_default_leave_stage_hashes_alone(experiment):
+    """An `omit_default` option (a list or mapping too) stays out of a stage's config while unset, so adding one to
+    sdft does not re-run every cached stage of existing runs."""
+    from sdft.experiment import section_values
+
+    exp = load_experiment(str(experiment))
+    assert "eval_at_steps" not in section_values(exp.train) and "tasks" not in section_values(exp.eval)
+    config = yaml.safe_load(experiment.read_text())
+    experiment.write_text(yaml.safe_dump({**config, "train": {**config["train"], "eval_at_steps": [1]}}))
+    assert section_values(load_experiment(str(experiment)).train)["eval_at_steps"] == [1]
