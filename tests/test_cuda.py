@@ -1,4 +1,4 @@
-"""The engines on a CUDA device, skipped without one (CI has none; a lent H200 ran them, README: Throughput, On one
+"""The engines on a CUDA device, skipped without one (CI has none; a lent H200 ran them, docs/performance.md: On one
 GPU): the lean stepper (matmul attention, no CPU kernel) and the HF fallback in fp32 against `model.generate` on the
 same GPU, `--dtype auto` loading bf16 there, the CPU-only opt-ins refused with one line, LoRA training under bf16
 autocast."""

@@ -61,10 +61,10 @@ class EngineOptions(Options):
     quantize: str = field("none", choices=QUANTIZATIONS, omit_default=True,
                           help="int8: generate with int8 weights (per channel) and int8 activations (per row), PyTorch's "
                                "fbgemm kernels, on the lean CPU engine (Llama/Qwen2, fp32 weights); faster, not exact "
-                               "(README: Throughput)")
+                               "(docs/performance.md)")
     kv_cache: str = field("model", choices=KV_CACHES, omit_default=True,
                           help="fp16: keep the decoding K/V cache in fp16 on the lean CPU engine (fp32 weights): decoding "
-                               "attention reads half the bytes; faster, not exact (README: Throughput). model: the "
+                               "attention reads half the bytes; faster, not exact (docs/performance.md). model: the "
                                "model's dtype")
 
     @property

@@ -223,7 +223,8 @@ def run_training(trainer, out_dir: Path, before_train=None, snapshot_steps: tupl
 
 def train_model(model, tokenizer, examples: list[TrainingExample], out_dir: Path, settings: TrainerSettings,
                 before_train=None):
-    """Run the Trainer (resuming from the last checkpoint in out_dir); `before_train(trainer)` lets benchmarks instrument it."""
+    """Run the Trainer (resuming from the last checkpoint in out_dir); `before_train(trainer)` lets the throughput
+    measurements (perf/) instrument it."""
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 

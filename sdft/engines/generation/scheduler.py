@@ -74,7 +74,7 @@ def shared_prefixes(token_ids: Sequence[Sequence[int]], key: int = 16) -> set[tu
 def cache_token_budget(model) -> int:
     """Cache columns (rows x tokens) a call may hold: TOKEN_BUDGET on CPU; on a GPU what GPU_CACHE_SHARE of its free
     memory holds, at least TOKEN_BUDGET. On an H200 the CPU's budget held 117 rows of 560 tokens, so 11 of 128 prompts
-    decoded alone after the rest: half the rate of a padded `model.generate` (README: Throughput, On one GPU)."""
+    decoded alone after the rest: half the rate of a padded `model.generate` (docs/performance.md: On one GPU)."""
     if model.device.type != "cuda":
         return TOKEN_BUDGET
     config = model.config
