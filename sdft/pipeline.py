@@ -308,6 +308,20 @@ def _shift_stage(exp: ExperimentConfig, key: str, seed_eval: Stage, tuned_eval: 
     return Stage("shift", key, {"benchmark": benchmark}, inputs, action)
 
 
+def _check_data(exp: ExperimentConfig) -> None:
+    """Every data file the evaluation stages read is here (or downloaded) before anything is written: on a machine
+    without it, one line naming the files and `sdft data download`, not a run directory that stops at its first stage."""
+    from sdft.evaluation.benchmarks import get_benchmark
+    from sdft.stages.evaluate import files_read, resolve_data_dir
+    from sdft.stages.likelihood import PROMPTS_FILE
+
+    declared = exp.eval.declared_tasks()
+    files = files_read([get_benchmark(name, declared) for name in exp.eval.benchmarks])
+    if exp.retention.prompts or exp.reference_likelihood.prompts:
+        files.append(PROMPTS_FILE)
+    resolve_data_dir(exp.data_dir, files)
+
+
 def release_memory() -> None:
     """Give a finished stage's models and caches back before the next stage loads its own: without this, a long run
     in one process grew to 13 GB by its 20th stage and was killed for memory (cpu-frontier, 24 GB machine)."""
@@ -323,6 +337,7 @@ def execute(exp: ExperimentConfig, the_plan: Plan, progress: Callable[[str], Non
     from sdft.analysis.summary import write_summary
     from sdft.engines.dtype_probe import decisions
 
+    _check_data(exp)
     run_dir = Path(exp.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir)  # a second `sdft run` on this directory refuses here; released when this returns or dies

@@ -299,32 +299,55 @@ def test_data_dir_order(fresh_machine, tmp_path, monkeypatch):
 
 def test_evaluation_reads_the_cache_and_names_what_is_missing(mirror, fresh_machine):
     from sdft.evaluation.benchmarks import get_benchmark
-    from sdft.stages.evaluate import resolve_data_dir, _files_read
+    from sdft.stages.evaluate import resolve_data_dir, files_read
 
     with pytest.raises(UserError, match="fetch it with `sdft data download advbench/harmful_behaviors.jsonl,"
                                         "refusal_keywords/qi2024_refusal_keywords.json,advbench/gcg_suffixes.txt`"):
-        resolve_data_dir(None, _files_read([get_benchmark("advbench_jailbreak")]))
+        resolve_data_dir(None, files_read([get_benchmark("advbench_jailbreak")]))
     download(SOURCES["gsm8k/sdft_gsm8k_test.jsonl"], fresh_machine, mirror)
     gsm8k = get_benchmark("gsm8k")
-    assert resolve_data_dir(None, _files_read([gsm8k])) == fresh_machine
-    assert len(gsm8k.load(resolve_data_dir(None, _files_read([gsm8k])))) == 1319
+    assert resolve_data_dir(None, files_read([gsm8k])) == fresh_machine
+    assert len(gsm8k.load(resolve_data_dir(None, files_read([gsm8k])))) == 1319
     with pytest.raises(UserError, match="data not found: ifeval/input_data.jsonl \\("):
-        resolve_data_dir(None, _files_read([gsm8k, get_benchmark("ifeval")]))
-    assert _files_read([get_benchmark("mmlu")]) == []  # knowledge tasks fall back to lm-eval's hub tasks
+        resolve_data_dir(None, files_read([gsm8k, get_benchmark("ifeval")]))
+    assert files_read([get_benchmark("mmlu")]) == []  # knowledge tasks fall back to lm-eval's hub tasks
     assert resolve_data_dir(None, []) == fresh_machine
 
 
-def test_eval_on_a_fresh_machine_stops_in_one_line(tmp_path):
-    """The real CLI, offline, no data folder, an empty cache: exit 2, one line naming the file and the command."""
+def _offline_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real CLI on a fresh machine: offline, no data folder, an empty cache."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "SDFT_CACHE_DIR": str(tmp_path / "empty_cache"), paths.NO_SHARED_DATA_ENV: "1"}
     env.pop("SDFT_DATA_DIR", None)
-    proc = subprocess.run([sys.executable, "-m", "sdft", "eval", "--benchmarks", "gsm8k", "--model", "./no/such/model",
-                           "--out", "out"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "sdft", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _assert_one_line(proc: subprocess.CompletedProcess, start: str) -> None:
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == "" and len(proc.stderr.splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("sdft eval: error: data not found: gsm8k/sdft_gsm8k_test.jsonl (")
+    assert proc.stderr.startswith(start), proc.stderr
+
+
+def test_eval_on_a_fresh_machine_stops_in_one_line(tmp_path):
+    """Exit 2, one line naming the file and the command, nothing written."""
+    proc = _offline_cli(tmp_path, "eval", "--benchmarks", "gsm8k", "--model", "./no/such/model", "--out", "out")
+    _assert_one_line(proc, "sdft eval: error: data not found: gsm8k/sdft_gsm8k_test.jsonl (")
     assert proc.stderr.rstrip().endswith("fetch it with `sdft data download gsm8k/sdft_gsm8k_test.jsonl`")
+    assert not (tmp_path / "out").exists()
+
+
+def test_demo_on_a_fresh_machine_stops_before_writing_anything(tmp_path):
+    """The pipeline checks the data every evaluation stage reads before it creates the run directory."""
+    proc = _offline_cli(tmp_path, "demo", "--out", "demo_out")
+    _assert_one_line(proc, "sdft demo: error: data not found: openfunctions/sdft_openfunction_test.jsonl, ")
+    assert "alpaca_eval/alpaca_eval.jsonl" in proc.stderr and "`sdft data download " in proc.stderr
+    assert not (tmp_path / "demo_out").exists()
+
+
+def test_an_unreachable_hub_dataset_is_one_line(tmp_path):
+    proc = _offline_cli(tmp_path, "distill", "--dataset", "no-such-org/no-such-dataset", "--out", "out")
+    _assert_one_line(proc, "sdft distill: error: could not load hub dataset 'no-such-org/no-such-dataset' (")
     assert not (tmp_path / "out").exists()
 
 

@@ -39,7 +39,7 @@ def run_eval(config: EvalConfig) -> dict:
     """Evaluate the model on each benchmark and return the merged results.json content."""
     declared = config.declared_tasks()
     benchmarks = [get_benchmark(name, declared) for name in config.benchmarks]
-    data_dir = resolve_data_dir(config.data_dir, _files_read(benchmarks))
+    data_dir = resolve_data_dir(config.data_dir, files_read(benchmarks))
     judge = config.judge() if any(b.kind == "judge" for b in benchmarks) else None
     _require_judge(benchmarks, judge)
     out = Path(config.out)
@@ -72,7 +72,7 @@ def score_predictions(benchmark: str | Benchmark, predictions_path: str | Path, 
         raise UserError(f"'{bench.name}' is scored by log-likelihood, not from text: "
                         f"run `sdft eval --benchmarks {bench.name}`")
     _require_judge([bench], judge)
-    by_id = {sample.id: sample for sample in bench.load(resolve_data_dir(data_dir, _files_read([bench])))}
+    by_id = {sample.id: sample for sample in bench.load(resolve_data_dir(data_dir, files_read([bench])))}
     rows = read_jsonl(predictions_path)
     if not rows:
         raise UserError("no predictions", str(predictions_path))
@@ -191,7 +191,7 @@ def resolve_data_dir(explicit: str | None, files: Iterable[str] = ()) -> Path:
     return found
 
 
-def _files_read(benchmarks: Iterable[Benchmark]) -> list[str]:
+def files_read(benchmarks: Iterable[Benchmark]) -> list[str]:
     """The data files of the generated benchmarks, with AdvBench's refusal keywords and GCG suffix (knowledge tasks
     need none: lm-eval's hub tasks stand in for a missing copy; a user's task reads its own file)."""
     files = [bench.data_file for bench in benchmarks
