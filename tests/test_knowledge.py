@@ -57,9 +57,11 @@ def test_all_tasks_scored_with_sample_rows(first_run):
         assert 0 <= lo <= summary["score"] <= hi <= 100
         assert summary["metric"] == KNOWLEDGE_TASKS[name].metric
         rows = read_jsonl(out_dir / f"{name}.jsonl")
+        assert summary["chance"] == pytest.approx(100 * sum(r["chance"] for r in rows) / len(rows))
         assert len(rows) == LIMIT
         for row in rows:
-            assert set(row) == {"id", "prompt", "prediction", "reference", "score"}
+            assert set(row) == {"id", "prompt", "prediction", "reference", "score", "chance"}
+            assert 0 < row["chance"] <= (1 if KNOWLEDGE_TASKS[name].metric == "mc2" else 0.5)
             assert row["id"].startswith(f"{name}-") and row["prompt"]
             assert 0 <= row["score"] <= 1
             if name != "truthfulqa_mc2":  # MC2 is a probability mass, the others are 0/1 of prediction == gold

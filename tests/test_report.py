@@ -334,3 +334,24 @@ def test_replication_shows_ours_under_the_reference_metric_with_its_interval(sec
     md = render_report(secondary_run)[0].read_text()
     lo, hi = ours["ci95"]
     assert table_row(md, "seed", "openfunctions").endswith(f"| call_match | 10.0 [{lo:.1f}, {hi:.1f}] |")
+
+
+def test_a_measure_at_chance_is_flagged_not_read(tmp_path):
+    """A seed whose interval holds what guessing scores (results.json's `chance`) cannot be shown to forget: the
+    summary lists it and the report says so beside the table; a measure above chance is not flagged."""
+    runs = [record("seed"), record("gsm8k-vanilla-s1")]
+    for run, (winogrande, hellaswag) in zip(runs, [(0.5, 0.9), (0.45, 0.8)]):
+        results = {}
+        for name, rate, chance in (("winogrande", winogrande, 50.0), ("hellaswag", hellaswag, 25.0)):
+            scores = [float(i < rate * 40) for i in range(40)]
+            write_jsonl(tmp_path / run["eval_dir"] / f"{name}.jsonl", [{"id": f"q{i}", "score": s} for i, s in enumerate(scores)])
+            results[name] = {**summarize(scores), "metric": "acc", "chance": chance}
+        write_json(tmp_path / run["eval_dir"] / "results.json", {"benchmarks": results})
+    summary = summarize_runs(tmp_path, runs, ["winogrande", "hellaswag"])
+    assert set(summary["at_chance"]) == {"winogrande"} and summary["at_chance"]["winogrande"]["chance"] == 50.0
+    assert "chance" not in summary["measures"]  # not mistaken for a secondary metric
+    write_json(tmp_path / "summary.json", {"experiment": "chance", "seeds": [1], "target": None, **summary})
+    md, _ = render_report(tmp_path)
+    text = md.read_text()
+    assert "winogrande (at chance)" in text and "At chance, so unable to show forgetting: winogrande" in text
+    assert "hellaswag (at chance)" not in text

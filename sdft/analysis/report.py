@@ -160,7 +160,8 @@ def _cell(run: _Run, arm: dict, measure: str) -> str:
 
 def _measure_header(run: _Run, measure: str) -> str:
     unit = run.measures[measure]["unit"]
-    return measure if unit == "points" else f"{measure} ({unit})"
+    name = f"{measure} (at chance)" if measure in (run.summary.get("at_chance") or {}) else measure
+    return name if unit == "points" else f"{name} ({unit})"
 
 
 def _score_tables(run: _Run) -> list[Block]:
@@ -192,6 +193,11 @@ def _score_tables(run: _Run) -> list[Block]:
                 default = _default_size(arms)
                 rows += [[dataset, _label(a, default)] + [_cell(run, a, m) for m in measures] for a in arms]
         blocks += [Heading(3, f"Capacity: {capacity}"), Table(headers, rows)]
+    at_chance = run.summary.get("at_chance") or {}
+    if at_chance:
+        blocks.append(Para("At chance, so unable to show forgetting: " + "; ".join(
+            f"{name} (the seed's {_interval({'ci95': e['seed_ci95']}, run.digits(name))} holds chance, {e['chance']:.1f})"
+            for name, e in at_chance.items()) + "."))
     return blocks
 
 

@@ -17,6 +17,7 @@ and item, with p-values: no number of the report is a bare mean.
   the seed's own text); with answers sampled at temperature 1 its change from the seed estimates −KL(seed ‖ model);
 - reference_likelihood: the same on reference answers no model here wrote (third-party likelihood), a forgetting
   measure no method wins by construction;
+- at_chance: the measures whose seed score is within its interval of chance, which cannot show forgetting;
 - frontier (`analysis.frontier`): with learning curves and a pre-registered decision, SDFT against vanilla at matched
   task gain and the verdict.
 
@@ -73,7 +74,7 @@ def _secondary_metrics(results: list[dict], benchmarks: list[str]) -> dict[str, 
     for bench in benchmarks:
         for result in results:
             entry = result.get(bench) or {}
-            names = [k for k, v in entry.items() if isinstance(v, (int, float)) and k not in ("score", "n")]
+            names = [k for k, v in entry.items() if isinstance(v, (int, float)) and k not in ("score", "n", "chance")]
             found.setdefault(bench, {}).update(dict.fromkeys(names))
     return {bench: list(names) for bench, names in found.items() if names}
 
@@ -227,13 +228,30 @@ def summarize_runs(run_dir: Path, runs: list[dict], benchmarks: list[str]) -> di
     items = _ItemScores(run_dir, runs, secondary)
     arms = _arms(runs)
     seed_keys = [r["key"] for r in runs if r["method"] == "seed"]
+    arm_entries = [_arm_entry(run_dir, arm, arm_runs, seed_keys, measures, items) for arm, arm_runs in arms.items()]
+    seed_results = [_results(run_dir, r) for r in runs if r["method"] == "seed"]
     return {
         "benchmarks": benchmarks, "measures": measures, "general": [m for m in GENERAL_MEASURES if m in measures],
-        "models": runs,
-        "arms": [_arm_entry(run_dir, arm, arm_runs, seed_keys, measures, items)
-                 for arm, arm_runs in arms.items()],
-        "comparisons": _comparisons(arms, measures, items),
+        "models": runs, "arms": arm_entries, "comparisons": _comparisons(arms, measures, items),
+        "at_chance": _at_chance(measures, seed_results[0] if seed_results else {},
+                                next((a for a in arm_entries if a["method"] == "seed"), None)),
     }
+
+
+def _at_chance(measures: dict, seed_results: dict, seed_arm: dict | None) -> dict[str, dict]:
+    """The measures whose seed score is within its 95% interval of what guessing scores (`chance` in results.json,
+    a composite's the mean of its components'): a model cannot be shown to forget what the seed never had."""
+    flagged = {}
+    for name, measure in measures.items():
+        chances = [(seed_results.get(c) or {}).get("chance") for c in measure["components"]]
+        score = (seed_arm or {}).get("scores", {}).get(name)
+        if "of" in measure or None in chances or not score or score.get("ci95", [None])[0] is None:
+            continue
+        chance = float(np.mean(chances))
+        low, high = score["ci95"]
+        if low <= chance <= high:
+            flagged[name] = {"chance": chance, "seed_ci95": [low, high]}
+    return flagged
 
 
 def distilled_examples(path: Path, accepted: int = 2, rejected: int = 1) -> list[dict]:

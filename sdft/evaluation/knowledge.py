@@ -159,9 +159,13 @@ def _row_id(name: str, row: dict, index: int) -> str:
 
 
 def _summary(task: KnowledgeTask, rows: list[dict]) -> dict:
+    """Score, interval and, where the rows say what guessing scores, `chance` (0-100): a seed at chance has nothing
+    the task can show it forgetting."""
     scores = [row["score"] for row in rows]
     lo, hi = bootstrap_ci(scores)
-    return {"score": 100 * float(np.mean(scores)), "n": len(rows), "ci95": [lo, hi], "metric": task.metric}
+    chance = [row["chance"] for row in rows if "chance" in row]
+    return {"score": 100 * float(np.mean(scores)), "n": len(rows), "ci95": [lo, hi], "metric": task.metric,
+            **({"chance": 100 * float(np.mean(chance))} if len(chance) == len(rows) else {})}
 
 
 def _prediction(task: KnowledgeTask, sample: dict) -> int:
@@ -188,8 +192,17 @@ def _sample_rows(task: KnowledgeTask, samples: list[dict], row_id: Callable[[int
             "prediction": _prediction(task, sample),
             "reference": task.reference(sample["doc"]),
             "score": float(sample[task.lm_eval_metric]),
+            "chance": _chance(task, sample),
         })
     return out
+
+
+def _chance(task: KnowledgeTask, sample: dict) -> float:
+    """What guessing scores on this item: one option of n right (acc), or the true options' share (mc2)."""
+    options = len(sample["arguments"])
+    if task.metric == "mc2":
+        return len(task.reference(sample["doc"])) / options
+    return 1 / options
 
 
 def _hf_lm(model, tokenizer, batch_size: int):
