@@ -200,3 +200,19 @@ def test_registry_kinds():
     assert set(CHECKS) == {"math", "function_call", "code", "generic"}
     assert CHECKS["function_call"](REF, {"reference": REF}).ok
     assert CHECKS["math"]("The answer is 3.", {"reference": "The answer is 3."}).ok
+
+
+@pytest.mark.parametrize("task, text, expected", [
+    ("function_call", 'get_weather(city="Paris")', True),
+    ("function_call", '```python\nget_weather(city="Paris")\n```', True),
+    ("function_call", 'Sure! Call get_weather(city="Paris") to know.', False),
+    ("function_call", "Roses are red,\nviolets are blue.", False),
+    ("math", "3 + 4 = 7. The answer is 7.", True),
+    ("math", "#### 12", True),
+    ("math", "Roses are red, 2 violets are blue.", False),
+])
+def test_format_leakage_detects_a_task_format(task, text, expected):
+    """On a general prompt, an answer in the training task's format is leakage (IFEval's `<task>_format` extras)."""
+    from sdft.evaluation.checks import takes_task_format
+
+    assert takes_task_format(task, text) is expected

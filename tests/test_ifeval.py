@@ -56,3 +56,14 @@ def test_punkt_prompts_are_left_out_and_counted(shared_data):
     for index, row in enumerate(rows):
         needs_punkt = bool(ifeval.NEEDS_PUNKT & set(row["instruction_id_list"]))
         assert (f"ifeval-{index}" in kept) != needs_punkt
+
+
+def test_ifeval_answers_in_a_task_format_are_counted_as_leakage(shared_data):
+    from sdft.evaluation.benchmarks import get_benchmark
+
+    bench = get_benchmark("ifeval")
+    sample = bench.load(shared_data)[0]
+    call = bench.extra_metrics(sample, 'search(query="poem")')
+    prose = bench.extra_metrics(sample, "Here is a poem about the sea.")
+    assert call["function_call_format"] == 1.0 and prose["function_call_format"] == 0.0
+    assert bench.extra_metrics(sample, "The answer is 42.")["math_format"] == 1.0

@@ -35,6 +35,7 @@ from sdft.data.templates import TEMPLATES
 from sdft.evaluation import ifeval
 from sdft.evaluation.checks import (
     SELECTION_RULES,
+    TASK_FORMATS,
     CheckResult,
     code_check,
     default_rule,
@@ -42,6 +43,7 @@ from sdft.evaluation.checks import (
     function_call_contains_check,
     math_check,
     paper_call_score,
+    takes_task_format,
 )
 from sdft.evaluation.judge import judge_win
 from sdft.evaluation.knowledge import KNOWLEDGE_TASKS
@@ -236,10 +238,13 @@ def _ifeval_score(sample: Sample, prediction: str, judge) -> float:
 
 
 def _ifeval_extras(sample: Sample, prediction: str) -> dict[str, float | list[bool]]:
+    """lm-eval's other IFEval accuracies, and format leakage: whether the answer to a general instruction takes a
+    training task's format (`<task>_format`, lower is better)."""
     found = ifeval.verdicts(sample.extra["doc"], prediction)
     return {"prompt_level_loose_acc": float(found["prompt_level_loose_acc"]),
             "inst_level_strict_acc": list(found["inst_level_strict_acc"]),
-            "inst_level_loose_acc": list(found["inst_level_loose_acc"])}
+            "inst_level_loose_acc": list(found["inst_level_loose_acc"]),
+            **{f"{task}_format": float(takes_task_format(task, prediction)) for task in TASK_FORMATS}}
 
 
 def _win_score(sample: Sample, prediction: str, judge) -> float:

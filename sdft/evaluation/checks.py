@@ -221,6 +221,18 @@ def function_call_check(prediction: str, reference: str) -> CheckResult:
     return _compare_calls(predicted, expected)
 
 
+def takes_task_format(task: str, text: str) -> bool:
+    """Whether an answer takes a training task's output format: exactly one bare call (function_call) or a final
+    "The answer is N" / boxed / #### answer (math). On general prompts this is format leakage: a model that answers
+    "write a poem" with a call has lost more than any likelihood shows."""
+    if task == "function_call":
+        return parse_function_call(text) is not None
+    return _ANCHORED_RE.search(text) is not None
+
+
+TASK_FORMATS = ("function_call", "math")  # the task formats `takes_task_format` recognises
+
+
 _CALL_START_RE = re.compile(r"(?<![\w.])[A-Za-z_][\w]*(?:\s*\.\s*[A-Za-z_]\w*)*\s*\(")
 
 
