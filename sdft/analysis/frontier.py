@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sdft.analysis.scores import item_values, scores_file
 from sdft.analysis.stats import _interval_and_p
 from sdft.core.jsonl import read_jsonl
 
@@ -167,19 +168,6 @@ def verdict(result: dict, rule: DecisionRule) -> dict:
     return {"label": label, "line": f"Verdict at a task gain of {rule.gain:g}: {label} ({why})."}
 
 
-def _item_scores(path: Path) -> dict[str, float]:
-    return {str(r["id"]): float(r["score"]) for r in read_jsonl(path)
-            if "id" in r and isinstance(r.get("score"), (int, float))}
-
-
-def _component_path(run_dir: Path, point: dict, name: str) -> Path:
-    """Where one point of a curve keeps a measure's per-item scores: a benchmark's in its eval folder, the
-    third-party likelihood's in its reference folder."""
-    if name == "reference_likelihood":
-        return run_dir / point["reference_dir"] / "reference_likelihood.jsonl"
-    return run_dir / point["eval_dir"] / f"{name}.jsonl"
-
-
 def _points(run_dir: Path, run: dict, seed_run: dict) -> list[tuple[int, dict]]:
     """(step, {eval_dir, reference_dir}) along one training run: the seed at 0, its snapshots, its final model."""
     metrics = run_dir / run["train_dir"] / "train_metrics.json"
@@ -199,7 +187,7 @@ def learning_curves(run_dir: Path, runs: list[dict], target: str, measures: list
     seeds = sorted({r["seed"] for r in group if r["method"] == "vanilla"} & {r["seed"] for r in group if r["method"] == "sdft"})
     chosen = {m: [next(r for r in group if r["method"] == m and r["seed"] == s) for s in seeds] for m in ("vanilla", "sdft")}
     points = {r["key"]: _points(run_dir, r, seed_run) for rs in chosen.values() for r in rs}
-    scores = {(key, step, name): _item_scores(_component_path(run_dir, point, name))
+    scores = {(key, step, name): item_values(read_jsonl(scores_file(run_dir, point, name)), "score")[0]
               for key, along in points.items() for step, point in along for name in [target, *measures]}
 
     def common(name):
@@ -215,18 +203,19 @@ def learning_curves(run_dir: Path, runs: list[dict], target: str, measures: list
             for m, rs in chosen.items()}
 
 
-def frontier_summary(run_dir: Path, runs: list[dict], target: str, gains: list[float], measures: list[str],
+def frontier_summary(run_dir: Path, runs: list[dict], target: str, gains: list[float], specs: dict[str, dict],
                      min_seeds: int) -> dict:
     """summary.json's `frontier`: the learning curves (task gain and each measure's change from the seed, per method
-    and seed) and, per pre-registered gain, `compare_at_gain`'s comparison; the first gain's verdict is the run's."""
+    and seed) and, per pre-registered gain, `compare_at_gain`'s comparison; the first gain's verdict is the run's.
+    `specs` are summary.json's entries (`scale`, `unit`) of the target and of each forgetting measure, in order."""
+    measures = [name for name in specs if name != target]
     curves = learning_curves(run_dir, runs, target, measures)
-    scales = {"target": 100.0, **{m: (1.0 if m == "reference_likelihood" else 100.0) for m in measures}}
+    scales = {"target": specs[target]["scale"], **{m: specs[m]["scale"] for m in measures}}
     drawn = {method: [{"steps": list(c.steps),
                        "gain": [scales["target"] * float(v) for v in c.target.mean(axis=1) - c.target[0].mean()],
                        **{m: [scales[m] * float(v) for v in c.measures[m].mean(axis=1) - c.measures[m][0].mean()]
                           for m in measures}}
                       for c in per_seed] for method, per_seed in curves.items()}
     results = [compare_at_gain(curves, DecisionRule(gain, tuple(measures), min_seeds), scales) for gain in gains]
-    return {"target": target, "measures": measures,
-            "units": {m: "nats/token" if m == "reference_likelihood" else "points" for m in measures},
+    return {"target": target, "measures": measures, "units": {m: specs[m]["unit"] for m in measures},
             "curves": drawn, "at_gain": results, "verdict": results[0]["verdict"] if results else None}

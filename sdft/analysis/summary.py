@@ -36,15 +36,13 @@ import numpy as np
 
 from sdft.analysis.frontier import frontier_summary
 from sdft.analysis.paper_numbers import is_paper_model, references
+from sdft.analysis.scores import LIKELIHOODS, item_values, scores_file
 from sdft.analysis.stats import seeds_by_items_bootstrap
 from sdft.core.jsonl import read_jsonl, write_json
 
 FORGETTING_INDEX = ("hellaswag", "arc_challenge", "winogrande")
 # the y axes of the learning-vs-forgetting plot
 GENERAL_MEASURES = ("forgetting_index", "ifeval", "reference_likelihood", "retention")
-# likelihood measure -> (the run record's folder key, its per-item file, what it measures)
-LIKELIHOODS = {"retention": ("retention_dir", "retention.jsonl", "closeness"),
-               "reference_likelihood": ("reference_dir", "reference_likelihood.jsonl", "forgetting")}
 SHIFT_METRICS = ("bleu", "bleu_paper", "rouge_l", "sbert_cosine", "l2_total")
 
 
@@ -93,18 +91,12 @@ class _ItemScores:
                     self._add(run["key"], path.stem, rows, "score")
                     for metric in secondary.get(path.stem, []):
                         self._add(run["key"], secondary_measure(path.stem, metric), rows, metric)
-            for name, (folder, file, _) in LIKELIHOODS.items():
+            for name, (folder, _, _) in LIKELIHOODS.items():
                 if folder in run:
-                    self._add(run["key"], name, read_jsonl(run_dir / run[folder] / file), "score")
+                    self._add(run["key"], name, read_jsonl(scores_file(run_dir, run, name)), "score")
 
     def _add(self, key: str, component: str, rows: list[dict], field: str) -> None:
-        values, weights = {}, {}
-        for row in rows:
-            value = row.get(field) if "id" in row else None
-            if isinstance(value, list) and value:  # one verdict per part of the item (IFEval's instructions)
-                values[str(row["id"])], weights[str(row["id"])] = float(np.mean(value)), len(value)
-            elif isinstance(value, (int, float)):
-                values[str(row["id"])] = float(value)
+        values, weights = item_values(rows, field)
         if values:
             self.values[(key, component)] = values
         if weights:
@@ -303,7 +295,8 @@ def build_summary(exp, the_plan, run_dir: Path, provenance: dict) -> dict:
                "retention_temperature": exp.retention.temperature,
                **summarize_runs(run_dir, runs, benchmarks), "distill": distill_stats}
     if exp.decision.gains and target:
-        summary["frontier"] = frontier_summary(run_dir, runs, target, exp.decision.gains, exp.decision.measures,
+        summary["frontier"] = frontier_summary(run_dir, runs, target, exp.decision.gains,
+                                               {m: summary["measures"][m] for m in [target, *exp.decision.measures]},
                                                exp.decision.min_seeds)
     if is_paper_model(exp.model):  # the reference numbers are Llama-2-7b-chat's
         summary["replication"] = replication([a for a in summary["arms"] if a.get("train_size") in (None, exp.train_size)],
