@@ -14,37 +14,24 @@ Two texts, two meanings:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sdft.data.templates import render
-from sdft.engines.training import IGNORE_INDEX, prompt_token_ids
+from sdft.engines.training import IGNORE_INDEX, TrainingExample, prompt_token_ids
 
 # Texts are scored in batches of about this many tokens, so memory stays flat whatever their lengths.
 _TOKENS_PER_BATCH = 8192
 
 
-@dataclass(frozen=True)
-class ScoredText:
-    """A prompt's ids followed by the ids of the text scored after it."""
-
-    prompt_ids: list[int]
-    text_ids: list[int]
-
-    @property
-    def input_ids(self) -> list[int]:
-        return self.prompt_ids + self.text_ids
-
-    @property
-    def labels(self) -> list[int]:
-        return [IGNORE_INDEX] * len(self.prompt_ids) + self.text_ids
+def scored_text(prompt_ids: list[int], text_ids: list[int]) -> TrainingExample:
+    """A prompt followed by the text scored after it, as training lays an example out (the prompt masked)."""
+    return TrainingExample(prompt_ids + text_ids, [IGNORE_INDEX] * len(prompt_ids) + text_ids)
 
 
 def answer_logprobs(model, tokenizer, answers: list[dict]) -> list[tuple[float, int]]:
     """Retention: (mean log-probability per answer token, answer tokens) of each answer (`prompt`, `prediction`,
     `finish_reason`) given its prompt; the end-of-turn token counted only where the answer ended by itself."""
-    texts = [ScoredText(prompt_token_ids(tokenizer, a["prompt"]),
-                        tokenizer(a["prediction"], add_special_tokens=False)["input_ids"]
-                        + ([] if a.get("finish_reason") == "length" else [tokenizer.eos_token_id]))
+    texts = [scored_text(prompt_token_ids(tokenizer, a["prompt"]),
+                         tokenizer(a["prediction"], add_special_tokens=False)["input_ids"]
+                         + ([] if a.get("finish_reason") == "length" else [tokenizer.eos_token_id]))
              for a in answers]
     return mean_logprobs(model, tokenizer, texts)
 
@@ -52,13 +39,13 @@ def answer_logprobs(model, tokenizer, answers: list[dict]) -> list[tuple[float, 
 def reference_logprobs(model, tokenizer, rows: list[dict], max_tokens: int) -> list[tuple[float, int]]:
     """Third-party likelihood: (mean log-probability per token, tokens) of each row's reference `output`, its first
     `max_tokens` tokens, after its `instruction` in the model's chat template (no system prompt of ours)."""
-    texts = [ScoredText(prompt_token_ids(tokenizer, render("plain", {"instruction": r["instruction"]}, tokenizer)),
-                        tokenizer(r["output"], add_special_tokens=False)["input_ids"][:max_tokens])
+    texts = [scored_text(prompt_token_ids(tokenizer, render("plain", {"instruction": r["instruction"]}, tokenizer)),
+                         tokenizer(r["output"], add_special_tokens=False)["input_ids"][:max_tokens])
              for r in rows]
     return mean_logprobs(model, tokenizer, texts)
 
 
-def mean_logprobs(model, tokenizer, examples: list[ScoredText]) -> list[tuple[float, int]]:
+def mean_logprobs(model, tokenizer, examples: list[TrainingExample]) -> list[tuple[float, int]]:
     """(mean log-probability per scored token, scored tokens) of each example, batched by similar lengths."""
     import torch
 
