@@ -245,10 +245,23 @@ class EvalOptions(ModelOptions, PromptModeOption, DataOptions, DecodingOptions, 
                                                  "others greedily, as the reference ran HumanEval while sampling the "
                                                  "rest")
 
+    limits: dict = field({}, omit_default=True,
+                         help="a benchmark's own subset size over limit: NAME: N (a seeded N of its rows) or NAME: all, "
+                              "e.g. {ifeval: all}")
+
     def __post_init__(self):
         super().__post_init__()
         self.check_benchmark_names("benchmarks", self.benchmarks)
         self.check_benchmark_names("sampled", self.sampled or [])
+        self.check_benchmark_names("limits", list(self.limits))
+        for name, value in self.limits.items():
+            if value != "all" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise UserError(f"limits.{name}: expected a row count ≥ 1 or all, got {value!r}")
+
+    def limit_for(self, benchmark: str) -> int | None:
+        """How many of a benchmark's rows are scored (a seeded subset; None: all): its `limits` entry, else `limit`."""
+        value = self.limits.get(benchmark, self.limit)
+        return None if value == "all" else value
 
     def benchmark_decoding(self, bench) -> DecodingOptions:
         """The decoding of one benchmark: its length cap (unless max_new_tokens is set), its stop strings added to

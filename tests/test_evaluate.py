@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import time
 from pathlib import Path
 
@@ -234,6 +235,24 @@ def test_changed_settings_regenerate_and_results_merge(eval_run):
     assert all(row["n_tokens"] <= 4 for row in rows)
     with pytest.raises(UserError, match="use another --out"):
         run_eval(EvalConfig(**{**vars(config), "adapter": "some/adapter"}))
+
+
+def test_a_benchmark_of_its_own_limit_scores_that_many_rows_and_says_so(tmp_path, tiny_model_dir, capsys):
+    """`limits` overrides `limit` for the benchmarks it names (IFEval on all its prompts beside small others); every
+    cut is one stderr line; bad entries are one error naming the key."""
+    config = EvalConfig(out=str(tmp_path), model=tiny_model_dir, benchmarks=["multiarith", "gsm8k"], limit=2,
+                        limits={"multiarith": 3}, max_new_tokens=2, data_dir=str(DATA))
+    results = run_eval(config)["benchmarks"]
+    assert (results["multiarith"]["n"], results["gsm8k"]["n"]) == (3, 2)
+    total = len(get_benchmark("multiarith").load(DATA))
+    assert f"multiarith: a seeded 3 of its {total} rows (limit)" in capsys.readouterr().err
+    assert EvalConfig(out="o", limit=2, limits={"ifeval": "all"}).limit_for("ifeval") is None
+    assert EvalConfig(out="o", limit=2, limits={"ifeval": "all"}).limit_for("gsm8k") == 2
+    for bad, message in (({"ifeval": 0}, "limits.ifeval: expected a row count ≥ 1 or all, got 0"),
+                         ({"ifeval": "most"}, "limits.ifeval: expected a row count ≥ 1 or all"),
+                         ({"gsm9k": 3}, "limits: unknown value 'gsm9k'")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            EvalConfig(out="o", limits=bad)
 
 
 def test_sampled_evaluation_is_seeded_and_stop_words_reach_the_engine(tmp_path, tiny_model_dir, monkeypatch):

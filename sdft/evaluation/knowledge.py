@@ -214,11 +214,12 @@ def _hf_lm(model, tokenizer, batch_size: int):
     return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
-def evaluate_knowledge(model, tokenizer, tasks: list[str], data_dir: Path, out_dir: Path, limit: int | None = None,
-                       seed: int = 0, batch_size: int = 8) -> dict[str, dict]:
+def evaluate_knowledge(model, tokenizer, tasks: list[str], data_dir: Path, out_dir: Path,
+                       limit: int | None | dict[str, int | None] = None, seed: int = 0,
+                       batch_size: int = 8) -> dict[str, dict]:
     """Score `model` 0-shot on the named knowledge tasks; per-sample rows go to `out_dir/<task>.jsonl`.
 
-    With `limit`, a seeded random subset of each task is scored. A task whose output file already holds exactly the
+    With `limit` (one for every task, or a task's own in a mapping), a seeded random subset of each task is scored. A task whose output file already holds exactly the
     selected ids is not re-run. A task whose data file is not in `data_dir` runs lm-eval's stock task on the hub.
     Returns per task {"score" (0-100), "n", "ci95", "metric"}.
     """
@@ -226,19 +227,20 @@ def evaluate_knowledge(model, tokenizer, tasks: list[str], data_dir: Path, out_d
     if unknown:
         raise UserError(f"unknown knowledge task(s) {unknown}; known: {sorted(KNOWLEDGE_TASKS)}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
+    limits = limit if isinstance(limit, dict) else dict.fromkeys(tasks, limit)
     results: dict[str, dict] = {}
     pending: dict[str, tuple[list[dict], list[int]]] = {}
     for name in [name for name in tasks if (data_dir / KNOWLEDGE_TASKS[name].data_file).is_file()]:
         task = KNOWLEDGE_TASKS[name]
         rows = read_jsonl(data_dir / task.data_file)
-        indices = seeded_indices(len(rows), limit, seed)
+        indices = seeded_indices(len(rows), limits[name], seed)
         done = _finished(out_dir / f"{name}.jsonl", [_row_id(name, rows[i], i) for i in indices])
         if done is not None:
             results[name] = _summary(task, done)
             continue
         pending[name] = (rows, indices)
     for name in [name for name in tasks if not (data_dir / KNOWLEDGE_TASKS[name].data_file).is_file()]:
-        results[name] = _run_stock_task(model, tokenizer, name, out_dir, limit, seed, batch_size)
+        results[name] = _run_stock_task(model, tokenizer, name, out_dir, limits[name], seed, batch_size)
     if pending:
         with _offline():
             lm = _hf_lm(model, tokenizer, batch_size)

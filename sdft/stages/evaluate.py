@@ -11,6 +11,7 @@ prompt), so either way a rerun reproduces the same predictions and a killed run 
 from __future__ import annotations
 
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -57,7 +58,8 @@ def run_eval(config: EvalConfig) -> dict:
         results["benchmarks"][bench.name] = _evaluate_generated(bench, engine, config, data_dir, out, judge)
         write_json(out / RESULTS_FILE, results)
     if knowledge:
-        results["benchmarks"].update(evaluate_knowledge(model, tokenizer, knowledge, data_dir, out, config.limit,
+        results["benchmarks"].update(evaluate_knowledge(model, tokenizer, knowledge, data_dir, out,
+                                                        {name: config.limit_for(name) for name in knowledge},
                                                         config.seed, config.lm_eval_batch_size))
         write_json(out / RESULTS_FILE, results)
     return results
@@ -118,7 +120,10 @@ def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dic
 
 def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: Path, out: Path, judge) -> dict:
     samples = bench.load(data_dir)
-    samples = [samples[i] for i in seeded_indices(len(samples), config.limit, config.seed)]
+    chosen = seeded_indices(len(samples), config.limit_for(bench.name), config.seed)
+    if len(chosen) < len(samples):  # never a silent cut
+        print(f"{bench.name}: a seeded {len(chosen)} of its {len(samples)} rows (limit)", file=sys.stderr)
+    samples = [samples[i] for i in chosen]
     prompts = [render(bench.template, sample.fields, engine.tokenizer, config.prompt_mode) for sample in samples]
     decoding = config.benchmark_decoding(bench)
     dtype = resolve_dtype(config.dtype, default_device(), resolve_model(config.model))  # what "auto" meant here
