@@ -19,7 +19,7 @@ ALLOWED = {
     "core": set(),
     "data": {"core"},
     "engines": {"core"},
-    "analysis": {"core", "engines"},
+    "analysis": {"core", "data", "engines"},
     "evaluation": {"core", "data", "engines", "analysis"},
     "options": {"core", "data", "engines", "evaluation"},
     "stages": {"core", "data", "engines", "evaluation", "analysis", "options"},

@@ -218,7 +218,8 @@ def test_learning_curves_and_the_matched_gain_verdict(experiment):
     kinds = [s.kind for s in plan(exp).stages]
     assert kinds.count("eval") == 1 + 4 * 3 and kinds.count("reference") == 1 + 4 * 3
     run(RunConfig(experiment=str(experiment)))
-    frontier = json.loads(open(f"{exp.out}/summary.json").read())["frontier"]
+    summary = json.loads(open(f"{exp.out}/summary.json").read())
+    frontier = summary["frontier"]
     for method in ("vanilla", "sdft"):
         assert [c["steps"] for c in frontier["curves"][method]] == [[0, 1, 2, 3]] * 2
         assert all(c["gain"][0] == 0 and c["reference_likelihood"][0] == 0 for c in frontier["curves"][method])
@@ -226,7 +227,11 @@ def test_learning_curves_and_the_matched_gain_verdict(experiment):
     assert at_zero["seeds_reaching"] == {"vanilla": 2, "sdft": 2}  # a gain of 0 is reached at the first step
     assert at_fifty["verdict"]["label"] in VERDICTS
     assert frontier["verdict"] == at_zero["verdict"] and frontier["verdict"]["line"].startswith("Verdict at a task gain of 0")
-    assert "Verdict at a task gain of 0" in open(f"{exp.out}/report.md").read()
+    report = open(f"{exp.out}/report.md").read()
+    assert "Verdict at a task gain of 0" in report
+    (name, stats), = summary["distill"].items()  # how much the two methods' data differ, beside the verdict
+    assert 0 <= stats["changed"] <= stats["accepted"]
+    assert f"SDFT's training targets differ from vanilla's in {stats['changed']} of {stats['total']} rows" in report
 
 
 def test_options_at_their_default_leave_stage_hashes_alone(experiment):

@@ -10,6 +10,7 @@ import pytest
 from sdft.analysis.report import render_report
 from sdft.analysis.stats import seeds_by_items_bootstrap, summarize
 from sdft.analysis.summary import distilled_examples, replication, summarize_runs
+from sdft.data.export import changed_targets
 from sdft.core.jsonl import write_json, write_jsonl
 
 N = 40
@@ -53,10 +54,12 @@ def record(key):
             "shift_dir": f"shift/{key}", "template": "distill_using" if "using" in arm else None}
 
 
-DISTILLED = [  # rows of a distilled.jsonl, as the distill stage writes them
-    {"id": f"d{i}", "instruction": f"Question {i}?", "original": f"Answer {i}.\nThe answer is {i}",
-     "distilled": f"Rewrite {i}: the answer is {i}", "accepted": ok, "reason": "ok" if ok else "wrong_answer"}
+DISTILLED = [  # rows of a distilled.jsonl, as the distill stage writes them; the last rewrite repeats its original
+    {"id": f"d{i}", "instruction": f"Question {i}?", "original": original, "distilled": rewrite, "accepted": ok,
+     "reason": "ok" if ok else "wrong_answer", "target": rewrite if ok else original}
     for i, ok in enumerate([False, True, False, True, True])
+    for original, rewrite in [(f"Answer {i}.\nThe answer is {i}",
+                               f"Answer {i}.\nThe answer is {i}" if i == 4 else f"Rewrite {i}: the answer is {i}")]
 ]
 
 
@@ -75,16 +78,15 @@ def run_dir(tmp_path):
             sdft = "sdft" in run["key"]
             write_json(tmp_path / run["shift_dir"] / "shift.json",
                        {**SHIFT, "bleu": 40.0 if sdft else 12.34, "l2_total": 0.5 if sdft else 1.5})
-    write_jsonl(tmp_path / "distill/distilled.jsonl", DISTILLED)
     summary = {"experiment": "unit-test", "seed_model": "tiny-seed", "seeds": [1, 2], "target": "gsm8k",
                "provenance": {"git_revision": "abc123", "seed": 0, "config": {"lr": 1e-4}},
                **summarize_runs(tmp_path, runs, BENCHMARKS),
                "distill": {"gsm8k": {"template": "gsm8k_distill", "total": 64, "accepted": 40, "acceptance_rate": 0.625,
-                                     "reasons": {"ok": 40, "wrong_answer": 20, "length": 4},
-                                     "examples": distilled_examples(tmp_path / "distill/distilled.jsonl")}}}
+                                     "changed": 31, "reasons": {"ok": 40, "wrong_answer": 20, "length": 4},
+                                     "examples": distilled_examples(DISTILLED)}}}
     summary["replication"] = replication(summary["arms"], BENCHMARKS)
     write_json(tmp_path / "summary.json", summary)
-    for folder in ("evals", "shift", "distill"):  # the report must need nothing but summary.json
+    for folder in ("evals", "shift"):  # the report must need nothing but summary.json
         shutil.rmtree(tmp_path / folder)
     return tmp_path
 
@@ -168,7 +170,7 @@ def test_paired_differences_come_from_the_summary(run_dir):
 def test_distillation_shift_and_wall_time_tables(run_dir):
     md = render_report(run_dir)[0].read_text()
     assert table_row(md, "gsm8k", "gsm8k_distill", "64", "40", "62.5%") == \
-        "| gsm8k | gsm8k_distill | 64 | 40 | 62.5% | ok: 40, wrong_answer: 20, length: 4 |"
+        "| gsm8k | gsm8k_distill | 64 | 40 | 62.5% | 31 (48.4%) | ok: 40, wrong_answer: 20, length: 4 |"
     assert table_row(md, "gsm8k-vanilla", "12.3") == "| gsm8k-vanilla | 12.3 | — | 30.0 | 0.710 | 1.5 |"
     assert table_row(md, "gsm8k-sdft", "40.0") == "| gsm8k-sdft | 40.0 | — | 30.0 | 0.710 | 0.5 |"
     assert '"git_revision": "abc123"' in md
@@ -355,3 +357,10 @@ def test_a_measure_at_chance_is_flagged_not_read(tmp_path):
     text = md.read_text()
     assert "winogrande (at chance)" in text and "At chance, so unable to show forgetting: winogrande" in text
     assert "hellaswag (at chance)" not in text
+
+
+def test_changed_targets_count_only_rewrites_that_differ_from_the_original():
+    """Of five rows, two refused (their target is the original) and one accepted rewrite repeating its original: two
+    rows are where SDFT's training set differs from vanilla's."""
+    assert changed_targets(DISTILLED) == 2
+    assert changed_targets([{**row, "target": row["original"]} for row in DISTILLED]) == 0

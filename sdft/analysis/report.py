@@ -279,7 +279,7 @@ def _frontier(run: _Run) -> list[Block]:
                                 "(0: the seed); forgetting is read where the run's gain on "
                                 f"{frontier['target']} first reaches the target gain, linearly between checkpoints, "
                                 "and averaged over the seeds that reach it. Intervals: 95%, bootstrap over seeds "
-                                "and items, paired.")]
+                                f"and items, paired.{_difference_in_data(run)}")]
     rows = []
     for result in frontier["at_gain"]:
         for measure, entry in result["measures"].items():
@@ -312,6 +312,14 @@ def _frontier(run: _Run) -> list[Block]:
     return blocks + [Image(run.save(fig, "frontier"), caption)]
 
 
+def _difference_in_data(run: _Run) -> str:
+    """How much SDFT's training data differs from vanilla's, which bounds how different the two methods can be."""
+    counted = [(name, stats) for name, stats in (run.summary.get("distill") or {}).items()
+               if stats.get("changed") is not None]
+    return "".join(f" SDFT's training targets differ from vanilla's in {stats['changed']} of {stats['total']} rows "
+                   f"({name}); the other rows are the same for both methods." for name, stats in counted)
+
+
 def _distillation(run: _Run) -> list[Block]:
     distill = run.summary.get("distill") or {}
     if not distill:
@@ -320,9 +328,20 @@ def _distillation(run: _Run) -> list[Block]:
     for dataset, stats in distill.items():
         reasons = sorted((stats.get("reasons") or {}).items(), key=lambda kv: -kv[1])
         rows.append([dataset, stats.get("template") or _DASH, str(stats["total"]), str(stats["accepted"]),
-                     f"{100 * stats['acceptance_rate']:.1f}%", ", ".join(f"{reason}: {count}" for reason, count in reasons)])
+                     f"{100 * stats['acceptance_rate']:.1f}%", _changed(stats),
+                     ", ".join(f"{reason}: {count}" for reason, count in reasons)])
     return [Heading(2, "Distillation"),
-            Table(["Distillation", "Template", "Rewrites", "Accepted", "Acceptance", "Outcomes"], rows)]
+            Table(["Distillation", "Template", "Rewrites", "Accepted", "Acceptance", "Changed", "Outcomes"], rows),
+            Para("Changed: the training targets that differ from the original answer, i.e. the rows in which SDFT's "
+                 "training set differs from vanilla's (an accepted rewrite can repeat the original word for word).")]
+
+
+def _changed(stats: dict) -> str:
+    """'6 of 64 (9.4%)'-style count of a distillation's targets that differ from the originals (a dash for summaries
+    written before it was counted)."""
+    if stats.get("changed") is None:
+        return _DASH
+    return f"{stats['changed']} ({100 * stats['changed'] / stats['total']:.1f}%)" if stats["total"] else "0"
 
 
 def _excerpt(text: str, limit: int = 400) -> str:

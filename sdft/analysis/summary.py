@@ -39,6 +39,7 @@ from sdft.analysis.paper_numbers import is_paper_model, references
 from sdft.analysis.scores import LIKELIHOODS, item_values, scores_file
 from sdft.analysis.stats import seeds_by_items_bootstrap
 from sdft.core.jsonl import read_jsonl, write_json
+from sdft.data.export import changed_targets
 
 FORGETTING_INDEX = ("hellaswag", "arc_challenge", "winogrande")
 # the y axes of the learning-vs-forgetting plot
@@ -246,11 +247,11 @@ def _at_chance(measures: dict, seed_results: dict, seed_arm: dict | None) -> dic
     return flagged
 
 
-def distilled_examples(path: Path, accepted: int = 2, rejected: int = 1) -> list[dict]:
-    """The first `accepted` kept and `rejected` refused rewrites of a distilled.jsonl, beside their originals (the
-    paper's Figs 14–18)."""
+def distilled_examples(rows: list[dict], accepted: int = 2, rejected: int = 1) -> list[dict]:
+    """The first `accepted` kept and `rejected` refused rewrites of a distilled.jsonl's rows, beside their originals
+    (the paper's Figs 14–18)."""
     picked, wanted = [], {True: accepted, False: rejected}
-    for row in read_jsonl(path):
+    for row in rows:
         if wanted[bool(row["accepted"])] > 0:
             wanted[bool(row["accepted"])] -= 1
             picked.append({"id": row.get("id"), "instruction": "\n\n".join(filter(None, [row.get("instruction"),
@@ -285,8 +286,9 @@ def build_summary(exp, the_plan, run_dir: Path, provenance: dict) -> dict:
     for stage in the_plan.stages:
         if stage.kind == "distill":
             directory = stage.directory(run_dir)
+            rows = read_jsonl(directory / "distilled.jsonl")
             distill_stats[stage.key] = {**json.loads((directory / "distill_stats.json").read_text()),
-                                        "examples": distilled_examples(directory / "distilled.jsonl")}
+                                        "changed": changed_targets(rows), "examples": distilled_examples(rows)}
     benchmarks = list(exp.eval.benchmarks)
     target = exp.target_benchmark or next((Path(d).stem for d in exp.datasets if Path(d).stem in benchmarks), None)
     runs = [m.record(run_dir) for m in the_plan.models]

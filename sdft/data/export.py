@@ -27,6 +27,13 @@ from sdft.core.jsonl import read_jsonl_lines, read_text, write_json, write_jsonl
 DISTILLED_KEYS = ("id", "instruction", "original", "target", "accepted")
 
 
+def changed_targets(rows: list[dict]) -> int:
+    """The rows whose selected target differs from the original: where SDFT's training set differs from vanilla's.
+    An accepted rewrite that repeats the original word for word changes nothing, so acceptance alone overstates how
+    different the two training sets are."""
+    return sum(row["target"] != row["original"] for row in rows)
+
+
 def prompt_turns(row: dict) -> list[dict]:
     """The task's conversation up to the answer: the row's system turn, its earlier turns, then the task prompt."""
     system = [{"role": "system", "content": row["system"]}] if row.get("system") else []

@@ -11,8 +11,9 @@ Given a seed chat model f_θ and task data {(c_t, x_t, y_t)}:
 3. Fine-tune (Eq. 5) on the selected targets with the same settings as vanilla — `sdft.stages.train`.
 
 Output: `distilled.jsonl` (one row per example: id, prompt fields, the input row's other columns in `extra_columns`,
-original, distilled, accepted, reason, target) and `distill_stats.json` (total, accepted, acceptance_rate, reasons, and
-`by_rule`: the acceptance under every selection rule of the task, sdft's and the reference's). Generations are written
+original, distilled, accepted, reason, target) and `distill_stats.json` (total, accepted, acceptance_rate, changed: the
+targets that differ from the original, reasons, and `by_rule`: the acceptance under every selection rule of the task,
+sdft's and the reference's). Generations are written
 incrementally, so a killed run resumes without regenerating or duplicating a row. With `format`, the rows are also
 written as a training set for the user's own trainer, `train.<format>.jsonl` (`sdft.data.export`; `sdft export` does the
 same for an earlier run).
@@ -26,7 +27,7 @@ from pathlib import Path
 from sdft.core.errors import UserError
 from sdft.core.jsonl import write_json, write_jsonl
 from sdft.data.datasets import load_dataset
-from sdft.data.export import training_file_name, write_training_set
+from sdft.data.export import changed_targets, training_file_name, write_training_set
 from sdft.data.templates import Template, get_template, render
 from sdft.engines.generation import generate_rows, make_engine
 from sdft.evaluation.checks import SELECTION_RULES, default_rule
@@ -95,6 +96,7 @@ def distill_stats(rows: list[dict], dataset: str, task: str, template: str, rule
     by_rule = {name: sum(r["accepted_by"][name] for r in rows) for name in SELECTION_RULES[task]}
     return {"dataset": dataset, "task": task, "template": template, "selection": rule, "total": len(rows),
             "accepted": accepted, "acceptance_rate": accepted / len(rows) if rows else 0.0,
+            "changed": changed_targets(rows),
             "reasons": dict(Counter(r["reason"] for r in rows).most_common()),
             "by_rule": {name: {"accepted": n, "acceptance_rate": n / len(rows) if rows else 0.0}
                         for name, n in by_rule.items()}}
