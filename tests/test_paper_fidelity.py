@@ -217,12 +217,15 @@ def test_distill_reports_acceptance_under_every_rule():
     rows = []
     for text, finish in rewrites:
         verdicts = {rule: select(text, finish, example, "function_call", rule) for rule in SELECTION_RULES["function_call"]}
-        rows.append({"accepted": verdicts["ast_exact"][0], "reason": verdicts["ast_exact"][1],
+        accepted = verdicts["ast_exact"][0]
+        rows.append({"accepted": accepted, "reason": verdicts["ast_exact"][1], "original": example["response"],
+                     "target": text if accepted else example["response"],
                      "accepted_by": {rule: ok for rule, (ok, _) in verdicts.items()}})
     stats = distill_stats(rows, "openfunctions", "function_call", "distill_refer", "ast_exact")
     # paper keeps the truncated one (no length check in the reference) but not the reordered keywords
     assert {rule: v["accepted"] for rule, v in stats["by_rule"].items()} == {"ast_exact": 1, "ast_contains": 2, "paper": 2}
     assert stats["accepted"] == 1 and stats["selection"] == "ast_exact" and stats["reasons"]["truncated"] == 1
+    assert stats["changed"] == 0  # the one rewrite kept repeats the original: the training set is vanilla's
 
 
 def test_char_bleu_is_the_reference_character_level_bleu():
