@@ -236,9 +236,9 @@ def test_char_bleu_is_the_reference_character_level_bleu():
     assert char_bleu("abcd", "abce") == pytest.approx((3 / 4 * 2 / 3 * 1 / 2 * 1 / 2) ** 0.25)
 
 
-def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedded_tokenizer):
+def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedded_tokenizer, capsys):
     """`selection` picks the rule the targets come from (default: sdft's, the task's first, here the one OpenFunctions
-    is scored by); a rule the task lacks is refused before anything loads."""
+    is scored by), and says how many targets it changed; a rule the task lacks is refused before anything loads."""
     from types import SimpleNamespace
 
     from sdft.core.errors import UserError
@@ -256,6 +256,8 @@ def test_distill_selects_with_the_configured_rule(tmp_path, monkeypatch, embedde
                                             selection=rule))
         assert (stats["selection"], stats["accepted"]) == (rule or "ast_contains", accepted)
         assert {name: v["accepted"] for name, v in stats["by_rule"].items()} == {"ast_exact": 0, "ast_contains": 1, "paper": 1}
+        assert (f"{accepted} of 1 rewrites kept ({rule or 'ast_contains'}); targets that differ from the original: "
+                f"{accepted} (where") in capsys.readouterr().err
     with pytest.raises(UserError, match="task 'math' has no rule 'ast_contains'"):
         DistillConfig(dataset=str(data), out=str(tmp_path), task="math", selection="ast_contains")
     with pytest.raises(UserError, match="unknown value 'exact'"):

@@ -21,6 +21,7 @@ same for an earlier run).
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -83,6 +84,8 @@ def distill(config: DistillConfig) -> dict:
     stats = distill_stats(rows, data.name, task, template.name, rule)
     write_jsonl(out / "distilled.jsonl", rows)
     write_json(out / "distill_stats.json", stats)
+    print(f"sdft distill: {stats['accepted']} of {stats['total']} rewrites kept ({rule}); targets that differ from the "
+          f"original: {stats['changed']} (where SDFT's training set differs from vanilla's)", file=sys.stderr)
     if config.format:
         stats["export"] = write_training_set(rows, config.format, out / training_file_name(config.format),
                                              str(out / "distilled.jsonl"), config.push_to_hub)
