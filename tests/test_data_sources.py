@@ -394,6 +394,7 @@ def test_stock_task_offline_is_one_line_naming_the_download(tiny_model, tmp_path
 def test_stock_task_scores_a_seeded_subset(tiny_model, shared_data, tmp_path, monkeypatch):
     """The stock path end to end, its hub dataset swapped for a local file in the hub's schema."""
     pytest.importorskip("lm_eval")
+    from sdft.data.datasets import seeded_indices
     from sdft.evaluation import knowledge
 
     task = knowledge.KNOWLEDGE_TASKS["winogrande"]
@@ -406,7 +407,7 @@ def test_stock_task_scores_a_seeded_subset(tiny_model, shared_data, tmp_path, mo
     results = knowledge.evaluate_knowledge(*tiny_model, ["winogrande"], tmp_path / "no_data", tmp_path / "out",
                                            limit=3, seed=0)
     rows = read_jsonl(tmp_path / "out/winogrande.jsonl")
-    expected = [f"winogrande-{i}" for i in knowledge.seeded_indices(40, 3, 0)]
+    expected = [f"winogrande-{i}" for i in seeded_indices(40, 3, 0)]
     assert [row["id"] for row in rows] == expected and results["winogrande"]["n"] == 3
     assert all(row["reference"] in (0, 1) and row["score"] == float(row["prediction"] == row["reference"])
                for row in rows)

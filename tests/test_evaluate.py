@@ -245,7 +245,9 @@ def test_a_benchmark_of_its_own_limit_scores_that_many_rows_and_says_so(tmp_path
     results = run_eval(config)["benchmarks"]
     assert (results["multiarith"]["n"], results["gsm8k"]["n"]) == (3, 2)
     total = len(get_benchmark("multiarith").load(DATA))
-    assert f"multiarith: a seeded 3 of its {total} rows (limit)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"sdft: multiarith: using 3 of {total} rows, a random subset by seed 42 (limit 3)" in err
+    assert f"sdft: gsm8k: using 2 of {len(get_benchmark('gsm8k').load(DATA))} rows" in err
     assert EvalConfig(out="o", limit=2, limits={"ifeval": "all"}).limit_for("ifeval") is None
     assert EvalConfig(out="o", limit=2, limits={"ifeval": "all"}).limit_for("gsm8k") == 2
     for bad, message in (({"ifeval": 0}, "limits.ifeval: expected a row count ≥ 1 or all, got 0"),

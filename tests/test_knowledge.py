@@ -111,11 +111,14 @@ def test_unknown_task_and_missing_lm_eval_are_user_errors(tiny_model, tmp_path, 
         evaluate_knowledge(model, tokenizer, ["winogrande"], DATA, tmp_path, limit=1)
 
 
-def test_a_task_of_its_own_limit_scores_that_many_rows(first_run, tiny_model, tmp_path):
-    """A mapping gives each task its own seeded subset: the same rows as the one-limit call for that task's count."""
+def test_a_task_of_its_own_limit_scores_that_many_rows(first_run, tiny_model, tmp_path, capsys):
+    """A mapping gives each task its own seeded subset: the same rows as the one-limit call for that task's count;
+    each cut is one stderr line."""
     out_dir, _ = first_run
     model, tokenizer = tiny_model
     results = evaluate_knowledge(model, tokenizer, ["winogrande", "arc_challenge"], DATA, tmp_path,
                                  limit={"winogrande": LIMIT, "arc_challenge": LIMIT + 2}, seed=0)
     assert (results["winogrande"]["n"], results["arc_challenge"]["n"]) == (LIMIT, LIMIT + 2)
     assert _ids(tmp_path / "winogrande.jsonl") == _ids(out_dir / "winogrande.jsonl")
+    err = capsys.readouterr().err
+    assert f"sdft: arc_challenge: using {LIMIT + 2} of " in err and f"(limit {LIMIT + 2})" in err

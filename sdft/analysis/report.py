@@ -337,11 +337,11 @@ def _distillation(run: _Run) -> list[Block]:
 
 
 def _changed(stats: dict) -> str:
-    """'6 of 64 (9.4%)'-style count of a distillation's targets that differ from the originals (a dash for summaries
-    written before it was counted)."""
+    """'6 (9.4%)': a distillation's targets that differ from the originals (a dash for summaries written before they
+    were counted; a distillation always has rows)."""
     if stats.get("changed") is None:
         return _DASH
-    return f"{stats['changed']} ({100 * stats['changed'] / stats['total']:.1f}%)" if stats["total"] else "0"
+    return f"{stats['changed']} ({100 * stats['changed'] / stats['total']:.1f}%)"
 
 
 def _excerpt(text: str, limit: int = 400) -> str:

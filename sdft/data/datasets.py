@@ -142,16 +142,21 @@ def subsample(examples: list[dict], seed: int, limit: int | None, paper_subsampl
               source: str = "dataset") -> list[dict]:
     """At most `limit` rows and, with `paper_subsample`, the paper's rule (> 10k rows -> 2000), both a seeded random
     subset keeping file order. Rows are never dropped silently: one stderr line says how many of how many, and why."""
+    return [examples[i] for i in subsample_indices(len(examples), seed, limit, paper_subsample, source)]
+
+
+def subsample_indices(n_rows: int, seed: int, limit: int | None, paper_subsample: bool = False,
+                      source: str = "dataset") -> list[int]:
+    """`subsample`'s row indices, for a caller that keeps each row's position (its id), with the same stderr line."""
     caps = {f"limit {limit}": limit} if limit is not None else {}
-    if paper_subsample and len(examples) > SUBSAMPLE_ABOVE:
+    if paper_subsample and n_rows > SUBSAMPLE_ABOVE:
         caps[f"paper_subsample: over {SUBSAMPLE_ABOVE} rows -> {SUBSAMPLE_TO}"] = SUBSAMPLE_TO
-    keep = min([len(examples), *caps.values()])
-    indices = seeded_indices(len(examples), keep, seed)
-    if keep < len(examples) and is_main_process():
+    keep = min([n_rows, *caps.values()])
+    if keep < n_rows and is_main_process():
         reasons = "; ".join(reason for reason, cap in caps.items() if cap == keep)
-        print(f"sdft: {source}: using {keep} of {len(examples)} rows, a random subset by seed {seed} ({reasons})",
+        print(f"sdft: {source}: using {keep} of {n_rows} rows, a random subset by seed {seed} ({reasons})",
               file=sys.stderr)
-    return [examples[i] for i in indices]
+    return seeded_indices(n_rows, keep, seed)
 
 
 def _registry_file(spec: DatasetSpec, data_dir: str | None) -> Path | None:

@@ -31,7 +31,7 @@ from sdft.analysis.stats import bootstrap_ci
 from sdft.core.errors import UserError
 from sdft.core.jsonl import read_jsonl, write_jsonl
 from sdft.core.registry import registry
-from sdft.data.datasets import seeded_indices
+from sdft.data.datasets import subsample_indices
 
 _OFFLINE_ENV = {"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
 # lm-eval puts this between context and continuation in all five configs; prediction lengths (acc_norm) exclude it.
@@ -219,8 +219,8 @@ def evaluate_knowledge(model, tokenizer, tasks: list[str], data_dir: Path, out_d
                        batch_size: int = 8) -> dict[str, dict]:
     """Score `model` 0-shot on the named knowledge tasks; per-sample rows go to `out_dir/<task>.jsonl`.
 
-    With `limit` (one for every task, or a task's own in a mapping), a seeded random subset of each task is scored. A task whose output file already holds exactly the
-    selected ids is not re-run. A task whose data file is not in `data_dir` runs lm-eval's stock task on the hub.
+    With `limit` (one for every task, or a task's own in a mapping), a seeded random subset of each task is scored,
+    and the cut printed. A task whose output file already holds exactly the selected ids is not re-run. A task whose data file is not in `data_dir` runs lm-eval's stock task on the hub.
     Returns per task {"score" (0-100), "n", "ci95", "metric"}.
     """
     unknown = [name for name in tasks if name not in KNOWLEDGE_TASKS]
@@ -233,7 +233,7 @@ def evaluate_knowledge(model, tokenizer, tasks: list[str], data_dir: Path, out_d
     for name in [name for name in tasks if (data_dir / KNOWLEDGE_TASKS[name].data_file).is_file()]:
         task = KNOWLEDGE_TASKS[name]
         rows = read_jsonl(data_dir / task.data_file)
-        indices = seeded_indices(len(rows), limits[name], seed)
+        indices = subsample_indices(len(rows), seed, limits[name], source=name)
         done = _finished(out_dir / f"{name}.jsonl", [_row_id(name, rows[i], i) for i in indices])
         if done is not None:
             results[name] = _summary(task, done)
@@ -277,7 +277,7 @@ def _run_stock_task(model, tokenizer, name: str, out_dir: Path, limit: int | Non
             raise UserError(f"{task.data_file}: not in the data directory, and lm-eval's {name} task cannot load its "
                             f"hub dataset ({type(e).__name__}); fetch the local copy with "
                             f"`sdft data download {task.data_file}`") from None
-        indices = seeded_indices(len(stock.eval_docs), limit, seed)
+        indices = subsample_indices(len(stock.eval_docs), seed, limit, source=name)
         done = _finished(out_dir / f"{name}.jsonl", [f"{name}-{i}" for i in indices])
         if done is not None:
             return _summary(task, done)

@@ -13,10 +13,9 @@ Given a seed chat model f_θ and task data {(c_t, x_t, y_t)}:
 Output: `distilled.jsonl` (one row per example: id, prompt fields, the input row's other columns in `extra_columns`,
 original, distilled, accepted, reason, target) and `distill_stats.json` (total, accepted, acceptance_rate, changed: the
 targets that differ from the original, reasons, and `by_rule`: the acceptance under every selection rule of the task,
-sdft's and the reference's). Generations are written
-incrementally, so a killed run resumes without regenerating or duplicating a row. With `format`, the rows are also
-written as a training set for the user's own trainer, `train.<format>.jsonl` (`sdft.data.export`; `sdft export` does the
-same for an earlier run).
+sdft's and the reference's). Generations are written incrementally, so a killed run resumes without regenerating or
+duplicating a row. With `format`, the rows are also written as a training set for the user's own trainer,
+`train.<format>.jsonl` (`sdft.data.export`; `sdft export` does the same for an earlier run).
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ prompt), so either way a rerun reproduces the same predictions and a killed run 
 from __future__ import annotations
 
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Iterable
@@ -23,7 +22,7 @@ from sdft.core.errors import UserError
 from sdft.core.jsonl import read_jsonl, write_json, write_jsonl
 from sdft.core.paths import data_dir as find_data_dir
 from sdft.core.paths import download_dir
-from sdft.data.datasets import seeded_indices
+from sdft.data.datasets import subsample
 from sdft.data.templates import render
 from sdft.engines.generation import generate_rows, make_engine
 from sdft.engines.models import default_device, load_model, resolve_dtype, resolve_model
@@ -120,10 +119,7 @@ def score_samples(bench: Benchmark, samples: list[Sample], predictions: list[dic
 
 def _evaluate_generated(bench: Benchmark, engine, config: EvalConfig, data_dir: Path, out: Path, judge) -> dict:
     samples = bench.load(data_dir)
-    chosen = seeded_indices(len(samples), config.limit_for(bench.name), config.seed)
-    if len(chosen) < len(samples):  # never a silent cut
-        print(f"{bench.name}: a seeded {len(chosen)} of its {len(samples)} rows (limit)", file=sys.stderr)
-    samples = [samples[i] for i in chosen]
+    samples = subsample(samples, config.seed, config.limit_for(bench.name), source=bench.name)
     prompts = [render(bench.template, sample.fields, engine.tokenizer, config.prompt_mode) for sample in samples]
     decoding = config.benchmark_decoding(bench)
     dtype = resolve_dtype(config.dtype, default_device(), resolve_model(config.model))  # what "auto" meant here
