@@ -82,7 +82,7 @@ def test_retention_follows_how_likely_the_answers_are(tiny_model_dir, answers, t
 
 
 def test_third_party_likelihood_rises_when_memorised_and_stays_for_an_untouched_model(tiny_model_dir, tmp_path,
-                                                                                      embedded_tokenizer):
+                                                                                      embedded_tokenizer, capsys):
     """References no model here wrote, their first max_tokens tokens, no end-of-turn: memorising them raises the
     score; a copy of the seed scores exactly as the seed."""
     from sdft.data.templates import render
@@ -94,6 +94,9 @@ def test_third_party_likelihood_rises_when_memorised_and_stays_for_an_untouched_
     seed = score_references(tiny_model_dir, "fp32", None, tmp_path / "data", None, 0, 16, tmp_path / "seed")
     scored = read_jsonl(tmp_path / "seed" / "reference_likelihood.jsonl")
     assert [r["tokens"] for r in scored] == [16] * 4  # capped, no end-of-turn appended
+    score_references(tiny_model_dir, "fp32", None, tmp_path / "data", 2, 0, 16, tmp_path / "two")
+    assert len(read_jsonl(tmp_path / "two" / "reference_likelihood.jsonl")) == 2
+    assert "sdft: reference_likelihood: using 2 of 4 rows, a random subset by seed 0 (limit 2)" in capsys.readouterr().err
     model, tokenizer = load_model(tiny_model_dir, dtype="fp32")
     model.save_pretrained(tmp_path / "copy")
     tokenizer.save_pretrained(tmp_path / "copy")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from sdft.core.jsonl import read_jsonl, write_json, write_jsonl
-from sdft.data.datasets import seeded_indices
+from sdft.data.datasets import subsample_indices
 from sdft.data.templates import render
 from sdft.engines.options import DecodingOptions, EngineOptions
 from sdft.evaluation.likelihood import answer_logprobs, reference_logprobs
@@ -27,7 +27,7 @@ def answer_prompts(model: str, dtype: str, data_dir: Path, limit: int | None, se
     from sdft.engines.generation import generate_rows, make_engine
 
     rows = read_jsonl(data_dir / PROMPTS_FILE)
-    chosen = seeded_indices(len(rows), limit, seed)
+    chosen = subsample_indices(len(rows), seed, limit, source="retention prompts")
     engine = make_engine(model, dtype, EngineOptions())
     items = [(f"alpaca_eval-{i}", render("plain", {"instruction": rows[i]["instruction"]}, engine.tokenizer)) for i in chosen]
     decoding = DecodingOptions(max_new_tokens=max_new_tokens, seed=seed, temperature=temperature)
@@ -54,7 +54,8 @@ def score_references(model: str, dtype: str, adapter: str | None, data_dir: Path
     from sdft.engines.models import load_model
 
     rows = read_jsonl(data_dir / PROMPTS_FILE)
-    chosen = [{**rows[i], "id": f"alpaca_eval-{i}"} for i in seeded_indices(len(rows), limit, seed)]
+    indices = subsample_indices(len(rows), seed, limit, source="reference_likelihood")
+    chosen = [{**rows[i], "id": f"alpaca_eval-{i}"} for i in indices]
     loaded, tokenizer = load_model(model, dtype=dtype, adapter=adapter)
     return _write_scores(chosen, reference_logprobs(loaded, tokenizer, chosen, max_tokens), out / REFERENCE_SCORES_FILE)
 
